@@ -1,0 +1,39 @@
+# The two commands: `make run` and `make test`. Everything else is set up by them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test lint typecheck check clean distclean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+## run: embedded Postgres (unless DATABASE_URL), migrations, demo account/key/upstream, gateway
+run: $(STAMP)
+	$(BIN)/python -m gateway.devrun
+
+## test: every test, against a throwaway embedded Postgres (unless DATABASE_URL)
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+## clean: remove the embedded Postgres data kept between `make run`s
+clean:
+	@if [ -f .data/pg/postmaster.pid ]; then $(BIN)/python -c "from pathlib import Path; from gateway.embedded_pg import EmbeddedPostgres; EmbeddedPostgres(Path('.data/pg')).stop()"; fi
+	rm -rf .data
+
+distclean: clean
+	rm -rf $(VENV)

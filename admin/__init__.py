@@ -1,0 +1,1 @@
+"""GrowPanel gateway admin API (control plane): imports gateway, never the reverse."""

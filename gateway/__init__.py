@@ -1,0 +1,1 @@
+"""GrowPanel API gateway: the data plane and the core the admin API reuses."""

@@ -1,0 +1,125 @@
+"""`create_app(config)`: the public listener's application. Wiring only.
+
+Each resource is set up and torn down in one async generator on `cleanup_ctx`, in
+dependency order; aiohttp tears them down in reverse, after in-flight requests have
+finished, so the final usage flush still has its database pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from .auth import Authenticator
+from .cache import NotificationListener
+from .clock import Clock, SystemClock
+from .config import Config
+from .db import create_pool
+from .errors import error_middleware
+from .keys import Hasher, KeyFormat, KeyStore
+from .proxy import Proxy
+from .ratelimit import RateLimiter, Unlimited
+from .usage import UsageRecorder
+
+CONFIG = web.AppKey("config", Config)
+CLOCK = web.AppKey("clock", Clock)
+POOL = web.AppKey("pool", asyncpg.Pool)
+STORE = web.AppKey("store", KeyStore)
+AUTH = web.AppKey("authenticator", Authenticator)
+LISTENER = web.AppKey("listener", NotificationListener)
+LIMITER = web.AppKey("limiter", RateLimiter)
+USAGE = web.AppKey("usage", UsageRecorder)
+SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
+PROXY = web.AppKey("proxy", Proxy)
+
+
+def create_app(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    limiter: RateLimiter | None = None,
+) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[CONFIG] = config
+    app[CLOCK] = clock or SystemClock()
+    app[LIMITER] = limiter or Unlimited()
+    app.cleanup_ctx.extend([_database, _authentication, _limits, _usage, _upstream, _proxy])
+    app.router.add_route("*", "/{path:.*}", _handle)
+    return app
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    return await request.app[PROXY].handle(request)
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    pool = await create_pool(config.database)
+    app[POOL] = pool
+    app[STORE] = KeyStore(pool, KeyFormat(config.keys.prefix), Hasher(config.keys.argon2))
+    yield
+    await pool.close()
+
+
+async def _authentication(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    auth = Authenticator(app[STORE], config.keys, app[CLOCK])
+    listener = NotificationListener(
+        config.database, auth.key_changed, auth.listener_reconnected
+    )
+    await listener.start()
+    app[AUTH] = auth
+    app[LISTENER] = listener
+    yield
+    await listener.stop()
+    auth.close()
+
+
+async def _limits(app: web.Application) -> AsyncIterator[None]:
+    await app[LIMITER].start()
+    yield
+    await app[LIMITER].stop()
+
+
+async def _usage(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    usage = UsageRecorder(app[STORE], app[POOL], config.usage, app[CLOCK])
+    await usage.start()
+    app[USAGE] = usage
+    yield
+    await usage.stop()
+
+
+async def _upstream(app: web.Application) -> AsyncIterator[None]:
+    proxy = app[CONFIG].proxy
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=proxy.max_upstream_connections),
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=proxy.connect_timeout_seconds,
+            sock_read=proxy.timeout_seconds,
+        ),
+        # Bodies and headers pass through as the client and the upstream wrote them.
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+    app[SESSION] = session
+    yield
+    await session.close()
+
+
+async def _proxy(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    app[PROXY] = Proxy(
+        config.proxy,
+        app[AUTH],
+        app[LIMITER],
+        app[USAGE],
+        app[SESSION],
+        access_log_enabled=config.logging.access_log,
+    )
+    yield

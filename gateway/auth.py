@@ -1,0 +1,210 @@
+"""Authentication of API keys: parse, then cache, then Postgres and argon2 (SPEC §3 steps 1, 3).
+
+The order is chosen so that cheap checks shield expensive ones: a malformed key or a bad
+checksum is refused with no I/O; a cached key costs a SHA-256 and a constant-time compare;
+only a miss reaches Postgres (one indexed query) and argon2 (in a thread, at most
+`keys.verify_concurrency` at a time). Concurrent misses for the same key share one
+verification. Unknown ids also run one argon2 verification, against a dummy hash, so that
+the time of a refusal does not tell whether a key id exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import hmac
+import time
+import uuid
+
+from . import metrics
+from .cache import CacheEntry, KeyCache
+from .clock import Clock, utcnow
+from .config import KeysConfig
+from .db import UNAVAILABLE
+from .errors import GatewayError
+from .keys import KeyRecord, KeyStore, ParsedKey
+
+BEARER_REALM = 'Bearer realm="GrowPanel API"'
+
+
+class AuthError(GatewayError):
+    """A refused key. `key` is set when the key id was known (usage: failed_auth/denied)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, key: KeyRecord | None = None,
+        reason: str, headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status, code, message, headers)
+        self.key = key
+        self.reason = reason
+
+
+def missing_key() -> AuthError:
+    return AuthError(
+        401, "missing_api_key",
+        "Send your API key as 'Authorization: Bearer <API key>'.",
+        reason="missing", headers={"WWW-Authenticate": BEARER_REALM},
+    )
+
+
+def invalid_key(reason: str, key: KeyRecord | None = None) -> AuthError:
+    # One body for malformed, unknown, wrong-secret and deleted keys: no oracle.
+    return AuthError(
+        401, "invalid_api_key", "The API key is not valid.",
+        key=key, reason=reason,
+        headers={"WWW-Authenticate": f'{BEARER_REALM}, error="invalid_token"'},
+    )
+
+
+def auth_unavailable() -> AuthError:
+    return AuthError(
+        503, "auth_unavailable",
+        "API keys cannot be verified right now; retry shortly.",
+        reason="unavailable", headers={"Retry-After": "5"},
+    )
+
+
+def parse_authorization(header: str | None, authenticator: Authenticator) -> ParsedKey:
+    """Step 1: the header's shape and the key's checksum, without any I/O."""
+    if header is None or not header.strip():
+        raise missing_key()
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise invalid_key("malformed")
+    parsed = authenticator.key_format.parse(token)
+    if parsed is None:
+        raise invalid_key("malformed")
+    return parsed
+
+
+class Authenticator:
+    def __init__(self, store: KeyStore, config: KeysConfig, clock: Clock) -> None:
+        self.store = store
+        self.key_format = store.format
+        self.config = config
+        self.clock = clock
+        self.cache = KeyCache(config.cache_max_entries)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.verify_concurrency, thread_name_prefix="argon2"
+        )
+        self._slots = asyncio.Semaphore(config.verify_concurrency)
+        self._inflight: dict[bytes, asyncio.Future[KeyRecord]] = {}
+        self._dummy_hash = store.hasher.hash(uuid.uuid4().hex)
+        self._db_retry_at = 0.0
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def authenticate(self, token: str, parsed: ParsedKey) -> KeyRecord:
+        """Step 3: the key's record if the key is valid now, else an `AuthError`."""
+        digest = hashlib.sha256(token.encode()).digest()
+        entry = self.cache.get(parsed.public_id)
+        if entry is not None and hmac.compare_digest(entry.digest, digest):
+            metrics.KEY_CACHE_HITS.inc()
+            age = self.clock.monotonic() - entry.confirmed_at
+            if entry.changed or age >= self.config.cache_ttl_seconds:
+                record = await self._reconfirm(parsed.public_id, entry, age)
+            else:
+                record = entry.record
+        else:
+            metrics.KEY_CACHE_MISSES.inc()
+            record = await self._verify_shared(digest, parsed)
+        self._check_state(record)
+        return record
+
+    def _check_state(self, record: KeyRecord) -> None:
+        if not record.enabled:
+            raise AuthError(
+                401, "disabled_api_key", "This API key is disabled.",
+                key=record, reason="disabled",
+            )
+        if record.expires_at is not None and record.expires_at <= utcnow(self.clock):
+            raise AuthError(
+                401, "expired_api_key", "This API key has expired.",
+                key=record, reason="expired",
+            )
+
+    async def _reconfirm(self, public_id: str, entry: CacheEntry, age: float) -> KeyRecord:
+        """Ask Postgres whether the verified hash is still this key's; no argon2."""
+        # stale-if-error: only for entries that merely aged, never for a key that a
+        # notification said changed.
+        stale_ok = (
+            not entry.changed
+            and age < self.config.cache_ttl_seconds + self.config.stale_if_error_seconds
+        )
+        if stale_ok and self.clock.monotonic() < self._db_retry_at:
+            return entry.record  # Postgres failed a moment ago: do not queue on it
+        try:
+            record = await self._lookup(public_id)
+        except UNAVAILABLE:
+            self._db_retry_at = self.clock.monotonic() + 1.0
+            if stale_ok:
+                return entry.record
+            raise auth_unavailable() from None
+        if record is None or not record.accepts_hash(entry.verified_hash, utcnow(self.clock)):
+            self.cache.discard(public_id)
+            raise invalid_key("revoked")
+        entry.record = record
+        entry.confirmed_at = self.clock.monotonic()
+        entry.changed = False
+        return record
+
+    async def _verify_shared(self, digest: bytes, parsed: ParsedKey) -> KeyRecord:
+        future = self._inflight.get(digest)
+        if future is not None:
+            return await asyncio.shield(future)
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = future
+        try:
+            record = await self._verify(digest, parsed)
+        except BaseException as exc:
+            future.set_exception(exc)
+            # The caller re-raises; waiters get the same exception.
+            future.exception()
+            raise
+        else:
+            future.set_result(record)
+            return record
+        finally:
+            del self._inflight[digest]
+
+    async def _verify(self, digest: bytes, parsed: ParsedKey) -> KeyRecord:
+        try:
+            record = await self._lookup(parsed.public_id)
+        except UNAVAILABLE:
+            raise auth_unavailable() from None
+        if record is None:
+            await self._argon2(self._dummy_hash, parsed.secret)
+            raise invalid_key("unknown")
+        confirmed_at = self.clock.monotonic()
+        for secret_hash in record.candidate_hashes(utcnow(self.clock)):
+            if await self._argon2(secret_hash, parsed.secret):
+                self.cache.put(
+                    parsed.public_id,
+                    CacheEntry(digest, secret_hash, record, confirmed_at),
+                )
+                return record
+        raise invalid_key("wrong_secret", key=record)
+
+    async def _lookup(self, public_id: str) -> KeyRecord | None:
+        metrics.KEY_LOOKUPS.inc()
+        return await self.store.lookup(public_id)
+
+    async def _argon2(self, secret_hash: str, secret: str) -> bool:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        async with self._slots:
+            metrics.ARGON2_VERIFICATIONS.inc()
+            ok = await loop.run_in_executor(
+                self._executor, self.store.hasher.verify, secret_hash, secret
+            )
+        metrics.ARGON2_DURATION.observe(time.perf_counter() - started)
+        return ok
+
+    def key_changed(self, public_id: str) -> None:
+        self.cache.mark_changed(public_id)
+
+    def listener_reconnected(self) -> None:
+        self.cache.mark_all_changed()

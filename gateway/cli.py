@@ -1,0 +1,220 @@
+"""The `gateway` command: serve, migrate, bootstrap, demo-upstream.
+
+Exit codes: 0 success, 1 a runtime failure (database unreachable, pending migrations),
+2 a usage or configuration error (one line naming the setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from .config import Config, ConfigError, load_config
+from .db import UNAVAILABLE, MigrationError, connect, migrate, pending_migrations
+from .logs import configure_logging
+
+log = logging.getLogger("gateway")
+
+
+class Failure(Exception):
+    """A runtime failure to report in one line (exit 1)."""
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+# -- serve -----------------------------------------------------------------------------
+
+
+async def serve(config: Config, *, apply_migrations: bool) -> None:
+    from admin.app import create_admin_app
+
+    from .app import create_app
+
+    await _check_schema(config, apply_migrations)
+    runners: list[web.AppRunner] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    timeout = config.server.shutdown_timeout_seconds
+    try:
+        listeners = []
+        if config.proxy.enabled:
+            listeners.append(("proxy", create_app(config), config.proxy.host, config.proxy.port))
+        if config.admin.enabled:
+            listeners.append(
+                ("admin", create_admin_app(config), config.admin.host, config.admin.port)
+            )
+        for name, app, host, port in listeners:
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=timeout)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, host, port).start()
+            log.info("listening", extra={"listener": name, "url": f"http://{host}:{port}"})
+        await stop.wait()
+        log.info("shutting down: finishing in-flight requests, then flushing")
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+    log.info("stopped")
+
+
+async def _check_schema(config: Config, apply_migrations: bool) -> None:
+    conn = await _connect(config)
+    try:
+        if apply_migrations:
+            await migrate(conn)
+        else:
+            pending = await pending_migrations(conn)
+            if pending:
+                names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
+                raise Failure(
+                    f"pending migrations ({names}): run 'gateway migrate' or 'serve --migrate'"
+                )
+    finally:
+        await conn.close()
+
+
+async def _connect(config: Config) -> asyncpg.Connection:
+    try:
+        return await connect(config.database)
+    except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+        raise Failure(f"cannot connect to the database: {exc or type(exc).__name__}") from None
+
+
+# -- migrate ---------------------------------------------------------------------------
+
+
+async def run_migrate(config: Config) -> None:
+    conn = await _connect(config)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    if applied:
+        for m in applied:
+            print(f"applied {m.version:04d}_{m.name}")
+    else:
+        print("migrations: up to date")
+
+
+# -- bootstrap -------------------------------------------------------------------------
+
+
+async def run_bootstrap(config: Config, account: str, owner_email: str, as_json: bool) -> None:
+    from .accounts import create_account
+    from .db import create_pool
+    from .keys import Hasher
+
+    name = account.strip()
+    if not 1 <= len(name) <= 100:
+        raise ConfigError("--account: 1 to 100 characters")
+    if "@" not in owner_email:
+        raise ConfigError("--owner-email: not an email address")
+    await _check_schema(config, apply_migrations=False)
+    pool = await create_pool(config.database, min_size=1, max_size=1)
+    try:
+        created = await create_account(
+            pool, Hasher(config.keys.argon2), name, owner_email, actor_type="system"
+        )
+    except asyncpg.UniqueViolationError:
+        raise Failure("an owner with that email already exists in that account") from None
+    finally:
+        await pool.close()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "account_id": str(created.account_id),
+                    "member_id": str(created.member_id),
+                    "token": created.token,
+                }
+            )
+        )
+    else:
+        print(f"account:   {created.account_id}")
+        print(f"owner:     {created.member_id} <{owner_email}>")
+        print(f"token:     {created.token}")
+        print("Keep the token now: it is shown only this once.")
+
+
+# -- demo-upstream ---------------------------------------------------------------------
+
+
+def run_demo_upstream(host: str, port: int) -> None:
+    from .demo_upstream import create_demo_app
+
+    web.run_app(create_demo_app(), host=host, port=port, print=None, access_log=None)
+
+
+# -- entry point -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="GrowPanel API gateway")
+    parser.add_argument(
+        "--config", help="path to config.yaml (default: $GATEWAY_CONFIG, then ./config.yaml)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    p_serve = commands.add_parser("serve", help="run the proxy and admin listeners")
+    p_serve.add_argument(
+        "--migrate", action="store_true", help="apply pending migrations first"
+    )
+    commands.add_parser("migrate", help="apply pending database migrations")
+    p_boot = commands.add_parser("bootstrap", help="create an account and its first Owner")
+    p_boot.add_argument("--account", required=True, help="the account's name")
+    p_boot.add_argument("--owner-email", required=True, help="the first Owner's email")
+    p_boot.add_argument("--json", action="store_true", help="print one JSON object")
+    p_demo = commands.add_parser("demo-upstream", help="run a stand-in GrowPanel API")
+    p_demo.add_argument("--host", default="127.0.0.1")
+    p_demo.add_argument("--port", type=int, default=8090)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo-upstream":
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+        run_demo_upstream(args.host, args.port)
+        return 0
+    try:
+        config = load_config(args.config)
+        configure_logging(config.logging)
+        if args.command == "serve":
+            _run(serve(config, apply_migrations=args.migrate))
+        elif args.command == "migrate":
+            _run(run_migrate(config))
+        elif args.command == "bootstrap":
+            _run(run_bootstrap(config, args.account, args.owner_email, args.json))
+    except ConfigError as exc:
+        print(f"gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    except (Failure, MigrationError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the port is taken
+        print(f"gateway: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

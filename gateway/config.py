@@ -1,0 +1,354 @@
+"""Configuration: `config.yaml` plus environment overrides, loaded into frozen dataclasses.
+
+Precedence, lowest first: the defaults below, the YAML file, `GATEWAY__<SECTION>__<KEY>`
+environment variables (values parsed as YAML scalars, so `8080`, `true` and `[a, b]` work),
+and `DATABASE_URL` for `database.url`. Every mistake raises `ConfigError` whose message
+starts with the dotted name of the setting, so start-up can fail with one clear line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from yarl import URL
+
+ENV_PREFIX = "GATEWAY__"
+DEFAULT_CONFIG_PATH = "config.yaml"
+SCOPES = ("reports", "customers", "data", "account")
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or invalid; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    upstream: str = "http://127.0.0.1:8090"
+    timeout_seconds: float = 30.0
+    connect_timeout_seconds: float = 5.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_upstream_connections: int = 200
+    forward_authorization: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+    # Path prefix -> scope needed to call it. Paths under no prefix need no scope.
+    scopes: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType(
+            {
+                "/v1/reports": "reports",
+                "/v1/customers": "customers",
+                "/v1/data": "data",
+                "/v1/account": "account",
+            }
+        )
+    )
+
+    def validate(self) -> None:
+        url = URL(self.upstream)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(
+                f"proxy.upstream: expected an http:// or https:// URL, got {self.upstream!r}"
+            )
+        if url.query_string or url.fragment:
+            raise ConfigError("proxy.upstream: must not carry a query or fragment")
+        for i, cidr in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"proxy.trusted_proxies[{i}]: not an IP address or CIDR: {cidr!r}"
+                ) from None
+        for prefix, scope in self.scopes.items():
+            if not prefix.startswith("/"):
+                raise ConfigError(f"proxy.scopes: path prefix must start with '/': {prefix!r}")
+            if scope not in SCOPES:
+                raise ConfigError(
+                    f"proxy.scopes.{prefix}: unknown scope {scope!r} (one of {', '.join(SCOPES)})"
+                )
+        _positive("proxy.timeout_seconds", self.timeout_seconds)
+        _positive("proxy.connect_timeout_seconds", self.connect_timeout_seconds)
+        _positive("proxy.max_body_bytes", self.max_body_bytes)
+        _positive("proxy.max_upstream_connections", self.max_upstream_connections)
+        _port("proxy.port", self.port)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdminConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8081
+
+    def validate(self) -> None:
+        _port("admin.port", self.port)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str = "postgresql://localhost:5432/growpanel"
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    connect_timeout_seconds: float = 5.0
+    statement_timeout_seconds: float = 10.0
+
+    def validate(self) -> None:
+        url = URL(self.url)
+        if url.scheme not in ("postgres", "postgresql"):
+            raise ConfigError("database.url: expected a postgresql:// URL")
+        _positive("database.pool_max_size", self.pool_max_size)
+        if not 0 <= self.pool_min_size <= self.pool_max_size:
+            raise ConfigError("database.pool_min_size: must be between 0 and pool_max_size")
+        _positive("database.connect_timeout_seconds", self.connect_timeout_seconds)
+        _positive("database.statement_timeout_seconds", self.statement_timeout_seconds)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Argon2Config:
+    time_cost: int = 2
+    memory_kib: int = 19456
+    parallelism: int = 1
+
+    def validate(self) -> None:
+        _positive("keys.argon2.time_cost", self.time_cost)
+        if self.memory_kib < 8 * self.parallelism:
+            raise ConfigError("keys.argon2.memory_kib: must be at least 8 × parallelism")
+        _positive("keys.argon2.parallelism", self.parallelism)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeysConfig:
+    prefix: str = "gp_"
+    rotation_days: int = 90
+    cache_ttl_seconds: float = 60.0
+    cache_max_entries: int = 100_000
+    stale_if_error_seconds: float = 300.0
+    verify_concurrency: int = 2
+    argon2: Argon2Config = dataclasses.field(default_factory=Argon2Config)
+
+    def validate(self) -> None:
+        if not self.prefix or not all(c.isascii() and (c.isalnum() or c == "_") for c in self.prefix):
+            raise ConfigError("keys.prefix: must be one or more of [A-Za-z0-9_]")
+        _positive("keys.rotation_days", self.rotation_days)
+        _positive("keys.cache_ttl_seconds", self.cache_ttl_seconds)
+        _positive("keys.cache_max_entries", self.cache_max_entries)
+        if self.stale_if_error_seconds < 0:
+            raise ConfigError("keys.stale_if_error_seconds: must be 0 or more")
+        _positive("keys.verify_concurrency", self.verify_concurrency)
+        self.argon2.validate()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    per_minute: int = 600
+    per_day: int = 50_000
+
+    def validate(self) -> None:
+        _positive("rate_limits.per_minute", self.per_minute)
+        _positive("rate_limits.per_day", self.per_day)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UsageConfig:
+    flush_interval_seconds: float = 5.0
+    max_pending_keys: int = 1_000_000
+
+    def validate(self) -> None:
+        _positive("usage.flush_interval_seconds", self.flush_interval_seconds)
+        _positive("usage.max_pending_keys", self.max_pending_keys)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+    access_log: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerConfig:
+    shutdown_timeout_seconds: float = 30.0
+
+    def validate(self) -> None:
+        _positive("server.shutdown_timeout_seconds", self.shutdown_timeout_seconds)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    proxy: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)
+    admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
+    database: DatabaseConfig = dataclasses.field(default_factory=DatabaseConfig)
+    keys: KeysConfig = dataclasses.field(default_factory=KeysConfig)
+    rate_limits: RateLimitConfig = dataclasses.field(default_factory=RateLimitConfig)
+    usage: UsageConfig = dataclasses.field(default_factory=UsageConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+
+    def validate(self) -> None:
+        for field in dataclasses.fields(self):
+            section = getattr(self, field.name)
+            validate = getattr(section, "validate", None)
+            if validate is not None:
+                validate()
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read the YAML file (if any), apply environment overrides, validate."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        path = env.get("GATEWAY_CONFIG")
+        if path is None and Path(DEFAULT_CONFIG_PATH).exists():
+            path = DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_yaml(Path(path))
+    _apply_environment(data, env)
+    config = _build(Config, data, "")
+    config.validate()
+    return config
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Build a validated Config from plain data (tests, tools)."""
+    config = _build(Config, dict(data), "")
+    config.validate()
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r}: not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {str(path)!r}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r}: expected a mapping of sections")
+    return data
+
+
+def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"{name}: expected GATEWAY__<SECTION>__<KEY>")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts)}: set by {name}, but its parent is not a section")
+            node = child
+        node[parts[-1]] = value
+    database_url = env.get("DATABASE_URL")
+    if database_url:
+        data.setdefault("database", {})
+        if not isinstance(data["database"], dict):
+            raise ConfigError("database: expected a mapping")
+        data["database"]["url"] = database_url
+
+
+def _build(cls: type[Any], data: Any, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        name = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"{name}: unknown setting")
+    values = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else str(key)
+        values[key] = _coerce(hints[key], value, name)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type[Any], hint), value, name)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {_kind(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected an integer, got {_kind(value)}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name}: expected a number, got {_kind(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}: expected a string, got {_kind(value)}")
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value in choices:
+            return value
+        raise ConfigError(f"{name}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {_kind(value)}")
+        return tuple(_coerce(item, v, f"{name}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or origin is getattr(types, "MappingProxyType", None):
+        _, vtype = typing.get_args(hint)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a mapping, got {_kind(value)}")
+        return types.MappingProxyType(
+            {str(k): _coerce(vtype, v, f"{name}.{k}") for k, v in value.items()}
+        )
+    raise TypeError(f"unsupported config type {hint!r} for {name}")  # programming error
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({value!r})"
+    if isinstance(value, int | float):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
+
+
+def _port(name: str, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{name}: not a TCP port: {value!r}")

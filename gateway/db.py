@@ -1,0 +1,156 @@
+"""Postgres: the connection pool and the migrations runner.
+
+Migrations are the numbered SQL files in `migrations/` (`0001_name.sql`). `migrate()` takes a
+session advisory lock so that replicas starting together apply each file once, runs every
+file in its own transaction and records its SHA-256; a file whose applied checksum no
+longer matches is an error, never silently re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from .config import DatabaseConfig
+
+log = logging.getLogger("gateway.db")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# An arbitrary constant shared by every gateway: "GPMIGRAT" as a 64-bit integer.
+MIGRATION_LOCK_ID = 0x47504D4947524154 - (1 << 63)
+_FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+# Errors that mean "the database cannot be reached right now" rather than a bug:
+# callers fall back (stale cache, keep pending counters) instead of failing hard.
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.QueryCanceledError,
+)
+
+
+class MigrationError(Exception):
+    pass
+
+
+async def create_pool(config: DatabaseConfig, **overrides: Any) -> asyncpg.Pool:
+    options: dict[str, Any] = {
+        "min_size": config.pool_min_size,
+        "max_size": config.pool_max_size,
+        "timeout": config.connect_timeout_seconds,
+        "command_timeout": config.statement_timeout_seconds,
+        # Connections that sat idle are recycled so a restarted Postgres is noticed.
+        "max_inactive_connection_lifetime": 60.0,
+    }
+    options.update(overrides)
+    return await asyncpg.create_pool(config.url, **options)
+
+
+async def connect(config: DatabaseConfig) -> asyncpg.Connection:
+    return await asyncpg.connect(config.url, timeout=config.connect_timeout_seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILENAME.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
+        migrations.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("two migration files share a number")
+    return migrations
+
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+async def _applied(conn: asyncpg.Connection) -> dict[int, str]:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return {}
+    rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+    return {row["version"]: row["checksum"] for row in rows}
+
+
+def _check(migrations: list[Migration], applied: dict[int, str]) -> list[Migration]:
+    """Return the pending migrations; raise if an applied one was edited or removed."""
+    known = {m.version: m for m in migrations}
+    for version, checksum in sorted(applied.items()):
+        migration = known.get(version)
+        if migration is None:
+            raise MigrationError(
+                f"migration {version:04d} is applied but its file is missing"
+            )
+        if migration.checksum != checksum:
+            raise MigrationError(
+                f"migration {version:04d}_{migration.name}.sql was edited after it was applied"
+                " (checksum differs); add a new migration instead"
+            )
+    return [m for m in migrations if m.version not in applied]
+
+
+async def pending_migrations(
+    conn: asyncpg.Connection, migrations: list[Migration] | None = None
+) -> list[Migration]:
+    migrations = load_migrations() if migrations is None else migrations
+    return _check(migrations, await _applied(conn))
+
+
+async def migrate(
+    conn: asyncpg.Connection, migrations: list[Migration] | None = None
+) -> list[Migration]:
+    """Apply every pending migration; return those applied by this call."""
+    migrations = load_migrations() if migrations is None else migrations
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await conn.execute(_CREATE_TABLE)
+        pending = _check(migrations, await _applied(conn))
+        for migration in pending:
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            log.info(
+                "applied migration",
+                extra={"migration": f"{migration.version:04d}_{migration.name}"},
+            )
+        return pending
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)

@@ -1,0 +1,163 @@
+"""Header hygiene for forwarding (SPEC §3 step 7) and the client address behind proxies.
+
+Pure functions over header multidicts: no I/O, so every rule is easy to test.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# RFC 9110 §7.6.1 plus the non-standard ones proxies still meet in the wild.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by the gateway itself, or meaningful only on this hop.
+_REPLACED_ON_REQUEST = frozenset(
+    {
+        "host",
+        "expect",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+    }
+)
+IDENTITY_PREFIX = "x-growpanel-"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _connection_named(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
+    named: set[str] = set()
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        values: Iterable[str] = headers.getall("Connection", [])
+    else:
+        values = [headers.get("Connection", "")]
+    for value in values:
+        named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return named
+
+
+def parse_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    value = value.strip()
+    if value.startswith("[") and "]" in value:  # [v6]:port
+        value = value[1 : value.index("]")]
+    elif value.count(":") == 1:  # v4:port
+        value = value.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, trusted: tuple[Network, ...]) -> bool:
+    return ip is not None and any(ip in net for net in trusted)
+
+
+class ClientAddress:
+    """Who is calling, as far as the gateway can trust it.
+
+    `X-Forwarded-For`, `-Proto` and `-Host` are believed only when the TCP peer is in
+    `proxy.trusted_proxies`; the client is then the right-most address in the chain that
+    is not itself a trusted proxy. Anything else a client writes there is ignored.
+    """
+
+    __slots__ = ("forwarded_for", "host", "ip", "peer_trusted", "proto")
+
+    def __init__(
+        self,
+        peer: str | None,
+        headers: CIMultiDictProxy[str],
+        scheme: str,
+        trusted: tuple[Network, ...],
+    ) -> None:
+        peer = peer or ""
+        peer_ip = _ip(peer)
+        self.peer_trusted = _trusted(peer_ip, trusted)
+        chain: list[str] = []
+        self.ip = peer
+        self.proto = scheme
+        self.host = headers.get("Host", "")
+        if self.peer_trusted:
+            for value in headers.getall("X-Forwarded-For", []):
+                chain.extend(v.strip() for v in value.split(",") if v.strip())
+            for hop in reversed(chain):
+                hop_ip = _ip(hop)
+                if hop_ip is None:
+                    break
+                self.ip = str(hop_ip)
+                if not _trusted(hop_ip, trusted):
+                    break
+            proto = headers.get("X-Forwarded-Proto", "").strip().lower()
+            if proto in ("http", "https"):
+                self.proto = proto
+            self.host = headers.get("X-Forwarded-Host", self.host).strip()
+        chain.append(peer)
+        self.forwarded_for = ", ".join(chain)
+
+    def incoming_request_id(self, headers: CIMultiDictProxy[str]) -> str | None:
+        """A request id set by a trusted proxy in front of us, if well-formed."""
+        if not self.peer_trusted:
+            return None
+        value = headers.get("X-Request-Id", "")
+        return value if _REQUEST_ID.match(value) else None
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    client: ClientAddress,
+    request_id: str,
+    identity: Mapping[str, str],
+    forward_authorization: bool,
+) -> CIMultiDict[str]:
+    drop = HOP_BY_HOP | _REPLACED_ON_REQUEST | _connection_named(incoming)
+    if not forward_authorization:
+        drop = drop | {"authorization"}
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in drop or lower.startswith(IDENTITY_PREFIX):
+            continue
+        headers.add(name, value)
+    headers.update(identity)
+    headers["X-Request-Id"] = request_id
+    headers["X-Forwarded-For"] = client.forwarded_for
+    headers["X-Forwarded-Proto"] = client.proto
+    if client.host:
+        headers["X-Forwarded-Host"] = client.host
+    return headers
+
+
+def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    drop = HOP_BY_HOP | _connection_named(upstream)
+    return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in drop)
+
+
+def identity_headers(account_id: Any, key_id: Any, scopes: Iterable[str]) -> dict[str, str]:
+    return {
+        "X-GrowPanel-Account-Id": str(account_id),
+        "X-GrowPanel-Key-Id": str(key_id),
+        "X-GrowPanel-Key-Scopes": ",".join(sorted(scopes)),
+    }

@@ -1,0 +1,77 @@
+"""Every Prometheus metric the gateway exports, defined once.
+
+Labels carry only small fixed sets (outcome, reason, kind, window): never a key, a key id,
+a path or anything else a client controls, so the series count stays bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Sub-millisecond resolution at the bottom: the gateway's own overhead lives there.
+LATENCY_BUCKETS = (
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0,
+)
+
+REQUESTS = Counter(
+    "gateway_requests_total",
+    "Requests on the proxy listener by outcome and status class.",
+    ["outcome", "status_class"],
+)
+REQUEST_DURATION = Histogram(
+    "gateway_request_duration_seconds",
+    "Time from request received to response finished on the proxy listener.",
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_DURATION = Histogram(
+    "gateway_upstream_duration_seconds",
+    "Time from sending the request upstream to receiving the response headers.",
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_ERRORS = Counter(
+    "gateway_upstream_errors_total",
+    "Upstream failures by kind (connect, timeout, protocol).",
+    ["kind"],
+)
+AUTH_RESULTS = Counter(
+    "gateway_auth_total",
+    "Authentication results by reason.",
+    ["result"],
+)
+KEY_CACHE_HITS = Counter("gateway_key_cache_hits_total", "Requests answered from the key cache.")
+KEY_CACHE_MISSES = Counter(
+    "gateway_key_cache_misses_total", "Requests whose key had to be verified against Postgres."
+)
+KEY_CACHE_EVICTIONS = Counter(
+    "gateway_key_cache_evictions_total", "Verified keys evicted to respect the size bound."
+)
+KEY_CACHE_ENTRIES = Gauge("gateway_key_cache_entries", "Verified keys in the cache.")
+KEY_LOOKUPS = Counter("gateway_key_lookups_total", "Queries for a key row in Postgres.")
+ARGON2_VERIFICATIONS = Counter(
+    "gateway_argon2_verifications_total", "argon2id verifications run."
+)
+ARGON2_DURATION = Histogram(
+    "gateway_argon2_duration_seconds",
+    "Time of one argon2id verification, queueing included.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+FLUSH_DURATION = Histogram(
+    "gateway_flush_duration_seconds",
+    "Time of one batched write to Postgres by kind (last_used, usage).",
+    ["kind"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
+FLUSH_FAILURES = Counter(
+    "gateway_flush_failures_total", "Batched writes that failed and were kept.", ["kind"]
+)
+FLUSH_PENDING = Gauge(
+    "gateway_flush_pending", "Items waiting for the next batched write.", ["kind"]
+)
+NOTIFICATIONS = Counter(
+    "gateway_notifications_total", "Key-change notifications received from Postgres."
+)
+LISTENER_RECONNECTS = Counter(
+    "gateway_listener_reconnects_total",
+    "Times the notification listener reconnected (each drops the key cache).",
+)

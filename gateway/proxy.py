@@ -1,0 +1,315 @@
+"""The request pipeline of the public listener, top to bottom (SPEC §3):
+
+    parse → authenticate → authorise → limit → record → forward
+
+Every step either passes or raises a `GatewayError`; `handle` renders it, then counts the
+request (metrics, hourly usage) and writes its access-log line, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from urllib.parse import unquote
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from . import metrics
+from .auth import AuthError, Authenticator, parse_authorization
+from .config import ProxyConfig
+from .errors import REQUEST_ID, GatewayError, new_request_id, render
+from .headers import (
+    ClientAddress,
+    Network,
+    downstream_response_headers,
+    identity_headers,
+    parse_networks,
+    upstream_request_headers,
+)
+from .keys import KeyRecord
+from .ratelimit import RateLimiter
+from .usage import UsageRecorder
+
+access_log = logging.getLogger("gateway.access")
+log = logging.getLogger("gateway.proxy")
+
+_CHUNK = 64 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def body_too_large(limit: int) -> GatewayError:
+    return GatewayError(413, "request_too_large", f"The request body exceeds {limit} bytes.")
+
+
+@dataclasses.dataclass(slots=True)
+class Call:
+    """What the pipeline learnt about one request, for the log line and the counters."""
+
+    request_id: str
+    client_ip: str
+    key: KeyRecord | None = None
+    outcome: str = "ok"
+    status: int = 0
+    extra_headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class Proxy:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        authenticator: Authenticator,
+        limiter: RateLimiter,
+        usage: UsageRecorder,
+        session: aiohttp.ClientSession,
+        *,
+        access_log_enabled: bool = True,
+    ) -> None:
+        self.config = config
+        self.auth = authenticator
+        self.limiter = limiter
+        self.usage = usage
+        self.session = session
+        self.upstream = config.upstream.rstrip("/")
+        self.trusted: tuple[Network, ...] = parse_networks(config.trusted_proxies)
+        # Longest prefix first, so /v1/data/exports can map apart from /v1/data.
+        self.scope_prefixes = sorted(config.scopes.items(), key=lambda kv: -len(kv[0]))
+        self.access_log_enabled = access_log_enabled
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        client = ClientAddress(
+            request.remote, request.headers, request.scheme, self.trusted
+        )
+        call = Call(
+            request_id=client.incoming_request_id(request.headers) or new_request_id(),
+            client_ip=client.ip,
+        )
+        request[REQUEST_ID] = call.request_id
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._pipeline(request, call, client)
+        except GatewayError as exc:
+            if isinstance(exc, AuthError) and exc.key is not None:
+                call.key = exc.key  # a known key id: its usage shows the refusal
+            call.outcome = _outcome_of(exc)
+            response = render(request, exc)
+            response.headers.update(call.extra_headers)
+        finally:
+            # A response we could not finish (client gone, upstream died mid-body) is
+            # logged with the status that had been sent, or 499 when none was.
+            call.status = response.status if response is not None else 499
+            self._record(request, call, time.perf_counter() - started)
+        return response
+
+    async def _pipeline(
+        self, request: web.Request, call: Call, client: ClientAddress
+    ) -> web.StreamResponse:
+        header = request.headers.get("Authorization")
+        parsed = parse_authorization(header, self.auth)
+        # (slot) failed-authentication throttling per client IP: issue "Rate limits".
+        assert header is not None
+        key = await self.auth.authenticate(header.strip().partition(" ")[2].strip(), parsed)
+        call.key = key
+        self._authorise(request, key, call.client_ip)
+        decision = self.limiter.check(key)
+        call.extra_headers = decision.headers
+        if not decision.allowed:
+            raise GatewayError(
+                429,
+                "rate_limited",
+                f"Rate limit exceeded for the {decision.window} window.",
+                {"Retry-After": str(decision.retry_after)},
+            )
+        self.usage.mark_used(key.id)
+        return await self._forward(request, call, client, key)
+
+    # -- authorise ----------------------------------------------------------------------
+
+    def _authorise(self, request: web.Request, key: KeyRecord, client_ip: str) -> None:
+        path = _normalised_path(request.rel_url.raw_path)
+        if key.ip_allowlist:
+            try:
+                ip = ipaddress.ip_address(client_ip)
+            except ValueError:
+                ip = None
+            if ip is None or not any(ip in net for net in key.ip_allowlist):
+                raise GatewayError(
+                    403, "ip_not_allowed", "This API key may not be used from this address."
+                )
+        scope = self._scope_for(path)
+        if scope is not None and scope not in key.scopes:
+            raise GatewayError(
+                403,
+                "insufficient_scope",
+                f"This API key lacks the '{scope}' scope needed for this route.",
+            )
+
+    def _scope_for(self, path: str) -> str | None:
+        for prefix, scope in self.scope_prefixes:
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return scope
+        return None
+
+    # -- forward ------------------------------------------------------------------------
+
+    async def _forward(
+        self, request: web.Request, call: Call, client: ClientAddress, key: KeyRecord
+    ) -> web.StreamResponse:
+        config = self.config
+        body: AsyncIterator[bytes] | None = None
+        if request.body_exists:
+            length = request.content_length
+            if length is not None and length > config.max_body_bytes:
+                raise body_too_large(config.max_body_bytes)
+            body = self._stream_body(request, config.max_body_bytes)
+        headers = upstream_request_headers(
+            request.headers,
+            client=client,
+            request_id=call.request_id,
+            identity=identity_headers(key.account_id, key.id, key.scopes),
+            forward_authorization=config.forward_authorization,
+        )
+        target = self.upstream + request.rel_url.raw_path
+        if request.rel_url.raw_query_string:
+            target += "?" + request.rel_url.raw_query_string
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(config.timeout_seconds):
+                upstream = await self.session.request(
+                    request.method,
+                    URL(target, encoded=True),
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                )
+        except BodyTooLarge:
+            raise body_too_large(config.max_body_bytes) from None
+        except TimeoutError:
+            metrics.UPSTREAM_ERRORS.labels("timeout").inc()
+            raise GatewayError(
+                504, "upstream_timeout", "The upstream did not answer in time."
+            ) from None
+        except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, BodyTooLarge) or _caused_by(exc, BodyTooLarge):
+                raise body_too_large(config.max_body_bytes) from None
+            kind = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "protocol"
+            metrics.UPSTREAM_ERRORS.labels(kind).inc()
+            raise GatewayError(
+                502, "upstream_unavailable", "The upstream could not be reached."
+            ) from None
+        metrics.UPSTREAM_DURATION.observe(time.perf_counter() - started)
+        try:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            response.headers.extend(downstream_response_headers(upstream.headers))
+            response.headers.update(call.extra_headers)
+            response.headers["X-Request-Id"] = call.request_id
+            call.outcome = _outcome_of_status(upstream.status)
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_chunked(_CHUNK):
+                    await response.write(chunk)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Headers are sent: all we can honestly do is cut the connection.
+                metrics.UPSTREAM_ERRORS.labels("protocol").inc()
+                call.outcome = "upstream_5xx"
+                log.warning(
+                    "upstream failed mid-body: %s", type(exc).__name__,
+                    extra={"request_id": call.request_id},
+                )
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            await response.write_eof()
+            return response
+        finally:
+            upstream.release()
+
+    @staticmethod
+    async def _stream_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            seen += len(chunk)
+            if seen > limit:
+                raise BodyTooLarge
+            yield chunk
+
+    # -- record -------------------------------------------------------------------------
+
+    def _record(self, request: web.Request, call: Call, elapsed: float) -> None:
+        status_class = f"{call.status // 100}xx"
+        metrics.REQUESTS.labels(call.outcome, status_class).inc()
+        metrics.REQUEST_DURATION.observe(elapsed)
+        if call.key is not None:
+            self.usage.count(call.key.id, call.outcome)
+        if self.access_log_enabled:
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": call.request_id,
+                    "account_id": str(call.key.account_id) if call.key else None,
+                    "key_id": str(call.key.id) if call.key else None,
+                    "method": request.method,
+                    "path": request.rel_url.raw_path,
+                    "status": call.status,
+                    "latency_ms": round(elapsed * 1000, 3),
+                    "client_ip": call.client_ip,
+                    "outcome": call.outcome,
+                },
+            )
+
+
+def _normalised_path(raw_path: str) -> str:
+    """The path as scope rules see it; refuses paths that could mean two things."""
+    lowered = raw_path.lower()
+    if not raw_path.startswith("/") or "%2f" in lowered or "%5c" in lowered or "\\" in raw_path:
+        raise GatewayError(400, "invalid_path", "The request path is not allowed.")
+    path = unquote(raw_path)
+    segments = path.split("/")
+    if any(s in (".", "..") for s in segments) or "\x00" in path:
+        raise GatewayError(400, "invalid_path", "The request path is not allowed.")
+    return path
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _outcome_of_status(status: int) -> str:
+    if status >= 500:
+        return "upstream_5xx"
+    if status >= 400:
+        return "upstream_4xx"
+    return "ok"
+
+
+def _outcome_of(exc: GatewayError) -> str:
+    if isinstance(exc, AuthError):
+        if exc.reason == "wrong_secret":
+            return "failed_auth"
+        if exc.key is not None:
+            return "denied"  # disabled, expired
+        return "unauthenticated" if exc.status == 401 else "unavailable"
+    if exc.code == "rate_limited":
+        return "rate_limited"
+    if exc.status in (502, 504):
+        return "upstream_5xx"
+    if exc.status == 413 or exc.status == 400:
+        return "bad_request"
+    return "denied"
+

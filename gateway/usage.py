@@ -1,0 +1,151 @@
+"""Last used and hourly usage counters: counted in memory, written in batches (SPEC §5).
+
+The request path only touches two dicts. Every `usage.flush_interval_seconds` one flush
+writes all keys' `last_used_at` in one statement and all usage counts in another. A flush
+that fails puts its batch back (merged with what arrived meanwhile) for the next try, so
+an outage loses nothing; the final flush on shutdown retries for a bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Coroutine
+
+import asyncpg
+
+from . import metrics
+from .clock import Clock
+from .config import UsageConfig
+from .db import UNAVAILABLE
+from .keys import KeyStore
+
+log = logging.getLogger("gateway.usage")
+
+OUTCOMES = ("ok", "upstream_4xx", "upstream_5xx", "rate_limited", "denied", "failed_auth")
+
+UsageKey = tuple[uuid.UUID, int, str]  # key id, hour (epoch seconds), outcome
+
+
+class UsageRecorder:
+    def __init__(
+        self, store: KeyStore, pool: asyncpg.Pool, config: UsageConfig, clock: Clock
+    ) -> None:
+        self._store = store
+        self._pool = pool
+        self._config = config
+        self._clock = clock
+        self._last_used: dict[uuid.UUID, float] = {}
+        self._counts: defaultdict[UsageKey, int] = defaultdict(int)
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    # -- the request path -------------------------------------------------------------
+
+    def mark_used(self, key_id: uuid.UUID) -> None:
+        now = self._clock.time()
+        if self._last_used.get(key_id, 0.0) < now:
+            self._last_used[key_id] = now
+
+    def count(self, key_id: uuid.UUID, outcome: str) -> None:
+        hour = int(self._clock.time() // 3600) * 3600
+        key = (key_id, hour, outcome)
+        if key not in self._counts and len(self._counts) >= self._config.max_pending_keys:
+            self.dropped += 1  # bounded memory during a very long outage
+            return
+        self._counts[key] += 1
+
+    @property
+    def pending(self) -> tuple[int, int]:
+        return len(self._last_used), len(self._counts)
+
+    # -- flushing ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-flusher")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the periodic flush, then flush what is left, retrying for `timeout`."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        deadline = time.monotonic() + timeout
+        while True:
+            if await self.flush():
+                return
+            if time.monotonic() >= deadline:
+                last_used, counts = self.pending
+                log.error(
+                    "could not write usage before exit",
+                    extra={"pending_last_used": last_used, "pending_counts": counts},
+                )
+                return
+            await asyncio.sleep(0.5)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.flush_interval_seconds)
+            await self.flush()
+
+    async def flush(self) -> bool:
+        """Write everything pending; True when nothing is left pending."""
+        async with self._lock:
+            last_used, self._last_used = self._last_used, {}
+            counts, self._counts = self._counts, defaultdict(int)
+            if not last_used and not counts:
+                return True
+            ok = await self._write("last_used", self._write_last_used(last_used)) if last_used else True
+            if ok and counts:
+                ok = await self._write("usage", self._write_counts(counts))
+            if not ok:
+                self._restore(last_used, counts)
+            metrics.FLUSH_PENDING.labels("last_used").set(len(self._last_used))
+            metrics.FLUSH_PENDING.labels("usage").set(len(self._counts))
+            return ok
+
+    async def _write(self, kind: str, write: Coroutine[None, None, None]) -> bool:
+        started = time.perf_counter()
+        try:
+            await write
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            metrics.FLUSH_FAILURES.labels(kind).inc()
+            log.warning("%s flush failed, kept for the next one: %s", kind, exc)
+            return False
+        metrics.FLUSH_DURATION.labels(kind).observe(time.perf_counter() - started)
+        return True
+
+    async def _write_last_used(self, last_used: dict[uuid.UUID, float]) -> None:
+        await self._store.record_last_used(
+            {key_id: dt.datetime.fromtimestamp(at, dt.UTC) for key_id, at in last_used.items()}
+        )
+        last_used.clear()  # written: a later failure of the counts must not restore these
+
+    async def _write_counts(self, counts: dict[UsageKey, int]) -> None:
+        await self._pool.execute(
+            """
+            INSERT INTO key_usage_hourly AS u (key_id, hour, outcome, count)
+            SELECT c.key_id, to_timestamp(c.hour), c.outcome, c.count
+              FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[])
+                   AS c(key_id, hour, outcome, count)
+              JOIN api_keys k ON k.id = c.key_id
+            ON CONFLICT (key_id, hour, outcome) DO UPDATE SET count = u.count + EXCLUDED.count
+            """,
+            [k[0] for k in counts],
+            [k[1] for k in counts],
+            [k[2] for k in counts],
+            list(counts.values()),
+        )
+
+    def _restore(self, last_used: dict[uuid.UUID, float], counts: dict[UsageKey, int]) -> None:
+        for key_id, at in last_used.items():
+            if self._last_used.get(key_id, 0.0) < at:
+                self._last_used[key_id] = at
+        for key, n in counts.items():
+            self._counts[key] += n
