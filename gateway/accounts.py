@@ -53,11 +53,22 @@ async def create_account(
             INSERT INTO members (account_id, email, name, role, token_public_id, token_hash)
             VALUES ($1, $2, $3, 'owner', $4, $5) RETURNING id
             """,
-            account_id, owner_email, owner_name, public_id, token_hash,
+            account_id,
+            owner_email,
+            owner_name,
+            public_id,
+            token_hash,
         )
         await audit(
-            conn, account_id, actor_type, None, "account.create", "account", account_id,
-            client_ip=client_ip, user_agent=user_agent,
+            conn,
+            account_id,
+            actor_type,
+            None,
+            "account.create",
+            "account",
+            account_id,
+            client_ip=client_ip,
+            user_agent=user_agent,
             details={"name": name, "owner_email": owner_email},
         )
     return NewAccount(account_id, member_id, token)
@@ -70,7 +81,9 @@ async def regenerate_member_token(
     updated = await conn.fetchval(
         "UPDATE members SET token_public_id = $2, token_hash = $3, token_created_at = now()"
         " WHERE id = $1 RETURNING id",
-        member_id, public_id, token_hash,
+        member_id,
+        public_id,
+        token_hash,
     )
     return token if updated else None
 
@@ -95,6 +108,13 @@ async def audit(
                                target_id, client_ip, user_agent, details)
         VALUES ($1, $2, $3, $4, $5, $6, $7::inet, $8, $9::jsonb)
         """,
-        account_id, actor_type, actor_id, action, target_type, target_id,
-        client_ip, user_agent, json.dumps(details or {}),
+        account_id,
+        actor_type,
+        actor_id,
+        action,
+        target_type,
+        target_id,
+        client_ip,
+        user_agent,
+        json.dumps(details or {}),
     )

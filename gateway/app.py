@@ -67,9 +67,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _authentication(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     auth = Authenticator(app[STORE], config.keys, app[CLOCK])
-    listener = NotificationListener(
-        config.database, auth.key_changed, auth.listener_reconnected
-    )
+    listener = NotificationListener(config.database, auth.key_changed, auth.listener_reconnected)
     await listener.start()
     app[AUTH] = auth
     app[LISTENER] = listener

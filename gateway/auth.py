@@ -32,8 +32,14 @@ class AuthError(GatewayError):
     """A refused key. `key` is set when the key id was known (usage: failed_auth/denied)."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, key: KeyRecord | None = None,
-        reason: str, headers: dict[str, str] | None = None,
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        key: KeyRecord | None = None,
+        reason: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(status, code, message, headers)
         self.key = key
@@ -42,26 +48,33 @@ class AuthError(GatewayError):
 
 def missing_key() -> AuthError:
     return AuthError(
-        401, "missing_api_key",
+        401,
+        "missing_api_key",
         "Send your API key as 'Authorization: Bearer <API key>'.",
-        reason="missing", headers={"WWW-Authenticate": BEARER_REALM},
+        reason="missing",
+        headers={"WWW-Authenticate": BEARER_REALM},
     )
 
 
 def invalid_key(reason: str, key: KeyRecord | None = None) -> AuthError:
     # One body for malformed, unknown, wrong-secret and deleted keys: no oracle.
     return AuthError(
-        401, "invalid_api_key", "The API key is not valid.",
-        key=key, reason=reason,
+        401,
+        "invalid_api_key",
+        "The API key is not valid.",
+        key=key,
+        reason=reason,
         headers={"WWW-Authenticate": f'{BEARER_REALM}, error="invalid_token"'},
     )
 
 
 def auth_unavailable() -> AuthError:
     return AuthError(
-        503, "auth_unavailable",
+        503,
+        "auth_unavailable",
         "API keys cannot be verified right now; retry shortly.",
-        reason="unavailable", headers={"Retry-After": "5"},
+        reason="unavailable",
+        headers={"Retry-After": "5"},
     )
 
 
@@ -117,13 +130,19 @@ class Authenticator:
     def _check_state(self, record: KeyRecord) -> None:
         if not record.enabled:
             raise AuthError(
-                401, "disabled_api_key", "This API key is disabled.",
-                key=record, reason="disabled",
+                401,
+                "disabled_api_key",
+                "This API key is disabled.",
+                key=record,
+                reason="disabled",
             )
         if record.expires_at is not None and record.expires_at <= utcnow(self.clock):
             raise AuthError(
-                401, "expired_api_key", "This API key has expired.",
-                key=record, reason="expired",
+                401,
+                "expired_api_key",
+                "This API key has expired.",
+                key=record,
+                reason="expired",
             )
 
     async def _reconfirm(self, public_id: str, entry: CacheEntry, age: float) -> KeyRecord:

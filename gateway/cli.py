@@ -174,9 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     p_serve = commands.add_parser("serve", help="run the proxy and admin listeners")
-    p_serve.add_argument(
-        "--migrate", action="store_true", help="apply pending migrations first"
-    )
+    p_serve.add_argument("--migrate", action="store_true", help="apply pending migrations first")
     commands.add_parser("migrate", help="apply pending database migrations")
     p_boot = commands.add_parser("bootstrap", help="create an account and its first Owner")
     p_boot.add_argument("--account", required=True, help="the account's name")

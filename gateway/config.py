@@ -135,7 +135,9 @@ class KeysConfig:
     argon2: Argon2Config = dataclasses.field(default_factory=Argon2Config)
 
     def validate(self) -> None:
-        if not self.prefix or not all(c.isascii() and (c.isalnum() or c == "_") for c in self.prefix):
+        if not self.prefix or not all(
+            c.isascii() and (c.isalnum() or c == "_") for c in self.prefix
+        ):
             raise ConfigError("keys.prefix: must be one or more of [A-Za-z0-9_]")
         _positive("keys.rotation_days", self.rotation_days)
         _positive("keys.cache_ttl_seconds", self.cache_ttl_seconds)
@@ -214,14 +216,14 @@ def load_config(
     if path is not None:
         data = _read_yaml(Path(path))
     _apply_environment(data, env)
-    config = _build(Config, data, "")
+    config: Config = _build(Config, data, "")
     config.validate()
     return config
 
 
 def from_dict(data: Mapping[str, Any]) -> Config:
     """Build a validated Config from plain data (tests, tools)."""
-    config = _build(Config, dict(data), "")
+    config: Config = _build(Config, dict(data), "")
     config.validate()
     return config
 
@@ -261,7 +263,9 @@ def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"{'.'.join(parts)}: set by {name}, but its parent is not a section")
+                raise ConfigError(
+                    f"{'.'.join(parts)}: set by {name}, but its parent is not a section"
+                )
             node = child
         node[parts[-1]] = value
     database_url = env.get("DATABASE_URL")

@@ -111,9 +111,7 @@ def _check(migrations: list[Migration], applied: dict[int, str]) -> list[Migrati
     for version, checksum in sorted(applied.items()):
         migration = known.get(version)
         if migration is None:
-            raise MigrationError(
-                f"migration {version:04d} is applied but its file is missing"
-            )
+            raise MigrationError(f"migration {version:04d} is applied but its file is missing")
         if migration.checksum != checksum:
             raise MigrationError(
                 f"migration {version:04d}_{migration.name}.sql was edited after it was applied"

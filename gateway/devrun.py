@@ -47,11 +47,16 @@ async def _prepare(database_url: str, config_path: str | None) -> tuple[str, str
             "SELECT m.id AS member_id, a.id AS account_id FROM members m"
             " JOIN accounts a ON a.id = m.account_id"
             " WHERE a.name = $1 AND m.email = $2 AND m.role = 'owner'",
-            DEMO_ACCOUNT, DEMO_OWNER,
+            DEMO_ACCOUNT,
+            DEMO_OWNER,
         )
         if owner is None:
             created = await create_account(
-                pool, hasher, DEMO_ACCOUNT, DEMO_OWNER, owner_name="Demo Owner",
+                pool,
+                hasher,
+                DEMO_ACCOUNT,
+                DEMO_OWNER,
+                owner_name="Demo Owner",
                 actor_type="system",
             )
             token, account_id, member_id = created.token, created.account_id, created.member_id
@@ -62,7 +67,8 @@ async def _prepare(database_url: str, config_path: str | None) -> tuple[str, str
         key_id = await pool.fetchval(
             "SELECT id FROM api_keys WHERE account_id = $1 AND name = $2"
             " AND deleted_at IS NULL ORDER BY created_at LIMIT 1",
-            account_id, DEMO_KEY,
+            account_id,
+            DEMO_KEY,
         )
         new = None
         if key_id is not None:

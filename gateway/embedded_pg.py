@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -62,9 +63,16 @@ def _service_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(SERVICE_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             SERVICE_USER],
-            check=True, capture_output=True,
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVICE_USER,
+            ],
+            check=True,
+            capture_output=True,
         )
         return pwd.getpwnam(SERVICE_USER)
 
@@ -100,9 +108,12 @@ class EmbeddedPostgres:
         kwargs: dict[str, object] = {}
         if self._user is not None:
             kwargs = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
-        result = subprocess.run(
+        result: subprocess.CompletedProcess[str] = subprocess.run(
             [str(self.bin_dir / args[0]), *args[1:]],
-            capture_output=True, text=True, cwd="/", **kwargs,  # type: ignore[call-overload]
+            capture_output=True,
+            text=True,
+            cwd="/",
+            **kwargs,  # type: ignore[call-overload]
         )
         if check and result.returncode != 0:
             raise EmbeddedPostgresError(
@@ -119,8 +130,15 @@ class EmbeddedPostgres:
             _make_traversable(self.bin_dir)
             os.chown(self.data_dir, self._user.pw_uid, self._user.pw_gid)
         self._run(
-            "initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-            "--encoding=UTF8", "--locale=C", "--no-instructions",
+            "initdb",
+            "-D",
+            str(self.data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-instructions",
         )
         settings = [
             "listen_addresses = '127.0.0.1'",
@@ -159,8 +177,17 @@ class EmbeddedPostgres:
             self.log_file.touch()
             os.chown(self.log_file, self._user.pw_uid, self._user.pw_gid)
         self._run(
-            "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir),
-            "-l", str(self.log_file), "-o", f"-p {self.port}",
+            "pg_ctl",
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_file),
+            "-o",
+            f"-p {self.port}",
         )
         self._wait_ready()
 
@@ -168,7 +195,13 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             result = self._run(
-                "pg_isready", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                "pg_isready",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
                 check=False,
             )
             if result.returncode == 0:
@@ -182,13 +215,23 @@ class EmbeddedPostgres:
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = self._run(
-            "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-d", self.url(database),
-            "-c", sql,
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-d",
+            self.url(database),
+            "-c",
+            sql,
         )
         return result.stdout
 
     def create_database(self, name: str) -> str:
-        exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+            raise EmbeddedPostgresError(f"not a plain database name: {name!r}")
+        exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'")  # noqa: S608
         if not exists.strip():
             self.psql(f'CREATE DATABASE "{name}"')
         return self.url(name)

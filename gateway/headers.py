@@ -71,7 +71,9 @@ def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, trusted: tuple[Network, ...]) -> bool:
+def _trusted(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, trusted: tuple[Network, ...]
+) -> bool:
     return ip is not None and any(ip in net for net in trusted)
 
 
@@ -121,7 +123,7 @@ class ClientAddress:
         if not self.peer_trusted:
             return None
         value = headers.get("X-Request-Id", "")
-        return value if _REQUEST_ID.match(value) else None
+        return value if _REQUEST_ID.fullmatch(value) else None
 
 
 def upstream_request_headers(

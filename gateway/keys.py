@@ -84,7 +84,7 @@ class KeyFormat:
         rest = token[len(self.prefix) :]
         if not _BASE62_SET.issuperset(rest):
             return None
-        body, checksum = token[: -CHECKSUM_LENGTH], token[-CHECKSUM_LENGTH:]
+        body, checksum = token[:-CHECKSUM_LENGTH], token[-CHECKSUM_LENGTH:]
         if _checksum(body) != checksum:
             return None
         return ParsedKey(rest[:PUBLIC_ID_LENGTH], rest[PUBLIC_ID_LENGTH:-CHECKSUM_LENGTH])
@@ -197,8 +197,7 @@ class KeyStore:
     async def lookup(self, public_id: str) -> KeyRecord | None:
         """The live key with this public id (deleted keys are never returned)."""
         row = await self.pool.fetchrow(
-            f"SELECT {_RECORD_COLUMNS} FROM api_keys"
-            " WHERE public_id = $1 AND deleted_at IS NULL",
+            f"SELECT {_RECORD_COLUMNS} FROM api_keys WHERE public_id = $1 AND deleted_at IS NULL",  # noqa: S608 - constant column list
             public_id,
         )
         return None if row is None else _record(row)
@@ -303,9 +302,7 @@ class KeyStore:
         )
         return bool(status == "UPDATE 1")
 
-    async def set_enabled(
-        self, account_id: uuid.UUID, key_id: uuid.UUID, enabled: bool
-    ) -> bool:
+    async def set_enabled(self, account_id: uuid.UUID, key_id: uuid.UUID, enabled: bool) -> bool:
         status = await self.pool.execute(
             "UPDATE api_keys SET enabled = $3"
             " WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL",

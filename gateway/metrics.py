@@ -10,8 +10,22 @@ from prometheus_client import Counter, Gauge, Histogram
 
 # Sub-millisecond resolution at the bottom: the gateway's own overhead lives there.
 LATENCY_BUCKETS = (
-    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0,
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 
 REQUESTS = Counter(
@@ -48,9 +62,7 @@ KEY_CACHE_EVICTIONS = Counter(
 )
 KEY_CACHE_ENTRIES = Gauge("gateway_key_cache_entries", "Verified keys in the cache.")
 KEY_LOOKUPS = Counter("gateway_key_lookups_total", "Queries for a key row in Postgres.")
-ARGON2_VERIFICATIONS = Counter(
-    "gateway_argon2_verifications_total", "argon2id verifications run."
-)
+ARGON2_VERIFICATIONS = Counter("gateway_argon2_verifications_total", "argon2id verifications run.")
 ARGON2_DURATION = Histogram(
     "gateway_argon2_duration_seconds",
     "Time of one argon2id verification, queueing included.",

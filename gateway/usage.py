@@ -101,7 +101,11 @@ class UsageRecorder:
             counts, self._counts = self._counts, defaultdict(int)
             if not last_used and not counts:
                 return True
-            ok = await self._write("last_used", self._write_last_used(last_used)) if last_used else True
+            ok = (
+                await self._write("last_used", self._write_last_used(last_used))
+                if last_used
+                else True
+            )
             if ok and counts:
                 ok = await self._write("usage", self._write_counts(counts))
             if not ok:
@@ -114,10 +118,16 @@ class UsageRecorder:
         started = time.perf_counter()
         try:
             await write
-        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except UNAVAILABLE as exc:
             metrics.FLUSH_FAILURES.labels(kind).inc()
             log.warning("%s flush failed, kept for the next one: %s", kind, exc)
             return False
+        except asyncpg.PostgresError:
+            # Not an outage but a batch Postgres refuses: retrying would block every
+            # later flush behind it, so it is logged and dropped.
+            metrics.FLUSH_FAILURES.labels(kind).inc()
+            log.exception("%s flush refused by Postgres; batch dropped", kind)
+            return True
         metrics.FLUSH_DURATION.labels(kind).observe(time.perf_counter() - started)
         return True
 

@@ -1,0 +1,55 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Config, from_dict
+
+# Cheap argon2 parameters keep the suite fast; the OWASP defaults have their own test.
+FAST_ARGON2 = {"time_cost": 1, "memory_kib": 1024, "parallelism": 1}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_config(
+    database_url: str, upstream_url: str = "http://127.0.0.1:9", **sections: Any
+) -> Config:
+    """A test config: the given database and upstream, fast argon2, quick flushes."""
+    data: dict[str, Any] = {
+        "proxy": {"upstream": upstream_url, "host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "database": {"url": database_url, "pool_max_size": 5},
+        "keys": {"argon2": dict(FAST_ARGON2)},
+        "usage": {"flush_interval_seconds": 0.2},
+        "logging": {"level": "INFO", "format": "json"},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return from_dict(data)
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+) -> None:
+    """Poll `condition` until it holds; fail the test after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def gateway_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway.cli", *args]

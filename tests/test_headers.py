@@ -1,0 +1,295 @@
+"""Header hygiene when forwarding (SPEC §3 step 7) and who the client is behind proxies."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.headers import (
+    ClientAddress,
+    downstream_response_headers,
+    identity_headers,
+    parse_networks,
+    upstream_request_headers,
+)
+
+TRUSTED = parse_networks(["10.0.0.0/8", "2001:db8::/32"])
+IDENTITY = identity_headers("acc-1", "key-1", ["reports", "customers"])
+HOP_BY_HOP = [
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
+    "Proxy-Connection",
+    "TE",
+    "Trailer",
+    "Transfer-Encoding",
+    "Upgrade",
+]
+
+
+def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+def forward(
+    incoming: CIMultiDictProxy[str],
+    *,
+    peer: str = "203.0.113.9",
+    scheme: str = "http",
+    trusted: tuple = TRUSTED,
+    forward_authorization: bool = False,
+) -> CIMultiDict[str]:
+    client = ClientAddress(peer, incoming, scheme, trusted)
+    return upstream_request_headers(
+        incoming,
+        client=client,
+        request_id="req-123",
+        identity=IDENTITY,
+        forward_authorization=forward_authorization,
+    )
+
+
+# -- hop-by-hop --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", HOP_BY_HOP)
+def test_hop_by_hop_header_is_not_forwarded_upstream(name: str) -> None:
+    """Headers that belong to one connection never reach the upstream."""
+    out = forward(headers((name, "x"), ("Accept", "application/json")))
+    assert name not in out
+    assert out["Accept"] == "application/json"
+
+
+@pytest.mark.parametrize("name", HOP_BY_HOP)
+def test_hop_by_hop_header_is_not_returned_downstream(name: str) -> None:
+    """The same headers from the upstream never reach the client."""
+    out = downstream_response_headers(headers((name, "x"), ("Content-Type", "text/csv")))
+    assert name not in out
+    assert out["Content-Type"] == "text/csv"
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [
+        ["X-Private, x-other"],
+        ["x-private", "X-Other"],
+        ["close,X-PRIVATE ,  x-other,"],
+    ],
+)
+def test_headers_named_in_connection_are_dropped_both_ways(connection: list[str]) -> None:
+    """Every header listed in `Connection` (any case, any number of them) is hop-by-hop."""
+    pairs = [("Connection", value) for value in connection]
+    pairs += [("X-Private", "1"), ("X-Other", "2"), ("X-Kept", "3")]
+    for out in (forward(headers(*pairs)), downstream_response_headers(headers(*pairs))):
+        assert "X-Private" not in out
+        assert "X-Other" not in out
+        assert "Connection" not in out
+        assert out["X-Kept"] == "3"
+
+
+def test_end_to_end_headers_pass_through_unchanged() -> None:
+    """Ordinary headers, repeated ones included, are forwarded as they came."""
+    incoming = headers(
+        ("Accept", "application/json"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", "12"),
+        ("User-Agent", "sheets/1.0"),
+        ("Cookie", "a=1"),
+        ("X-Custom", "one"),
+        ("X-Custom", "two"),
+    )
+    out = forward(incoming)
+    for name in ("Accept", "Content-Type", "Content-Length", "User-Agent", "Cookie"):
+        assert out.getall(name) == incoming.getall(name)
+    assert out.getall("X-Custom") == ["one", "two"]
+
+
+def test_upstream_response_headers_pass_through_unchanged() -> None:
+    """The upstream's own headers, repeated Set-Cookie included, reach the client."""
+    upstream = headers(
+        ("Content-Type", "application/json"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+        ("Cache-Control", "no-store"),
+        ("X-GrowPanel-Upstream", "kept"),
+    )
+    assert downstream_response_headers(upstream) == CIMultiDict(upstream)
+
+
+@pytest.mark.parametrize("name", ["Host", "Expect", "Forwarded"])
+def test_headers_meaningful_only_on_this_hop_are_not_forwarded(name: str) -> None:
+    """Host, Expect and Forwarded are the gateway's to set, never copied from the client."""
+    out = forward(headers((name, "value"), ("Accept", "*/*")))
+    assert name not in out
+
+
+# -- credentials and identity -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("forward_authorization", "forwarded"),
+    [(False, False), (True, True)],
+)
+def test_authorization_is_dropped_unless_configured(
+    forward_authorization: bool, forwarded: bool
+) -> None:
+    """The API key leaves the gateway only with `proxy.forward_authorization: true`."""
+    incoming = headers(("Authorization", "Bearer gp_secret"), ("Accept", "*/*"))
+    out = forward(incoming, forward_authorization=forward_authorization)
+    assert ("Authorization" in out) is forwarded
+    if forwarded:
+        assert out.getall("Authorization") == ["Bearer gp_secret"]
+
+
+def test_proxy_authorization_is_dropped_even_when_authorization_is_forwarded() -> None:
+    """Proxy credentials are hop-by-hop whatever the setting."""
+    out = forward(headers(("Proxy-Authorization", "Basic x")), forward_authorization=True)
+    assert "Proxy-Authorization" not in out
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-GrowPanel-Account-Id",
+        "x-growpanel-account-id",
+        "X-GROWPANEL-KEY-ID",
+        "X-Growpanel-Key-Scopes",
+        "X-GrowPanel-Admin",
+        "x-growpanel-",
+    ],
+)
+def test_incoming_growpanel_headers_are_replaced_by_the_identity(name: str) -> None:
+    """A client cannot forge identity: every `X-GrowPanel-*` it sends is removed."""
+    out = forward(headers((name, "forged"), (name, "forged again")))
+    assert "forged" not in out.values()
+    assert "forged again" not in out.values()
+    assert out.getall("X-GrowPanel-Account-Id") == ["acc-1"]
+    assert out.getall("X-GrowPanel-Key-Id") == ["key-1"]
+    assert out.getall("X-GrowPanel-Key-Scopes") == ["customers,reports"]
+    growpanel = [k for k in out if k.lower().startswith("x-growpanel-")]
+    assert sorted(growpanel) == sorted(IDENTITY)
+
+
+def test_identity_headers_list_scopes_sorted() -> None:
+    """The identity names the account, the key and its scopes in a stable order."""
+    assert identity_headers("a", "k", {"data", "account", "reports"}) == {
+        "X-GrowPanel-Account-Id": "a",
+        "X-GrowPanel-Key-Id": "k",
+        "X-GrowPanel-Key-Scopes": "account,data,reports",
+    }
+
+
+# -- the client address ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("peer", "xff", "client_ip", "forwarded_for"),
+    [
+        # Untrusted peer: whatever it wrote is ignored; the peer is the client.
+        ("203.0.113.9", [], "203.0.113.9", "203.0.113.9"),
+        ("203.0.113.9", ["1.2.3.4"], "203.0.113.9", "203.0.113.9"),
+        ("203.0.113.9", ["10.0.0.1, 1.2.3.4"], "203.0.113.9", "203.0.113.9"),
+        ("2001:db9::5", ["1.2.3.4"], "2001:db9::5", "2001:db9::5"),
+        # Trusted peer: its chain is kept and the peer appended.
+        ("10.0.0.1", [], "10.0.0.1", "10.0.0.1"),
+        ("10.0.0.1", ["198.51.100.7"], "198.51.100.7", "198.51.100.7, 10.0.0.1"),
+        (
+            "10.0.0.1",
+            ["1.1.1.1, 198.51.100.7, 10.0.0.2"],
+            "198.51.100.7",
+            "1.1.1.1, 198.51.100.7, 10.0.0.2, 10.0.0.1",
+        ),
+        (
+            "10.0.0.1",
+            ["1.1.1.1", "198.51.100.7"],
+            "198.51.100.7",
+            "1.1.1.1, 198.51.100.7, 10.0.0.1",
+        ),
+        ("10.0.0.1", ["10.0.0.3, 10.0.0.2"], "10.0.0.3", "10.0.0.3, 10.0.0.2, 10.0.0.1"),
+        ("10.0.0.1", ["198.51.100.7:4711"], "198.51.100.7", "198.51.100.7:4711, 10.0.0.1"),
+        ("2001:db8::1", ["[2001:db9::7]:443"], "2001:db9::7", "[2001:db9::7]:443, 2001:db8::1"),
+        ("2001:db8::1", ["2001:db9::7"], "2001:db9::7", "2001:db9::7, 2001:db8::1"),
+    ],
+)
+def test_client_ip_is_the_right_most_untrusted_hop(
+    peer: str, xff: list[str], client_ip: str, forwarded_for: str
+) -> None:
+    """X-Forwarded-For is believed only from trusted peers; the client is the last untrusted hop."""
+    incoming = headers(*[("X-Forwarded-For", value) for value in xff])
+    client = ClientAddress(peer, incoming, "http", TRUSTED)
+    assert client.ip == client_ip
+    assert client.forwarded_for == forwarded_for
+    out = forward(incoming, peer=peer)
+    assert out.getall("X-Forwarded-For") == [forwarded_for]
+
+
+def test_no_trusted_proxies_means_the_peer_is_always_the_client() -> None:
+    """With `proxy.trusted_proxies` empty, no forwarded header is ever believed."""
+    incoming = headers(("X-Forwarded-For", "1.2.3.4"), ("X-Forwarded-Proto", "https"))
+    client = ClientAddress("10.0.0.1", incoming, "http", ())
+    assert (client.ip, client.forwarded_for, client.proto) == ("10.0.0.1", "10.0.0.1", "http")
+    assert not client.peer_trusted
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_proto", "forwarded_host", "proto", "host"),
+    [
+        ("203.0.113.9", "https", "evil.example", "http", "api.example.com"),
+        ("10.0.0.1", "https", "public.example.com", "https", "public.example.com"),
+        ("10.0.0.1", "HTTPS", None, "https", "api.example.com"),
+        ("10.0.0.1", "javascript", None, "http", "api.example.com"),
+        ("10.0.0.1", None, None, "http", "api.example.com"),
+    ],
+)
+def test_forwarded_proto_and_host_are_believed_only_from_trusted_peers(
+    peer: str, forwarded_proto: str | None, forwarded_host: str | None, proto: str, host: str
+) -> None:
+    """X-Forwarded-Proto / -Host come from a trusted proxy, else from this connection."""
+    pairs = [("Host", "api.example.com")]
+    if forwarded_proto is not None:
+        pairs.append(("X-Forwarded-Proto", forwarded_proto))
+    if forwarded_host is not None:
+        pairs.append(("X-Forwarded-Host", forwarded_host))
+    incoming = headers(*pairs)
+    client = ClientAddress(peer, incoming, "http", TRUSTED)
+    assert (client.proto, client.host) == (proto, host)
+    out = forward(incoming, peer=peer)
+    assert out.getall("X-Forwarded-Proto") == [proto]
+    assert out.getall("X-Forwarded-Host") == [host]
+    assert "Host" not in out
+
+
+# -- request ids --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("peer", "value", "honoured"),
+    [
+        ("10.0.0.1", "abc-123", True),
+        ("10.0.0.1", "4bf92f3577b34da6a3ce929d0e0e4736", True),
+        ("10.0.0.1", "lb:1.2_3-4", True),
+        ("10.0.0.1", "a" * 128, True),
+        ("10.0.0.1", "a" * 129, False),
+        ("10.0.0.1", "", False),
+        ("10.0.0.1", "has space", False),
+        ("10.0.0.1", "abc\n", False),
+        ("10.0.0.1", "abc\r\nX-Evil: 1", False),
+        ("10.0.0.1", "<script>", False),
+        ("10.0.0.1", "ünïcode", False),
+        ("203.0.113.9", "abc-123", False),
+    ],
+)
+def test_incoming_request_id_is_honoured_only_from_trusted_peers_when_well_formed(
+    peer: str, value: str, honoured: bool
+) -> None:
+    """A proxy in front of us may set the request id; a client may not, and junk is ignored."""
+    incoming = headers(("X-Request-Id", value))
+    client = ClientAddress(peer, incoming, "http", TRUSTED)
+    assert client.incoming_request_id(incoming) == (value if honoured else None)
+
+
+def test_request_id_sent_upstream_is_the_gateways() -> None:
+    """The upstream gets exactly one X-Request-Id: the one the gateway chose."""
+    out = forward(headers(("X-Request-Id", "client-chosen"), ("x-request-id", "again")))
+    assert out.getall("X-Request-Id") == ["req-123"]

@@ -1,0 +1,149 @@
+"""Last used and hourly usage: in memory on the request path, batched to Postgres, never lost."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import aiohttp
+import asyncpg
+from aiohttp.test_utils import TestServer
+
+from gateway.app import USAGE
+from gateway.clock import FakeClock
+from gateway.config import Config
+
+from .conftest import Cluster, GatewayFactory, Seed
+from .helpers import make_config, wait_for
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def hit(server: TestServer, key: str, path: str = "/v1/customers", n: int = 1) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(n):
+            async with session.get(server.make_url(path), headers=bearer(key)) as response:
+                await response.read()
+
+
+async def usage_counts(db: asyncpg.Connection, key_id: object) -> dict[str, int]:
+    rows = await db.fetch(
+        "SELECT outcome, sum(count)::int AS n FROM key_usage_hourly WHERE key_id = $1"
+        " GROUP BY outcome",
+        key_id,
+    )
+    return {row["outcome"]: row["n"] for row in rows}
+
+
+async def test_last_used_reaches_the_database_after_the_flush_interval(
+    gateway: TestServer, seed: Seed, db: asyncpg.Connection
+) -> None:
+    key = await seed.key()
+    assert await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key.id) is None
+    before = dt.datetime.now(dt.UTC)
+    await hit(gateway, key.key)
+
+    async def written() -> bool:
+        at = await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key.id)
+        return at is not None and at >= before - dt.timedelta(seconds=1)
+
+    await wait_for(written, timeout=5)
+
+
+async def test_last_used_is_one_statement_for_all_keys(
+    start_gateway: GatewayFactory, config: Config, seed: Seed, db: asyncpg.Connection
+) -> None:
+    """Many keys used between two flushes cost one UPDATE, not one per key or request."""
+    slow = make_config(
+        config.database.url, config.proxy.upstream, usage={"flush_interval_seconds": 3600}
+    )
+    gateway = await start_gateway(slow)
+    account = await seed.account()
+    keys = [await seed.key(account, name=f"k{i}") for i in range(10)]
+    for key in keys:
+        await hit(gateway, key.key, n=3)
+    # Count UPDATE statements on api_keys with a statement-level trigger.
+    await db.execute(
+        """
+        CREATE TABLE update_statements (at timestamptz DEFAULT now());
+        CREATE FUNCTION log_update_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO update_statements DEFAULT VALUES; RETURN NULL; END $$;
+        CREATE TRIGGER count_updates AFTER UPDATE ON api_keys
+            FOR EACH STATEMENT EXECUTE FUNCTION log_update_statement();
+        """
+    )
+    usage = gateway.app[USAGE]
+    assert usage.pending == (10, 10)
+    assert await usage.flush()
+    assert await db.fetchval("SELECT count(*) FROM update_statements") == 1
+    ids = [k.id for k in keys]
+    rows = await db.fetch("SELECT last_used_at FROM api_keys WHERE id = ANY($1)", ids)
+    assert all(r["last_used_at"] is not None for r in rows)
+    assert usage.pending == (0, 0)
+
+
+async def test_last_used_never_moves_backwards(
+    start_gateway: GatewayFactory, seed: Seed, db: asyncpg.Connection
+) -> None:
+    clock = FakeClock(start=dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp())
+    gateway = await start_gateway(clock=clock)
+    key = await seed.key()
+    later = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    await db.execute("UPDATE api_keys SET last_used_at = $2 WHERE id = $1", key.id, later)
+    await hit(gateway, key.key)
+    assert await gateway.app[USAGE].flush()
+    assert await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key.id) == later
+
+
+async def test_usage_is_counted_per_hour_by_outcome(
+    start_gateway: GatewayFactory, seed: Seed, db: asyncpg.Connection
+) -> None:
+    clock = FakeClock(start=dt.datetime.now(dt.UTC).timestamp())
+    gateway = await start_gateway(clock=clock)
+    account = await seed.account()
+    key = await seed.key(account, scopes=["customers"])
+    wrong_secret, _ = seed.store.format.generate(key.public_id)
+    await hit(gateway, key.key, "/v1/customers", n=3)  # ok
+    await hit(gateway, key.key, "/v1/status/404", n=2)  # upstream 4xx
+    await hit(gateway, key.key, "/v1/status/502", n=1)  # upstream 5xx
+    await hit(gateway, key.key, "/v1/reports/mrr", n=2)  # denied: scope
+    await hit(gateway, wrong_secret, n=2)  # failed_auth for this key id
+    assert await gateway.app[USAGE].flush()
+    assert await usage_counts(db, key.id) == {
+        "ok": 3,
+        "upstream_4xx": 2,
+        "upstream_5xx": 1,
+        "denied": 2,
+        "failed_auth": 2,
+    }
+    clock.advance(3600)
+    await hit(gateway, key.key)
+    assert await gateway.app[USAGE].flush()
+    hours = await db.fetchval(
+        "SELECT count(DISTINCT hour) FROM key_usage_hourly WHERE key_id = $1", key.id
+    )
+    assert hours == 2
+
+
+async def test_nothing_is_lost_while_the_database_is_down(
+    start_gateway: GatewayFactory, seed: Seed, cluster: Cluster, database_url: str
+) -> None:
+    gateway = await start_gateway()
+    key = await seed.key()
+    await hit(gateway, key.key)  # cached
+    usage = gateway.app[USAGE]
+    assert await usage.flush()
+    cluster.stop()
+    try:
+        await hit(gateway, key.key, n=5)
+        assert not await usage.flush()
+        assert usage.pending == (1, 1)
+    finally:
+        cluster.start()
+    await wait_for(usage.flush, timeout=10)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert (await usage_counts(conn, key.id))["ok"] == 6
+    finally:
+        await conn.close()
