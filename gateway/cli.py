@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -30,13 +31,16 @@ class Failure(Exception):
     """A runtime failure to report in one line (exit 1)."""
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+def _run(main: Coroutine[Any, Any, None], use_uvloop: bool = True) -> None:
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 # -- serve -----------------------------------------------------------------------------
@@ -126,7 +130,7 @@ async def run_bootstrap(config: Config, account: str, owner_email: str, as_json:
     name = account.strip()
     if not 1 <= len(name) <= 100:
         raise ConfigError("--account: 1 to 100 characters")
-    if "@" not in owner_email:
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", owner_email):
         raise ConfigError("--owner-email: not an email address")
     await _check_schema(config, apply_migrations=False)
     pool = await create_pool(config.database, min_size=1, max_size=1)
@@ -196,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         configure_logging(config.logging)
         if args.command == "serve":
-            _run(serve(config, apply_migrations=args.migrate))
+            _run(serve(config, apply_migrations=args.migrate), config.server.uvloop)
         elif args.command == "migrate":
             _run(run_migrate(config))
         elif args.command == "bootstrap":

@@ -178,6 +178,7 @@ class LoggingConfig:
 @dataclasses.dataclass(frozen=True, slots=True)
 class ServerConfig:
     shutdown_timeout_seconds: float = 30.0
+    uvloop: bool = True
 
     def validate(self) -> None:
         _positive("server.shutdown_timeout_seconds", self.shutdown_timeout_seconds)

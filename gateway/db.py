@@ -137,14 +137,13 @@ async def migrate(
         await conn.execute(_CREATE_TABLE)
         pending = _check(migrations, await _applied(conn))
         for migration in pending:
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
+            try:
+                await _apply(conn, migration)
+            except asyncpg.PostgresError as exc:
+                raise MigrationError(
+                    f"{migration.version:04d}_{migration.name}.sql failed and was rolled back:"
+                    f" {type(exc).__name__}: {exc}"
+                ) from exc
             log.info(
                 "applied migration",
                 extra={"migration": f"{migration.version:04d}_{migration.name}"},
@@ -152,3 +151,14 @@ async def migrate(
         return pending
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+
+
+async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
+    async with conn.transaction():
+        await conn.execute(migration.sql)
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            migration.version,
+            migration.name,
+            migration.checksum,
+        )

@@ -62,6 +62,7 @@ def _service_user() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(SERVICE_USER)
     except KeyError:
+        # Two runs may race to create it: whoever loses finds it made.
         subprocess.run(
             [
                 "useradd",
@@ -71,7 +72,7 @@ def _service_user() -> pwd.struct_passwd | None:
                 "/usr/sbin/nologin",
                 SERVICE_USER,
             ],
-            check=True,
+            check=False,
             capture_output=True,
         )
         return pwd.getpwnam(SERVICE_USER)

@@ -115,7 +115,8 @@ class ClientAddress:
             if proto in ("http", "https"):
                 self.proto = proto
             self.host = headers.get("X-Forwarded-Host", self.host).strip()
-        chain.append(peer)
+        if peer:
+            chain.append(peer)
         self.forwarded_for = ", ".join(chain)
 
     def incoming_request_id(self, headers: CIMultiDictProxy[str]) -> str | None:
@@ -145,7 +146,8 @@ def upstream_request_headers(
         headers.add(name, value)
     headers.update(identity)
     headers["X-Request-Id"] = request_id
-    headers["X-Forwarded-For"] = client.forwarded_for
+    if client.forwarded_for:
+        headers["X-Forwarded-For"] = client.forwarded_for
     headers["X-Forwarded-Proto"] = client.proto
     if client.host:
         headers["X-Forwarded-Host"] = client.host

@@ -157,8 +157,9 @@ async def test_failing_migration_rolls_back_completely(conn: asyncpg.Connection)
             " INSERT INTO no_such_table VALUES (1);",
         ),
     ]
-    with pytest.raises(asyncpg.UndefinedTableError):
+    with pytest.raises(MigrationError, match=r"^0002_broken\.sql failed") as error:
         await migrate(conn, broken)
+    assert isinstance(error.value.__cause__, asyncpg.UndefinedTableError)
     assert await public_tables(conn) == {"good_table", "schema_migrations"}
     assert [r["version"] for r in await recorded(conn)] == [1]
     # The advisory lock was released: the next run (with the file fixed) goes ahead.
@@ -203,7 +204,7 @@ async def test_concurrent_migrate_commands_apply_the_schema_once(
     """Two `gateway migrate` started together both succeed; each file is applied once."""
     env = command_environ(empty_database_url)
     processes = [
-        subprocess.Popen(  # noqa: ASYNC220 - two real processes racing is the point
+        subprocess.Popen(
             gateway_command("migrate"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

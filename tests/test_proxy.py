@@ -349,26 +349,24 @@ async def test_upstream_status_and_headers_pass_through(
     gateway: TestServer, seed: Seed, code: int
 ) -> None:
     key = await seed.key()
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            gateway.make_url(f"/v1/status/{code}"), headers=bearer(key.key), allow_redirects=False
-        ) as response:
-            assert response.status == code
-            assert "X-Request-Id" in response.headers
+    async with aiohttp.ClientSession() as session, session.get(
+        gateway.make_url(f"/v1/status/{code}"), headers=bearer(key.key), allow_redirects=False
+    ) as response:
+        assert response.status == code
+        assert "X-Request-Id" in response.headers
 
 
 async def test_large_download_streams_through(gateway: TestServer, seed: Seed) -> None:
     key = await seed.key()
     size = 8 * 1024 * 1024
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            gateway.make_url(f"/v1/data/export?bytes={size}"), headers=bearer(key.key)
-        ) as response:
-            assert response.status == 200
-            assert response.headers["Content-Length"] == str(size)
-            received = 0
-            async for chunk in response.content.iter_chunked(65536):
-                received += len(chunk)
+    async with aiohttp.ClientSession() as session, session.get(
+        gateway.make_url(f"/v1/data/export?bytes={size}"), headers=bearer(key.key)
+    ) as response:
+        assert response.status == 200
+        assert response.headers["Content-Length"] == str(size)
+        received = 0
+        async for chunk in response.content.iter_chunked(65536):
+            received += len(chunk)
     assert received == size
 
 
