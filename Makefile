@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck check clean distclean
+.PHONY: run test lint typecheck check clean distclean bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,8 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+## bench: the gateway's hot path against a bare aiohttp proxy (uvloop and asyncio)
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || { echo "make bench needs wrk (apt-get install wrk)"; exit 1; }
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)

@@ -1,7 +1,7 @@
 """`create_admin_app(config)`: the admin listener (default 127.0.0.1:8081).
 
-For now it serves the health endpoints; the key-lifecycle API, metrics and the web page
-are added here by their own issues.
+For now it serves health and metrics; the key-lifecycle API and the web page are added
+here by their own issues.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.config import Config
 from gateway.db import UNAVAILABLE, create_pool, pending_migrations
@@ -25,6 +26,7 @@ def create_admin_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_database)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -38,6 +40,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; this process's registry (the proxy runs in it too)."""
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -16,8 +16,17 @@ from aiohttp import web
 from yarl import URL
 
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-     "trailer", "transfer-encoding", "upgrade", "host"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
 )
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
@@ -41,7 +50,10 @@ def create_app(upstream: str) -> web.Application:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         body = request.content.iter_chunked(65536) if request.body_exists else None
         async with request.app[SESSION].request(
-            request.method, URL(target, encoded=True), headers=headers, data=body,
+            request.method,
+            URL(target, encoded=True),
+            headers=headers,
+            data=body,
             allow_redirects=False,
         ) as upstream_response:
             response = web.StreamResponse(
@@ -50,10 +62,13 @@ def create_app(upstream: str) -> web.Application:
             for name, value in upstream_response.headers.items():
                 if name.lower() not in HOP_BY_HOP:
                     response.headers.add(name, value)
-            await response.prepare(request)
-            async for chunk in upstream_response.content.iter_chunked(65536):
-                await response.write(chunk)
-            await response.write_eof()
+            try:
+                await response.prepare(request)
+                async for chunk in upstream_response.content.iter_chunked(65536):
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionResetError:
+                pass  # the load tool closed its connection at the end of the run
             return response
 
     app = web.Application()
@@ -75,8 +90,12 @@ def main() -> None:
 
         loop_factory = uvloop.new_event_loop
     web.run_app(
-        create_app(args.upstream), host=args.host, port=args.port, access_log=None,
-        print=None, loop=loop_factory() if loop_factory else None,
+        create_app(args.upstream),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        loop=loop_factory() if loop_factory else None,
     )
 
 

@@ -349,9 +349,12 @@ async def test_upstream_status_and_headers_pass_through(
     gateway: TestServer, seed: Seed, code: int
 ) -> None:
     key = await seed.key()
-    async with aiohttp.ClientSession() as session, session.get(
-        gateway.make_url(f"/v1/status/{code}"), headers=bearer(key.key), allow_redirects=False
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            gateway.make_url(f"/v1/status/{code}"), headers=bearer(key.key), allow_redirects=False
+        ) as response,
+    ):
         assert response.status == code
         assert "X-Request-Id" in response.headers
 
@@ -359,9 +362,12 @@ async def test_upstream_status_and_headers_pass_through(
 async def test_large_download_streams_through(gateway: TestServer, seed: Seed) -> None:
     key = await seed.key()
     size = 8 * 1024 * 1024
-    async with aiohttp.ClientSession() as session, session.get(
-        gateway.make_url(f"/v1/data/export?bytes={size}"), headers=bearer(key.key)
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            gateway.make_url(f"/v1/data/export?bytes={size}"), headers=bearer(key.key)
+        ) as response,
+    ):
         assert response.status == 200
         assert response.headers["Content-Length"] == str(size)
         received = 0
@@ -398,3 +404,13 @@ async def raw_request(port: int, request_line: str, headers: dict[str, str]) -> 
     writer.close()
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
+
+
+async def test_head_request_passes_through_without_a_body(gateway: TestServer, seed: Seed) -> None:
+    key = await seed.key()
+    status, headers, body = await call(
+        gateway, "/v1/customers", method="HEAD", headers=bearer(key.key)
+    )
+    assert status == 200
+    assert not body  # HEAD: headers only
+    assert int(headers["Content-Length"]) > 0
