@@ -1,0 +1,11 @@
+"""Typed keys for what the admin application holds (shared by its modules)."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from gateway.config import Config
+
+CONFIG = web.AppKey("config", Config)
+POOL = web.AppKey("pool", asyncpg.Pool)
