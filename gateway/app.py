@@ -7,12 +7,15 @@ finished, so the final usage flush still has its database pool.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
 import asyncpg
 from aiohttp import web
 
+from . import metrics
 from .auth import Authenticator
 from .cache import NotificationListener
 from .clock import Clock, SystemClock
@@ -60,8 +63,25 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     pool = await create_pool(config.database)
     app[POOL] = pool
     app[STORE] = KeyStore(pool, KeyFormat(config.keys.prefix), Hasher(config.keys.argon2))
+    sampler = asyncio.create_task(sample_pool(pool, "proxy"), name="pool-gauges")
     yield
+    sampler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sampler
     await pool.close()
+
+
+async def sample_pool(pool: asyncpg.Pool, name: str, interval: float = 1.0) -> None:
+    """Keep the pool gauges current (multiprocess mode allows no callback gauges)."""
+    try:
+        while True:
+            size = pool.get_size()
+            metrics.DB_POOL_SIZE.labels(name).set(size)
+            metrics.DB_POOL_IN_USE.labels(name).set(size - pool.get_idle_size())
+            await asyncio.sleep(interval)
+    finally:
+        metrics.DB_POOL_SIZE.labels(name).set(0)
+        metrics.DB_POOL_IN_USE.labels(name).set(0)
 
 
 async def _authentication(app: web.Application) -> AsyncIterator[None]:

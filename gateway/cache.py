@@ -106,6 +106,8 @@ class NotificationListener:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.connected.clear()
+        metrics.LISTENER_CONNECTED.set(0)
         if self._conn is not None and not self._conn.is_closed():
             await self._conn.close(timeout=2)
 
@@ -120,6 +122,7 @@ class NotificationListener:
         await conn.add_listener(KEYS_CHANNEL, self._notified)
         self._conn = conn
         self.connected.set()
+        metrics.LISTENER_CONNECTED.set(1)
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         metrics.NOTIFICATIONS.inc()
@@ -138,6 +141,7 @@ class NotificationListener:
                 except (*UNAVAILABLE, asyncpg.PostgresError):
                     pass
             self.connected.clear()
+            metrics.LISTENER_CONNECTED.set(0)
             if self._conn is not None:
                 self._conn.terminate()
                 self._conn = None

@@ -46,37 +46,127 @@ def _run(main: Coroutine[Any, Any, None], use_uvloop: bool = True) -> None:
 # -- serve -----------------------------------------------------------------------------
 
 
-async def serve(config: Config, *, apply_migrations: bool) -> None:
-    from admin.app import create_admin_app
+async def serve(
+    config: Config,
+    *,
+    apply_migrations: bool,
+    workers: int = 1,
+    worker: bool = False,
+    config_path: str | None = None,
+) -> None:
+    if not worker:  # a worker's parent has checked the schema already
+        await _check_schema(config, apply_migrations)
+    if workers > 1:
+        await _serve_supervised(config, workers, config_path)
+    else:
+        await _serve_one(config, worker=worker)
 
-    from .app import create_app
 
-    await _check_schema(config, apply_migrations)
-    runners: list[web.AppRunner] = []
+def _stop_event() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    timeout = config.server.shutdown_timeout_seconds
+    return stop
+
+
+async def _start_listener(
+    name: str, app: web.Application, host: str, port: int, timeout: float, reuse_port: bool
+) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=timeout)
+    await runner.setup()
     try:
-        listeners = []
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("listening", extra={"listener": name, "url": f"http://{host}:{port}"})
+    return runner
+
+
+async def _serve_one(config: Config, *, worker: bool) -> None:
+    """The proxy and (unless this is a worker) the admin listener, in this process."""
+    from admin.app import create_admin_app
+    from admin.health import LISTENER_CHECK
+
+    from .app import LISTENER, create_app
+
+    stop = _stop_event()
+    timeout = config.server.shutdown_timeout_seconds
+    runners: list[web.AppRunner] = []
+    try:
+        proxy_app = None
         if config.proxy.enabled:
-            listeners.append(("proxy", create_app(config), config.proxy.host, config.proxy.port))
-        if config.admin.enabled:
-            listeners.append(
-                ("admin", create_admin_app(config), config.admin.host, config.admin.port)
+            proxy_app = create_app(config)
+            runners.append(
+                await _start_listener(
+                    "proxy", proxy_app, config.proxy.host, config.proxy.port, timeout, worker
+                )
             )
-        for name, app, host, port in listeners:
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=timeout)
-            await runner.setup()
-            runners.append(runner)
-            await web.TCPSite(runner, host, port).start()
-            log.info("listening", extra={"listener": name, "url": f"http://{host}:{port}"})
+        if config.admin.enabled and not worker:
+            admin_app = create_admin_app(config)
+            if proxy_app is not None:
+                listener = proxy_app[LISTENER]
+                admin_app[LISTENER_CHECK] = lambda: (
+                    None if listener.connected.is_set() else "listener disconnected"
+                )
+            runners.append(
+                await _start_listener(
+                    "admin", admin_app, config.admin.host, config.admin.port, timeout, False
+                )
+            )
         await stop.wait()
         log.info("shutting down: finishing in-flight requests, then flushing")
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+    log.info("stopped")
+
+
+async def _serve_supervised(config: Config, workers: int, config_path: str | None) -> None:
+    """N proxy workers sharing the port, the admin listener here, metrics summed."""
+    from .workers import Supervisor, prepare_metrics_directory, remove_metrics_directory
+
+    directory, created = prepare_metrics_directory()
+    # Only now may prometheus_client be imported: it reads the directory at import.
+    from admin.app import create_admin_app
+    from admin.health import LISTENER_CHECK, registry
+
+    stop = _stop_event()
+    timeout = config.server.shutdown_timeout_seconds
+    child_args = [*(["--config", config_path] if config_path else []), "serve", "--worker"]
+    supervisor = Supervisor(workers, child_args, timeout)
+    runner: web.AppRunner | None = None
+    log.info("starting workers", extra={"workers": workers, "metrics_dir": str(directory)})
+    try:
+        await supervisor.start()
+        if config.admin.enabled:
+            admin_app = create_admin_app(config)
+
+            def listeners_connected() -> str | None:
+                connected = 0.0
+                for family in registry().collect():
+                    if family.name == "gateway_listener_connected":
+                        connected = sum(sample.value for sample in family.samples)
+                alive = supervisor.alive()
+                if alive < workers:
+                    return f"{workers - alive} of {workers} workers down"
+                if connected < workers:
+                    return f"{workers - int(connected)} of {workers} listeners disconnected"
+                return None
+
+            admin_app[LISTENER_CHECK] = listeners_connected
+            runner = await _start_listener(
+                "admin", admin_app, config.admin.host, config.admin.port, timeout, False
+            )
+        await stop.wait()
+        log.info("shutting down: stopping workers, which finish requests and flush")
+    finally:
+        await supervisor.stop()
+        if runner is not None:
+            await runner.cleanup()
+        if created:
+            remove_metrics_directory(directory)
     log.info("stopped")
 
 
@@ -179,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     p_serve = commands.add_parser("serve", help="run the proxy and admin listeners")
     p_serve.add_argument("--migrate", action="store_true", help="apply pending migrations first")
+    p_serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the proxy in N processes sharing the port (SO_REUSEPORT)",
+    )
+    # Internal: how the parent of `--workers N` starts each proxy process.
+    p_serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("migrate", help="apply pending database migrations")
     p_boot = commands.add_parser("bootstrap", help="create an account and its first Owner")
     p_boot.add_argument("--account", required=True, help="the account's name")
@@ -200,7 +299,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         configure_logging(config.logging)
         if args.command == "serve":
-            _run(serve(config, apply_migrations=args.migrate), config.server.uvloop)
+            if not 1 <= args.workers <= 64:
+                raise ConfigError("--workers: a number from 1 to 64")
+            _run(
+                serve(
+                    config,
+                    apply_migrations=args.migrate,
+                    workers=args.workers,
+                    worker=args.worker,
+                    config_path=args.config,
+                ),
+                config.server.uvloop,
+            )
         elif args.command == "migrate":
             _run(run_migrate(config))
         elif args.command == "bootstrap":

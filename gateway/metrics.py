@@ -60,7 +60,9 @@ KEY_CACHE_MISSES = Counter(
 KEY_CACHE_EVICTIONS = Counter(
     "gateway_key_cache_evictions_total", "Verified keys evicted to respect the size bound."
 )
-KEY_CACHE_ENTRIES = Gauge("gateway_key_cache_entries", "Verified keys in the cache.")
+KEY_CACHE_ENTRIES = Gauge(
+    "gateway_key_cache_entries", "Verified keys in the cache.", multiprocess_mode="livesum"
+)
 KEY_LOOKUPS = Counter("gateway_key_lookups_total", "Queries for a key row in Postgres.")
 ARGON2_VERIFICATIONS = Counter("gateway_argon2_verifications_total", "argon2id verifications run.")
 ARGON2_DURATION = Histogram(
@@ -78,7 +80,10 @@ FLUSH_FAILURES = Counter(
     "gateway_flush_failures_total", "Batched writes that failed and were kept.", ["kind"]
 )
 FLUSH_PENDING = Gauge(
-    "gateway_flush_pending", "Items waiting for the next batched write.", ["kind"]
+    "gateway_flush_pending",
+    "Items waiting for the next batched write.",
+    ["kind"],
+    multiprocess_mode="livesum",
 )
 NOTIFICATIONS = Counter(
     "gateway_notifications_total", "Key-change notifications received from Postgres."
@@ -86,4 +91,31 @@ NOTIFICATIONS = Counter(
 LISTENER_RECONNECTS = Counter(
     "gateway_listener_reconnects_total",
     "Times the notification listener reconnected (each drops the key cache).",
+)
+LISTENER_CONNECTED = Gauge(
+    "gateway_listener_connected",
+    "Processes whose notification listener is connected (one per proxy process when healthy).",
+    multiprocess_mode="livesum",
+)
+DB_POOL_IN_USE = Gauge(
+    "gateway_db_pool_connections_in_use",
+    "Postgres pool connections checked out, by pool (proxy, admin).",
+    ["pool"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_SIZE = Gauge(
+    "gateway_db_pool_connections",
+    "Postgres pool connections open, by pool (proxy, admin).",
+    ["pool"],
+    multiprocess_mode="livesum",
+)
+ADMIN_REQUESTS = Counter(
+    "gateway_admin_requests_total",
+    "Requests on the admin listener by route template, method and status class.",
+    ["route", "method", "status_class"],
+)
+KEY_LIFECYCLE = Counter(
+    "gateway_key_lifecycle_events_total",
+    "API key lifecycle events (created, regenerated, updated, deleted).",
+    ["event"],
 )

@@ -46,6 +46,10 @@ class BodyTooLarge(Exception):
     pass
 
 
+class UpstreamBroke(Exception):
+    """The upstream failed after its response headers were relayed."""
+
+
 def body_too_large(limit: int) -> GatewayError:
     return GatewayError(413, "request_too_large", f"The request body exceeds {limit} bytes.")
 
@@ -58,7 +62,9 @@ class Call:
     client_ip: str
     key: KeyRecord | None = None
     outcome: str = "ok"
+    auth_result: str = "ok"  # or the AuthError reason (gateway_auth_total)
     status: int = 0
+    client_gone: bool = False
     extra_headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -96,15 +102,17 @@ class Proxy:
         try:
             response = await self._pipeline(request, call, client)
         except GatewayError as exc:
-            if isinstance(exc, AuthError) and exc.key is not None:
-                call.key = exc.key  # a known key id: its usage shows the refusal
+            if isinstance(exc, AuthError):
+                call.auth_result = exc.reason
+                if exc.key is not None:
+                    call.key = exc.key  # a known key id: its usage shows the refusal
             call.outcome = _outcome_of(exc)
             response = render(request, exc)
             response.headers.update(call.extra_headers)
         finally:
             # A response we could not finish (client gone, upstream died mid-body) is
             # logged with the status that had been sent, or 499 when none was.
-            call.status = response.status if response is not None else 499
+            call.status = 499 if response is None or call.client_gone else response.status
             self._record(request, call, time.perf_counter() - started)
         return response
 
@@ -211,26 +219,39 @@ class Proxy:
             response.headers.update(call.extra_headers)
             response.headers["X-Request-Id"] = call.request_id
             call.outcome = _outcome_of_status(upstream.status)
-            await response.prepare(request)
             try:
-                async for chunk in upstream.content.iter_chunked(_CHUNK):
-                    await response.write(chunk)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                await response.prepare(request)
+                await self._relay(upstream, response, call)
+                await response.write_eof()
+            except ConnectionResetError:
+                call.client_gone = True  # the client left mid-response: nobody to answer
+            except UpstreamBroke as exc:
                 # Headers are sent: all we can honestly do is cut the connection.
                 metrics.UPSTREAM_ERRORS.labels("protocol").inc()
                 call.outcome = "upstream_5xx"
                 log.warning(
-                    "upstream failed mid-body: %s",
-                    type(exc).__name__,
-                    extra={"request_id": call.request_id},
+                    "upstream failed mid-body: %s", exc, extra={"request_id": call.request_id}
                 )
                 if request.transport is not None:
                     request.transport.abort()
-                return response
-            await response.write_eof()
             return response
         finally:
             upstream.release()
+
+    @staticmethod
+    async def _relay(
+        upstream: aiohttp.ClientResponse, response: web.StreamResponse, call: Call
+    ) -> None:
+        """Copy the body; a read failure is the upstream's, a write failure the client's."""
+        chunks = upstream.content.iter_chunked(_CHUNK).__aiter__()
+        while True:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamBroke(type(exc).__name__) from exc
+            await response.write(chunk)
 
     @staticmethod
     async def _stream_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
@@ -246,6 +267,7 @@ class Proxy:
     def _record(self, request: web.Request, call: Call, elapsed: float) -> None:
         status_class = f"{call.status // 100}xx"
         metrics.REQUESTS.labels(call.outcome, status_class).inc()
+        metrics.AUTH_RESULTS.labels(call.auth_result).inc()
         metrics.REQUEST_DURATION.observe(elapsed)
         if call.key is not None:
             self.usage.count(call.key.id, USAGE_OUTCOMES.get(call.outcome, "denied"))

@@ -1,0 +1,129 @@
+"""`gateway serve --workers N`: N proxy processes on one port, supervised by this one.
+
+The parent runs the admin listener and starts N children (`serve --worker`), each a full
+proxy with its own pool, key cache, notification listener and flushers, all binding the
+proxy port with SO_REUSEPORT so the kernel spreads connections over them. Metrics go to a
+prometheus-client multiprocess directory that the parent creates (and empties) before the
+children start and removes at exit; the admin /metrics sums every worker from it.
+
+A child that dies is logged and started again (with a growing pause if it keeps dying).
+SIGTERM or SIGINT to the parent is passed to every child; each finishes its in-flight
+requests and flushes, and the parent waits for them before it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("gateway.workers")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics_directory() -> tuple[Path, bool]:
+    """The multiprocess directory, emptied; True when we created it (and remove it)."""
+    existing = os.environ.get(MULTIPROC_ENV)
+    if existing:
+        path = Path(existing)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return path, False
+    path = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
+    # Set before anything imports prometheus_client, and inherited by every child.
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path, True
+
+
+class Supervisor:
+    def __init__(self, count: int, child_args: Sequence[str], shutdown_timeout: float) -> None:
+        self.count = count
+        self.child_args = list(child_args)
+        self.shutdown_timeout = shutdown_timeout
+        self.children: dict[int, asyncio.subprocess.Process] = {}  # slot -> process
+        self.restarts = 0
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for slot in range(self.count):
+            await self._spawn(slot)
+        self._tasks = [
+            asyncio.create_task(self._watch(slot), name=f"worker-{slot}")
+            for slot in range(self.count)
+        ]
+
+    async def _spawn(self, slot: int) -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", *self.child_args
+        )
+        self.children[slot] = process
+        log.info("worker started", extra={"worker": slot, "pid": process.pid})
+
+    async def _watch(self, slot: int) -> None:
+        pause = 0.5
+        while True:
+            process = self.children[slot]
+            code = await process.wait()
+            _mark_dead(process.pid)
+            if self._stopping:
+                return
+            log.error(
+                "worker exited; starting it again",
+                extra={"worker": slot, "pid": process.pid, "exit_code": code},
+            )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 30.0)
+            if self._stopping:
+                return
+            await self._spawn(slot)
+            self.restarts += 1
+
+    def alive(self) -> int:
+        return sum(1 for p in self.children.values() if p.returncode is None)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for process in self.children.values():
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        waits = [p.wait() for p in self.children.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), self.shutdown_timeout + 15)
+        except TimeoutError:
+            log.error("workers did not stop in time; killing them")
+            for process in self.children.values():
+                if process.returncode is None:
+                    process.kill()
+            await asyncio.gather(*(p.wait() for p in self.children.values()))
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for process in self.children.values():
+            if process.returncode not in (0, None):
+                log.warning(
+                    "worker exited with an error",
+                    extra={"pid": process.pid, "exit_code": process.returncode},
+                )
+
+
+def _mark_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters stay: totals never go down)."""
+    from prometheus_client import multiprocess
+
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def remove_metrics_directory(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
