@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, config_path, load_config
 from .db import UNAVAILABLE, MigrationError, connect, migrate, pending_migrations
 from .logs import configure_logging
 
@@ -52,12 +53,20 @@ async def serve(
     apply_migrations: bool,
     workers: int = 1,
     worker: bool = False,
-    config_path: str | None = None,
+    config_path_arg: str | None = None,
 ) -> None:
-    if not worker:  # a worker's parent has checked the schema already
+    if not worker:  # a worker's parent has checked the schema and said where it read it
+        source = config_path(config_path_arg)
+        log.info(
+            "configuration loaded",
+            # abspath only joins the working directory: no I/O to speak of.
+            extra={
+                "config_file": os.path.abspath(source) if source else "(defaults only)"  # noqa: ASYNC240
+            },
+        )
         await _check_schema(config, apply_migrations)
     if workers > 1:
-        await _serve_supervised(config, workers, config_path)
+        await _serve_supervised(config, workers, config_path_arg)
     else:
         await _serve_one(config, worker=worker)
 
@@ -298,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         configure_logging(config.logging)
+
         if args.command == "serve":
             if not 1 <= args.workers <= 64:
                 raise ConfigError("--workers: a number from 1 to 64")
@@ -307,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     apply_migrations=args.migrate,
                     workers=args.workers,
                     worker=args.worker,
-                    config_path=args.config,
+                    config_path_arg=args.config,
                 ),
                 config.server.uvloop,
             )

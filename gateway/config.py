@@ -209,10 +209,7 @@ def load_config(
 ) -> Config:
     """Read the YAML file (if any), apply environment overrides, validate."""
     env = os.environ if environ is None else environ
-    if path is None:
-        path = env.get("GATEWAY_CONFIG")
-        if path is None and Path(DEFAULT_CONFIG_PATH).exists():
-            path = DEFAULT_CONFIG_PATH
+    path = config_path(path, env)
     data: dict[str, Any] = {}
     if path is not None:
         data = _read_yaml(Path(path))
@@ -220,6 +217,18 @@ def load_config(
     config: Config = _build(Config, data, "")
     config.validate()
     return config
+
+
+def config_path(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> str | os.PathLike[str] | None:
+    """The file `load_config` reads: the argument, $GATEWAY_CONFIG, ./config.yaml, or none."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        path = env.get("GATEWAY_CONFIG")
+        if path is None and Path(DEFAULT_CONFIG_PATH).exists():
+            path = DEFAULT_CONFIG_PATH
+    return path
 
 
 def from_dict(data: Mapping[str, Any]) -> Config:

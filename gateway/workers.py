@@ -67,7 +67,7 @@ class Supervisor:
             sys.executable, "-m", "gateway.cli", *self.child_args
         )
         self.children[slot] = process
-        log.info("worker started", extra={"worker": slot, "pid": process.pid})
+        log.info("worker started", extra={"worker": slot, "worker_pid": process.pid})
 
     async def _watch(self, slot: int) -> None:
         pause = 0.5
@@ -79,7 +79,7 @@ class Supervisor:
                 return
             log.error(
                 "worker exited; starting it again",
-                extra={"worker": slot, "pid": process.pid, "exit_code": code},
+                extra={"worker": slot, "worker_pid": process.pid, "exit_code": code},
             )
             await asyncio.sleep(pause)
             pause = min(pause * 2, 30.0)
@@ -113,7 +113,7 @@ class Supervisor:
             if process.returncode not in (0, None):
                 log.warning(
                     "worker exited with an error",
-                    extra={"pid": process.pid, "exit_code": process.returncode},
+                    extra={"worker_pid": process.pid, "exit_code": process.returncode},
                 )
 
 
