@@ -1,0 +1,72 @@
+"""Log formatting: JSON lines for machines, plain text for people, one setup for both."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.config import LoggingConfig
+from gateway.logs import JsonFormatter, TextFormatter, configure_logging
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    logger = logging.getLogger("test.logs")
+    handler = logging.StreamHandler(out)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    out.handler = handler  # type: ignore[attr-defined]
+    yield out
+    logger.removeHandler(handler)
+
+
+def test_json_line_has_the_standard_fields_and_the_extras(stream: io.StringIO) -> None:
+    stream.handler.setFormatter(JsonFormatter())  # type: ignore[attr-defined]
+    logging.getLogger("test.logs").info("request", extra={"status": 200, "key_id": "k-1"})
+    entry = json.loads(stream.getvalue())
+    assert entry["level"] == "info"
+    assert entry["logger"] == "test.logs"
+    assert entry["message"] == "request"
+    assert isinstance(entry["pid"], int)
+    assert entry["time"].endswith("+00:00")
+    assert (entry["status"], entry["key_id"]) == (200, "k-1")
+
+
+def test_json_line_carries_the_traceback_on_one_line(stream: io.StringIO) -> None:
+    stream.handler.setFormatter(JsonFormatter())  # type: ignore[attr-defined]
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("test.logs").exception("failed")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert "ValueError: boom" in json.loads(lines[0])["exception"]
+
+
+def test_text_line_is_readable_with_its_extras(stream: io.StringIO) -> None:
+    stream.handler.setFormatter(TextFormatter())  # type: ignore[attr-defined]
+    logging.getLogger("test.logs").warning("listening", extra={"url": "http://x:1"})
+    line = stream.getvalue().strip()
+    assert "WARNING" in line and "test.logs[" in line
+    assert line.endswith("listening url=http://x:1")
+
+
+@pytest.mark.parametrize(("level", "shown"), [("INFO", True), ("WARNING", False)])
+def test_logging_level_filters(capsys: pytest.CaptureFixture[str], level: str, shown: bool) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging(LoggingConfig(level=level, format="json"))  # type: ignore[arg-type]
+        logging.getLogger("gateway.test").info("hello")
+        for handler in root.handlers:
+            handler.flush()
+        assert ("hello" in capsys.readouterr().out) is shown
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
