@@ -177,6 +177,69 @@ def _record(row: asyncpg.Record) -> KeyRecord:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """A live key as the admin API shows it: every setting, no hash."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    public_id: str
+    name: str
+    partial_key: str
+    created_at: dt.datetime
+    created_by: uuid.UUID | None
+    secret_created_at: dt.datetime
+    regenerated_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    enabled: bool
+    scopes: tuple[str, ...]
+    ip_allowlist: tuple[str, ...]
+    rate_limit_per_minute: int | None
+    rate_limit_per_day: int | None
+
+
+_INFO_COLUMNS = """
+    id, account_id, public_id, name, partial_key, created_at, created_by, secret_created_at,
+    regenerated_at, last_used_at, expires_at, enabled, scopes, ip_allowlist,
+    rate_limit_per_minute, rate_limit_per_day
+"""
+
+# The settings `KeyStore.update` may change; the keys double as column names.
+UPDATABLE_COLUMNS = frozenset(
+    {
+        "name",
+        "scopes",
+        "ip_allowlist",
+        "rate_limit_per_minute",
+        "rate_limit_per_day",
+        "expires_at",
+        "enabled",
+    }
+)
+
+
+def _info(row: asyncpg.Record) -> KeyInfo:
+    return KeyInfo(
+        id=row["id"],
+        account_id=row["account_id"],
+        public_id=row["public_id"],
+        name=row["name"],
+        partial_key=row["partial_key"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        secret_created_at=row["secret_created_at"],
+        regenerated_at=row["regenerated_at"],
+        last_used_at=row["last_used_at"],
+        expires_at=row["expires_at"],
+        enabled=row["enabled"],
+        scopes=tuple(sorted(row["scopes"])),
+        ip_allowlist=tuple(str(network) for network in row["ip_allowlist"]),
+        rate_limit_per_minute=row["rate_limit_per_minute"],
+        rate_limit_per_day=row["rate_limit_per_day"],
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class NewKey:
     """A key as just created or regenerated: the only time `key` exists."""
 
@@ -311,6 +374,76 @@ class KeyStore:
             enabled,
         )
         return bool(status == "UPDATE 1")
+
+    async def get(
+        self,
+        account_id: uuid.UUID,
+        key_id: uuid.UUID,
+        *,
+        conn: asyncpg.Connection | None = None,
+    ) -> KeyInfo | None:
+        """One live key of this account; None for deleted keys and other accounts' ids."""
+        executor: Any = conn or self.pool
+        row = await executor.fetchrow(
+            f"SELECT {_INFO_COLUMNS} FROM api_keys"  # noqa: S608 - constant column list
+            " WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL",
+            key_id,
+            account_id,
+        )
+        return None if row is None else _info(row)
+
+    async def list_page(
+        self,
+        account_id: uuid.UUID,
+        *,
+        limit: int,
+        after: tuple[dt.datetime, uuid.UUID] | None = None,
+    ) -> list[KeyInfo]:
+        """Live keys newest first; `after` is the (created_at, id) of the previous page's last."""
+        after_at, after_id = after if after is not None else (None, None)
+        rows = await self.pool.fetch(
+            f"""
+            SELECT {_INFO_COLUMNS} FROM api_keys
+             WHERE account_id = $1 AND deleted_at IS NULL
+               AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+             ORDER BY created_at DESC, id DESC
+             LIMIT $4
+            """,  # noqa: S608 - constant column list
+            account_id,
+            after_at,
+            after_id,
+            limit,
+        )
+        return [_info(row) for row in rows]
+
+    async def update(
+        self,
+        account_id: uuid.UUID,
+        key_id: uuid.UUID,
+        changes: dict[str, Any],
+        *,
+        conn: asyncpg.Connection | None = None,
+    ) -> KeyInfo | None:
+        """Change settings (keys from `UPDATABLE_COLUMNS`); the trigger tells the gateways."""
+        unknown = set(changes) - UPDATABLE_COLUMNS
+        if unknown:
+            raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
+        executor: Any = conn or self.pool
+        if not changes:
+            return await self.get(account_id, key_id, conn=conn)
+        columns = sorted(changes)
+        assignments = ", ".join(
+            f"{column} = ${i}" + ("::cidr[]" if column == "ip_allowlist" else "")
+            for i, column in enumerate(columns, start=3)
+        )
+        row = await executor.fetchrow(
+            f"UPDATE api_keys SET {assignments}"  # noqa: S608 - columns from a fixed set
+            f" WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL RETURNING {_INFO_COLUMNS}",
+            key_id,
+            account_id,
+            *(sorted(set(changes[c])) if c == "scopes" else changes[c] for c in columns),
+        )
+        return None if row is None else _info(row)
 
     async def record_last_used(self, used: dict[uuid.UUID, dt.datetime]) -> None:
         """One statement for every key used since the last flush; never moves backwards."""
