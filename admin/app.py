@@ -1,28 +1,56 @@
 """`create_admin_app(config)`: the admin listener (default 127.0.0.1:8081). Wiring only.
 
-Health, readiness and metrics live in `health.py`; the key-lifecycle API and the web page
-are added beside it by their own issues.
+Health, readiness and metrics live in `health.py`; the JSON API under `/v1` is one module
+per resource (`accounts`, `members`, `keys`, `usage`, `audit`), with authentication and
+SPEC §6's role table in `auth.py`, input checks in `validation.py` and the OpenAPI
+document in `openapi.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
 from gateway.config import Config
 from gateway.db import create_pool
 from gateway.errors import error_middleware
+from gateway.keys import Hasher, KeyFormat, KeyStore
 
-from . import health
-from .state import CONFIG, POOL
+from . import accounts, audit, health, keys, members, openapi, usage
+from .auth import AUTHENTICATOR, AdminAuthenticator, enforce_policy
+from .middleware import admin_errors
+from .state import CONFIG, HASHER, POOL, STORE
+
+log = logging.getLogger("admin")
+
+OPERATOR_TOKEN_ENV = "GATEWAY_OPERATOR_TOKEN"  # noqa: S105 - a variable name, not a secret
+_OPERATOR_TOKEN = web.AppKey("operator_token", str)
 
 
-def create_admin_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
+def create_admin_app(
+    config: Config, *, environ: Mapping[str, str] | None = None
+) -> web.Application:
+    """The admin app; the operator token is read from `environ` (default: the process's)."""
+    app = web.Application(
+        middlewares=[error_middleware, admin_errors, enforce_policy],
+        client_max_size=64 * 1024,
+    )
     app[CONFIG] = config
+    app[_OPERATOR_TOKEN] = (
+        (os.environ if environ is None else environ).get(OPERATOR_TOKEN_ENV, "").strip()
+    )
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_authentication)
     health.add_routes(app)
+    openapi.add_routes(app)
+    accounts.add_routes(app)
+    members.add_routes(app)
+    keys.add_routes(app)
+    usage.add_routes(app)
+    audit.add_routes(app)
     return app
 
 
@@ -30,5 +58,17 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     database = app[CONFIG].database
     pool = await create_pool(database, min_size=0, max_size=min(4, database.pool_max_size))
     app[POOL] = pool
+    app[HASHER] = Hasher(app[CONFIG].keys.argon2)
+    app[STORE] = KeyStore(pool, KeyFormat(app[CONFIG].keys.prefix), app[HASHER])
     yield
     await pool.close()
+
+
+async def _authentication(app: web.Application) -> AsyncIterator[None]:
+    operator_token = app[_OPERATOR_TOKEN]
+    if operator_token and len(operator_token) < 32:
+        log.warning("%s is shorter than 32 characters: use a long random token", OPERATOR_TOKEN_ENV)
+    authenticator = AdminAuthenticator(app[POOL], app[HASHER], operator_token or None)
+    app[AUTHENTICATOR] = authenticator
+    yield
+    authenticator.close()

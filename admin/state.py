@@ -6,6 +6,9 @@ import asyncpg
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.keys import Hasher, KeyStore
 
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)
+HASHER = web.AppKey("hasher", Hasher)
+STORE = web.AppKey("key_store", KeyStore)

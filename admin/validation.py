@@ -1,0 +1,386 @@
+"""Input checking for the admin API: bodies, fields, path ids, cursors and times.
+
+Every problem with a request's fields is collected and answered at once as
+400 `validation_error`, listing each offending field, so a client fixes them in one go.
+The shape of the request itself is checked first: wrong content type → 415, body over
+the listener's `client_max_size` → 413 (raised by aiohttp while reading), bytes that are
+not UTF-8 JSON → 400 `invalid_json`, a path id that is not a UUID → 404 (no such thing).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import ipaddress
+import json
+import re
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, TypeVar
+
+from aiohttp import web
+
+from gateway.accounts import ROLES
+from gateway.config import SCOPES
+from gateway.errors import GatewayError
+
+T = TypeVar("T")
+
+NAME_MAX = 100
+EMAIL_MAX = 254
+MAX_ALLOWLIST = 100
+MAX_INT = 2**31 - 1  # the integer columns' bound
+MAX_GRACE_SECONDS = 7 * 24 * 3600
+PAGE_DEFAULT = 50
+PAGE_MAX = 100
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+# Shared with the OpenAPI document, so what it promises is what the handlers check.
+_CONTROL = r"\u0000-\u001f\u007f-\u009f"
+NAME_PATTERN = rf"^[^{_CONTROL}]*[^\s{_CONTROL}][^{_CONTROL}]*$"
+EMAIL_PATTERN = rf"^[^@\s{_CONTROL}]+@[^@\s{_CONTROL}]+\.[^@\s{_CONTROL}]+$"
+_NAME = re.compile(NAME_PATTERN)
+_EMAIL = re.compile(EMAIL_PATTERN)
+
+
+class ValidationError(GatewayError):
+    """400 `validation_error` naming every offending field (rendered by `admin.app`)."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        super().__init__(400, "validation_error", "The request has invalid fields.")
+        self.errors = errors
+
+
+class FieldError(Exception):
+    """One field's problem; `Fields` collects them."""
+
+
+def not_found(what: str = "resource") -> GatewayError:
+    return GatewayError(404, "not_found", f"No such {what}.")
+
+
+# -- the request's shape --------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def json_body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
+    """The body as a JSON object; an absent body is `{}` when `required` is False."""
+    if not request.body_exists:
+        if required:
+            raise ValidationError([("body", "a JSON object is required")])
+        return {}
+    if request.content_type != "application/json":
+        raise GatewayError(
+            415, "unsupported_media_type", "Send the body as 'Content-Type: application/json'."
+        )
+    if request.charset not in (None, "utf-8", "utf8"):
+        raise GatewayError(415, "unsupported_media_type", "JSON bodies must be UTF-8.")
+    raw = await request.read()  # 413 past client_max_size
+    if not raw.strip() and not required:
+        return {}
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise GatewayError(400, "invalid_json", "The body is not valid UTF-8 JSON.") from None
+    if not isinstance(data, dict):
+        raise ValidationError([("body", "must be a JSON object")])
+    return data
+
+
+def path_id(request: web.Request, what: str) -> uuid.UUID:
+    """The `{id}` of the path; anything but a UUID names nothing, hence 404."""
+    raw = request.match_info["id"]
+    try:
+        parsed = uuid.UUID(raw)
+    except ValueError:
+        raise not_found(what) from None
+    # uuid.UUID also takes braces, urn: prefixes and no hyphens; only the canonical form names.
+    if str(parsed) != raw.lower():
+        raise not_found(what)
+    return parsed
+
+
+# -- fields ---------------------------------------------------------------------------
+
+
+class Fields:
+    """Reads the fields of one JSON object or query string, collecting every problem.
+
+    `data` is checked for unknown fields up front; each getter returns the checked value
+    (or None when absent and optional) and records a problem instead of raising, so one
+    answer lists them all. `check()` raises the `ValidationError` if there were any.
+    """
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        allowed: Iterable[str],
+        prefix: str = "",
+        errors: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.data = data
+        self.prefix = prefix
+        self.errors = [] if errors is None else errors
+        allowed = set(allowed)
+        for name in data:
+            if name not in allowed:
+                self.errors.append((prefix + str(name), "unknown field"))
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def get(
+        self,
+        name: str,
+        check: Callable[[Any], T],
+        *,
+        required: bool = False,
+        nullable: bool = False,
+    ) -> T | None:
+        if name not in self.data:
+            if required:
+                self.errors.append((self.prefix + name, "required"))
+            return None
+        value = self.data[name]
+        if value is None:
+            if not nullable:
+                self.errors.append((self.prefix + name, "must not be null"))
+            return None
+        try:
+            return check(value)
+        except FieldError as exc:
+            self.errors.append((self.prefix + name, str(exc)))
+            return None
+
+    def nested(self, name: str, allowed: Iterable[str]) -> Fields | None:
+        """The fields of a nested object, sharing this collector's problems."""
+        value = self.data.get(name)
+        if not isinstance(value, dict):
+            if name in self.data and value is not None:
+                self.errors.append((self.prefix + name, "must be an object"))
+            return None
+        return Fields(value, allowed, prefix=f"{self.prefix}{name}.", errors=self.errors)
+
+    def fail(self, name: str, message: str) -> None:
+        self.errors.append((self.prefix + name, message))
+
+    def check(self) -> None:
+        if self.errors:
+            raise ValidationError(self.errors)
+
+
+def name(value: Any) -> str:
+    """Any Unicode text with something but white space in it, 1–100 characters trimmed."""
+    if not isinstance(value, str):
+        raise FieldError("must be a string")
+    # No control characters (nor NUL, nor lone surrogates, which Postgres cannot store).
+    if not _NAME.search(value) or _has_surrogate(value):
+        raise FieldError(
+            "must not be empty or contain control characters"
+            if value.strip()
+            else "must not be empty"
+        )
+    trimmed: str = value.strip()
+    if len(trimmed) > NAME_MAX:
+        raise FieldError(f"must be at most {NAME_MAX} characters")
+    return trimmed
+
+
+def email(value: Any) -> str:
+    if not isinstance(value, str):
+        raise FieldError("must be a string")
+    if len(value) > EMAIL_MAX or not _EMAIL.fullmatch(value) or _has_surrogate(value):
+        raise FieldError("must be an email address")
+    return value
+
+
+def _has_surrogate(value: str) -> bool:
+    return any(unicodedata.category(c) == "Cs" for c in value)
+
+
+def role(value: Any) -> str:
+    if value not in ROLES:
+        raise FieldError(f"must be one of {', '.join(ROLES)}")
+    return str(value)
+
+
+def integer(value: Any, *, minimum: int, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FieldError("must be an integer")
+    if not minimum <= value <= maximum:
+        raise FieldError(f"must be between {minimum} and {maximum}")
+    return value
+
+
+def positive_limit(value: Any) -> int:
+    return integer(value, minimum=1, maximum=MAX_INT)
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise FieldError("must be true or false")
+    return value
+
+
+def scopes(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise FieldError("must be a list of scopes")
+    unknown = [s for s in value if s not in SCOPES]
+    if unknown:
+        raise FieldError(f"unknown scope {unknown[0]!r} (one of {', '.join(SCOPES)})")
+    if len(set(value)) != len(value):
+        raise FieldError("must not repeat a scope")
+    return sorted(value)
+
+
+def cidrs(value: Any) -> list[str]:
+    """IP networks in CIDR notation (a bare address means that one address)."""
+    if not isinstance(value, list):
+        raise FieldError("must be a list of CIDRs")
+    if len(value) > MAX_ALLOWLIST:
+        raise FieldError(f"at most {MAX_ALLOWLIST} entries")
+    networks: list[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise FieldError(f"entry {i}: must be a string")
+        try:
+            network = ipaddress.ip_network(item, strict=True)
+        except ValueError as exc:
+            loose = _loose_network(item)
+            hint = f"; did you mean {loose}?" if loose else ""
+            message = "host bits set" if loose else "not an IP address or CIDR"
+            raise FieldError(f"entry {i}: {message}{hint}") from exc
+        if "%" in str(network):
+            raise FieldError(f"entry {i}: zone ids are not allowed")
+        networks.append(str(network))
+    if len(set(networks)) != len(networks):
+        raise FieldError("must not repeat a network")
+    return networks
+
+
+def _loose_network(item: str) -> str | None:
+    try:
+        return str(ipaddress.ip_network(item, strict=False))
+    except ValueError:
+        return None
+
+
+def timestamp(value: Any) -> dt.datetime:
+    """An RFC 3339 date-time with a time zone, as an aware UTC datetime."""
+    if not isinstance(value, str):
+        raise FieldError("must be an RFC 3339 date-time string")
+    match = _RFC3339.match(value)
+    if not match:
+        raise FieldError("must be an RFC 3339 date-time, e.g. 2030-01-31T12:00:00Z")
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    micro = int(((fraction or ".")[1:] + "000000")[:6])
+    try:
+        offset = dt.timedelta(0)
+        if zone not in ("Z", "z"):
+            sign = -1 if zone[0] == "-" else 1
+            hours, minutes = int(zone[1:3]), int(zone[4:6])
+            if hours > 23 or minutes > 59:
+                raise ValueError("offset out of range")
+            offset = sign * dt.timedelta(hours=hours, minutes=minutes)
+        moment = dt.datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            micro,
+            tzinfo=dt.timezone(offset),
+        )
+        return moment.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise FieldError("not a valid date-time") from None
+
+
+def future_timestamp(value: Any) -> dt.datetime:
+    moment = timestamp(value)
+    if moment <= dt.datetime.now(dt.UTC):
+        raise FieldError("must be in the future")
+    return moment
+
+
+def rfc3339(moment: dt.datetime | None) -> str | None:
+    """Times go out as RFC 3339 UTC strings: `2030-01-31T12:00:00.123456Z`."""
+    if moment is None:
+        return None
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# -- pagination -----------------------------------------------------------------------
+
+
+def page_limit(fields: Fields) -> int:
+    limit = fields.get("limit", _query_int(1, PAGE_MAX))
+    return PAGE_DEFAULT if limit is None else limit
+
+
+def _query_int(minimum: int, maximum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,10}", value):
+            raise FieldError(f"must be an integer between {minimum} and {maximum}")
+        return integer(int(value), minimum=minimum, maximum=maximum)
+
+    return check
+
+
+def query(request: web.Request, allowed: Iterable[str]) -> Fields:
+    """The query string as fields; a repeated parameter is a problem, not a guess."""
+    data: dict[str, Any] = {}
+    repeated: list[str] = []
+    for key in request.query:
+        values = request.query.getall(key)
+        if len(values) > 1:
+            repeated.append(key)
+        data[key] = values[0]
+    fields = Fields(data, allowed)
+    for key in repeated:
+        fields.fail(key, "given more than once")
+    return fields
+
+
+def encode_cursor(*parts: str) -> str:
+    return base64.urlsafe_b64encode("|".join(parts).encode()).decode().rstrip("=")
+
+
+def decode_cursor(value: str, kind: str, size: int) -> list[str]:
+    """The parts of a cursor made by `encode_cursor(kind, ...)`; FieldError otherwise."""
+    try:
+        padded = value + "=" * (-len(value) % 4)
+        parts = base64.urlsafe_b64decode(padded.encode("ascii")).decode().split("|")
+    except (ValueError, binascii.Error, UnicodeError):
+        raise FieldError("not a cursor from this API") from None
+    if len(parts) != size or parts[0] != kind:
+        raise FieldError("not a cursor from this API")
+    return parts[1:]
+
+
+def time_cursor(kind: str) -> Callable[[Any], tuple[dt.datetime, uuid.UUID]]:
+    """Cursors over (created_at, id): exact to the microsecond."""
+
+    def check(value: Any) -> tuple[dt.datetime, uuid.UUID]:
+        micros, ident = decode_cursor(str(value), kind, 3)
+        try:
+            moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=int(micros))
+            return moment, uuid.UUID(ident)
+        except (ValueError, OverflowError):
+            raise FieldError("not a cursor from this API") from None
+
+    return check
+
+
+def make_time_cursor(kind: str, created_at: dt.datetime, ident: uuid.UUID) -> str:
+    delta = created_at - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return encode_cursor(kind, str(micros), str(ident))
