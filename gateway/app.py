@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import aiohttp
 import asyncpg
 from aiohttp import web
 
@@ -20,11 +19,13 @@ from .auth import Authenticator
 from .cache import NotificationListener
 from .clock import Clock, SystemClock
 from .config import Config
+from .counters import PostgresCounters
 from .db import create_pool
 from .errors import error_middleware
 from .keys import Hasher, KeyFormat, KeyStore
 from .proxy import Proxy
-from .ratelimit import RateLimiter, Unlimited
+from .ratelimit import RateLimiter, SlidingWindowLimiter
+from .upstream import UpstreamPool
 from .usage import UsageRecorder
 
 CONFIG = web.AppKey("config", Config)
@@ -35,7 +36,7 @@ AUTH = web.AppKey("authenticator", Authenticator)
 LISTENER = web.AppKey("listener", NotificationListener)
 LIMITER = web.AppKey("limiter", RateLimiter)
 USAGE = web.AppKey("usage", UsageRecorder)
-SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
+UPSTREAM = web.AppKey("upstream", UpstreamPool)
 PROXY = web.AppKey("proxy", Proxy)
 
 
@@ -48,7 +49,7 @@ def create_app(
     app = web.Application(middlewares=[error_middleware])
     app[CONFIG] = config
     app[CLOCK] = clock or SystemClock()
-    app[LIMITER] = limiter or Unlimited()
+    app[LIMITER] = limiter or SlidingWindowLimiter(config.rate_limits, app[CLOCK])
     app.cleanup_ctx.extend([_database, _authentication, _limits, _usage, _upstream, _proxy])
     app.router.add_route("*", "/{path:.*}", _handle)
     return app
@@ -97,7 +98,7 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _limits(app: web.Application) -> AsyncIterator[None]:
-    await app[LIMITER].start()
+    await app[LIMITER].start(PostgresCounters(app[POOL]))
     yield
     await app[LIMITER].stop()
 
@@ -113,21 +114,14 @@ async def _usage(app: web.Application) -> AsyncIterator[None]:
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     proxy = app[CONFIG].proxy
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=proxy.max_upstream_connections),
-        timeout=aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=proxy.connect_timeout_seconds,
-            sock_read=proxy.timeout_seconds,
-        ),
-        # Bodies and headers pass through as the client and the upstream wrote them.
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        cookie_jar=aiohttp.DummyCookieJar(),
+    pool = UpstreamPool(
+        proxy.upstream,
+        limit=proxy.max_upstream_connections,
+        connect_timeout=proxy.connect_timeout_seconds,
     )
-    app[SESSION] = session
+    app[UPSTREAM] = pool
     yield
-    await session.close()
+    await pool.close()
 
 
 async def _proxy(app: web.Application) -> AsyncIterator[None]:
@@ -137,7 +131,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         app[AUTH],
         app[LIMITER],
         app[USAGE],
-        app[SESSION],
+        app[UPSTREAM],
         access_log_enabled=config.logging.access_log,
     )
     yield

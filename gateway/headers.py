@@ -30,6 +30,7 @@ HOP_BY_HOP = frozenset(
 _REPLACED_ON_REQUEST = frozenset(
     {
         "host",
+        "content-length",
         "expect",
         "x-request-id",
         "x-forwarded-for",
@@ -44,12 +45,13 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _connection_named(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
-    named: set[str] = set()
-    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
-        values: Iterable[str] = headers.getall("Connection", [])
+def _connection_named(headers: CIMultiDictProxy[str] | list[tuple[str, str]]) -> set[str]:
+    """Header names listed in `Connection`: hop-by-hop for this connection only."""
+    if isinstance(headers, list):
+        values = [v for k, v in headers if k.lower() == "connection"]
     else:
-        values = [headers.get("Connection", "")]
+        values = headers.getall("Connection", [])
+    named: set[str] = set()
     for value in values:
         named.update(token.strip().lower() for token in value.split(",") if token.strip())
     return named
@@ -134,29 +136,37 @@ def upstream_request_headers(
     request_id: str,
     identity: Mapping[str, str],
     forward_authorization: bool,
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
+    """The headers to send upstream, as (name, value) pairs in the client's order.
+
+    Host and the body framing (Content-Length / Transfer-Encoding) are the upstream
+    client's to write; everything hop-by-hop or claiming an identity is dropped here.
+    """
     drop = HOP_BY_HOP | _REPLACED_ON_REQUEST | _connection_named(incoming)
     if not forward_authorization:
         drop = drop | {"authorization"}
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        lower = name.lower()
-        if lower in drop or lower.startswith(IDENTITY_PREFIX):
-            continue
-        headers.add(name, value)
-    headers.update(identity)
-    headers["X-Request-Id"] = request_id
+    headers = [
+        (name, value)
+        for name, value in incoming.items()
+        if (lower := name.lower()) not in drop and not lower.startswith(IDENTITY_PREFIX)
+    ]
+    headers.extend(identity.items())
+    headers.append(("X-Request-Id", request_id))
     if client.forwarded_for:
-        headers["X-Forwarded-For"] = client.forwarded_for
-    headers["X-Forwarded-Proto"] = client.proto
+        headers.append(("X-Forwarded-For", client.forwarded_for))
+    headers.append(("X-Forwarded-Proto", client.proto))
     if client.host:
-        headers["X-Forwarded-Host"] = client.host
+        headers.append(("X-Forwarded-Host", client.host))
     return headers
 
 
-def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | _connection_named(upstream)
-    return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in drop)
+def copy_response_headers(upstream: list[tuple[str, str]], target: CIMultiDict[str]) -> None:
+    """The upstream's response headers, less hop-by-hop ones, onto our response."""
+    named = _connection_named(upstream)
+    for name, value in upstream:
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and lower not in named:
+            target.add(name, value)
 
 
 def identity_headers(account_id: Any, key_id: Any, scopes: Iterable[str]) -> dict[str, str]:

@@ -8,7 +8,6 @@ request (metrics, hourly usage) and writes its access-log line, whatever happene
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import ipaddress
 import logging
@@ -16,9 +15,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import unquote
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from . import metrics
 from .auth import Authenticator, AuthError, parse_authorization
@@ -27,13 +24,14 @@ from .errors import REQUEST_ID, GatewayError, new_request_id, render
 from .headers import (
     ClientAddress,
     Network,
-    downstream_response_headers,
+    copy_response_headers,
     identity_headers,
     parse_networks,
     upstream_request_headers,
 )
 from .keys import KeyRecord
 from .ratelimit import RateLimiter
+from .upstream import UpstreamBodyError, UpstreamError, UpstreamPool, UpstreamTimeout
 from .usage import OUTCOMES, UsageRecorder
 
 access_log = logging.getLogger("gateway.access")
@@ -44,10 +42,6 @@ _CHUNK = 64 * 1024
 
 class BodyTooLarge(Exception):
     pass
-
-
-class UpstreamBroke(Exception):
-    """The upstream failed after its response headers were relayed."""
 
 
 def body_too_large(limit: int) -> GatewayError:
@@ -75,7 +69,7 @@ class Proxy:
         authenticator: Authenticator,
         limiter: RateLimiter,
         usage: UsageRecorder,
-        session: aiohttp.ClientSession,
+        upstream: UpstreamPool,
         *,
         access_log_enabled: bool = True,
     ) -> None:
@@ -83,8 +77,7 @@ class Proxy:
         self.auth = authenticator
         self.limiter = limiter
         self.usage = usage
-        self.session = session
-        self.upstream = config.upstream.rstrip("/")
+        self.upstream = upstream
         self.trusted: tuple[Network, ...] = parse_networks(config.trusted_proxies)
         # Longest prefix first, so /v1/data/exports can map apart from /v1/data.
         self.scope_prefixes = sorted(config.scopes.items(), key=lambda kv: -len(kv[0]))
@@ -121,11 +114,24 @@ class Proxy:
     ) -> web.StreamResponse:
         header = request.headers.get("Authorization")
         parsed = parse_authorization(header, self.auth)
-        # (slot) failed-authentication throttling per client IP: issue "Rate limits".
         assert header is not None
-        key = await self.auth.authenticate(header.strip().partition(" ")[2].strip(), parsed)
+        # Step 2: an IP that failed too often is refused before any database or argon2
+        # work; the attempt charges each verification to the IP and the key id.
+        attempt = self.limiter.auth_attempt(call.client_ip, parsed.public_id)
+        token = header.strip().partition(" ")[2].strip()
+        try:
+            key = await self.auth.authenticate(token, parsed, before_verify=attempt.charge)
+        except AuthError as exc:
+            attempt.done(exc.reason)
+            raise
+        attempt.done(None)
         call.key = key
-        self._authorise(request, key, call.client_ip)
+        try:
+            self._authorise(request, key, call.client_ip)
+        except GatewayError:
+            # Refused before the limit step: not counted, but the client sees its budget.
+            call.extra_headers = self.limiter.headers(key)
+            raise
         decision = self.limiter.check(key)
         call.extra_headers = decision.headers
         if not decision.allowed:
@@ -172,6 +178,7 @@ class Proxy:
     ) -> web.StreamResponse:
         config = self.config
         body: AsyncIterator[bytes] | None = None
+        length = None
         if request.body_exists:
             length = request.content_length
             if length is not None and length > config.max_body_bytes:
@@ -184,48 +191,46 @@ class Proxy:
             identity=identity_headers(key.account_id, key.id, key.scopes),
             forward_authorization=config.forward_authorization,
         )
-        target = self.upstream + request.rel_url.raw_path
+        target = request.rel_url.raw_path
         if request.rel_url.raw_query_string:
             target += "?" + request.rel_url.raw_query_string
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(config.timeout_seconds):
-                upstream = await self.session.request(
-                    request.method,
-                    URL(target, encoded=True),
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                )
+            upstream = await self.upstream.request(
+                request.method,
+                target,
+                headers,
+                body,
+                content_length=length,
+                timeout=config.timeout_seconds,
+            )
         except BodyTooLarge:
             raise body_too_large(config.max_body_bytes) from None
-        except TimeoutError:
+        except UpstreamTimeout:
             metrics.UPSTREAM_ERRORS.labels("timeout").inc()
             raise GatewayError(
                 504, "upstream_timeout", "The upstream did not answer in time."
             ) from None
-        except aiohttp.ClientError as exc:
-            if isinstance(exc.__cause__, BodyTooLarge) or _caused_by(exc, BodyTooLarge):
-                raise body_too_large(config.max_body_bytes) from None
-            kind = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "protocol"
-            metrics.UPSTREAM_ERRORS.labels(kind).inc()
+        except UpstreamError as exc:
+            metrics.UPSTREAM_ERRORS.labels(exc.kind).inc()
             raise GatewayError(
                 502, "upstream_unavailable", "The upstream could not be reached."
             ) from None
         metrics.UPSTREAM_DURATION.observe(time.perf_counter() - started)
         try:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            response.headers.extend(downstream_response_headers(upstream.headers))
+            copy_response_headers(upstream.raw_headers, response.headers)
             response.headers.update(call.extra_headers)
             response.headers["X-Request-Id"] = call.request_id
             call.outcome = _outcome_of_status(upstream.status)
             try:
                 await response.prepare(request)
-                await self._relay(upstream, response, call)
+                async for chunk in upstream.iter_chunks(config.timeout_seconds):
+                    await response.write(chunk)
                 await response.write_eof()
             except ConnectionResetError:
                 call.client_gone = True  # the client left mid-response: nobody to answer
-            except UpstreamBroke as exc:
+            except UpstreamBodyError as exc:
                 # Headers are sent: all we can honestly do is cut the connection.
                 metrics.UPSTREAM_ERRORS.labels("protocol").inc()
                 call.outcome = "upstream_5xx"
@@ -237,21 +242,6 @@ class Proxy:
             return response
         finally:
             upstream.release()
-
-    @staticmethod
-    async def _relay(
-        upstream: aiohttp.ClientResponse, response: web.StreamResponse, call: Call
-    ) -> None:
-        """Copy the body; a read failure is the upstream's, a write failure the client's."""
-        chunks = upstream.content.iter_chunked(_CHUNK).__aiter__()
-        while True:
-            try:
-                chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                return
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise UpstreamBroke(type(exc).__name__) from exc
-            await response.write(chunk)
 
     @staticmethod
     async def _stream_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
@@ -305,17 +295,6 @@ def _normalised_path(raw_path: str) -> str:
     return path
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
-
-
 def _outcome_of_status(status: int) -> str:
     if status >= 500:
         return "upstream_5xx"
@@ -333,6 +312,8 @@ def _outcome_of(exc: GatewayError) -> str:
         return "unauthenticated" if exc.status == 401 else "unavailable"
     if exc.code == "rate_limited":
         return "rate_limited"
+    if exc.code == "too_many_failed_attempts":
+        return "throttled"
     if exc.status in (502, 504):
         return "upstream_5xx"
     if exc.status == 413 or exc.status == 400:

@@ -7,7 +7,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.headers import (
     ClientAddress,
-    downstream_response_headers,
+    copy_response_headers,
     identity_headers,
     parse_networks,
     upstream_request_headers,
@@ -41,13 +41,21 @@ def forward(
     forward_authorization: bool = False,
 ) -> CIMultiDict[str]:
     client = ClientAddress(peer, incoming, scheme, trusted)
-    return upstream_request_headers(
-        incoming,
-        client=client,
-        request_id="req-123",
-        identity=IDENTITY,
-        forward_authorization=forward_authorization,
+    return CIMultiDict(
+        upstream_request_headers(
+            incoming,
+            client=client,
+            request_id="req-123",
+            identity=IDENTITY,
+            forward_authorization=forward_authorization,
+        )
     )
+
+
+def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    copy_response_headers(list(upstream.items()), out)
+    return out
 
 
 # -- hop-by-hop --------------------------------------------------------------------------
@@ -100,7 +108,7 @@ def test_end_to_end_headers_pass_through_unchanged() -> None:
         ("X-Custom", "two"),
     )
     out = forward(incoming)
-    for name in ("Accept", "Content-Type", "Content-Length", "User-Agent", "Cookie"):
+    for name in ("Accept", "Content-Type", "User-Agent", "Cookie"):
         assert out.getall(name) == incoming.getall(name)
     assert out.getall("X-Custom") == ["one", "two"]
 
@@ -117,9 +125,9 @@ def test_upstream_response_headers_pass_through_unchanged() -> None:
     assert downstream_response_headers(upstream) == CIMultiDict(upstream)
 
 
-@pytest.mark.parametrize("name", ["Host", "Expect", "Forwarded"])
+@pytest.mark.parametrize("name", ["Host", "Expect", "Forwarded", "Content-Length"])
 def test_headers_meaningful_only_on_this_hop_are_not_forwarded(name: str) -> None:
-    """Host, Expect and Forwarded are the gateway's to set, never copied from the client."""
+    """Host, Expect, Forwarded and the body framing are the gateway's to set upstream."""
     out = forward(headers((name, "value"), ("Accept", "*/*")))
     assert name not in out
 

@@ -414,3 +414,26 @@ async def test_head_request_passes_through_without_a_body(gateway: TestServer, s
     assert status == 200
     assert not body  # HEAD: headers only
     assert int(headers["Content-Length"]) > 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_request_body_keeps_its_framing(
+    gateway: TestServer, seed: Seed, chunked: bool
+) -> None:
+    """A body with Content-Length goes up with that length; a chunked one stays chunked."""
+    key = await seed.key()
+    payload = os.urandom(200_000)
+
+    async def stream() -> Any:
+        yield payload[:100_000]
+        yield payload[100_000:]
+
+    _, _, echo = await call(
+        gateway, method="POST", data=stream() if chunked else payload, headers=bearer(key.key)
+    )
+    received = {k.lower(): v for k, v in echo["headers"]}
+    assert echo["body_sha256"] == hashlib.sha256(payload).hexdigest()
+    if chunked:
+        assert received["transfer-encoding"] == "chunked" and "content-length" not in received
+    else:
+        assert received["content-length"] == "200000" and "transfer-encoding" not in received

@@ -1,0 +1,303 @@
+"""The lean upstream client against real servers: framing, keep-alive, faults, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.embedded_pg import free_port
+from gateway.upstream import (
+    UpstreamBodyError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+
+
+async def read_all(response: UpstreamResponse, timeout: float = 10) -> bytes:
+    parts = [chunk async for chunk in response.iter_chunks(timeout)]
+    response.release()
+    return b"".join(parts)
+
+
+def header(response: UpstreamResponse, name: str) -> str | None:
+    for key, value in response.raw_headers:
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TestServer]:
+    async def fixed(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * int(request.query.get("n", "10")))
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for i in range(5):
+            await response.write(f"part{i};".encode())
+        await response.write_eof()
+        return response
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response(
+            {
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "length": len(body),
+                "te": request.headers.get("Transfer-Encoding"),
+                "cl": request.headers.get("Content-Length"),
+                "host": request.headers.get("Host"),
+                "path": request.rel_url.raw_path_qs,
+                "x": request.headers.getall("X-Multi", []),
+            }
+        )
+
+    async def empty(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["code"]))
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="late")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_get("/fixed", fixed)
+    app.router.add_get("/chunked", chunked)
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get(r"/status/{code:\d+}", empty)
+    app.router.add_get("/slow", slow)
+    test_server = TestServer(app, host="127.0.0.1")
+    await test_server.start_server()
+    yield test_server
+    await test_server.close()
+
+
+@pytest.fixture
+async def pool(server: TestServer) -> AsyncIterator[UpstreamPool]:
+    upstream = UpstreamPool(
+        str(server.make_url("")).rstrip("/"), limit=4, connect_timeout=2, idle_timeout=30
+    )
+    yield upstream
+    await upstream.close()
+
+
+async def test_content_length_body_and_keep_alive_reuse(pool: UpstreamPool) -> None:
+    for _ in range(10):
+        response = await pool.request("GET", "/fixed?n=1000", [], timeout=5)
+        assert response.status == 200
+        assert header(response, "Content-Length") == "1000"
+        assert await read_all(response) == b"x" * 1000
+    assert pool.open_connections == 1
+
+
+async def test_chunked_body_is_delivered_dechunked(pool: UpstreamPool) -> None:
+    response = await pool.request("GET", "/chunked", [], timeout=5)
+    assert header(response, "Transfer-Encoding") == "chunked"
+    assert await read_all(response) == b"part0;part1;part2;part3;part4;"
+    response = await pool.request("GET", "/fixed", [], timeout=5)
+    assert await read_all(response) == b"x" * 10
+    assert pool.open_connections == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("HEAD", "/fixed?n=500"), ("GET", "/status/204"), ("GET", "/status/304")]
+)
+async def test_responses_without_a_body_end_at_the_head(
+    pool: UpstreamPool, method: str, path: str
+) -> None:
+    response = await pool.request(method, path, [], timeout=5)
+    assert await read_all(response) == b""
+    again = await pool.request("GET", "/fixed", [], timeout=5)
+    assert await read_all(again) == b"x" * 10
+    assert pool.open_connections == 1
+
+
+@pytest.mark.parametrize("known_length", [True, False])
+async def test_request_body_is_streamed_with_its_framing(
+    pool: UpstreamPool, server: TestServer, known_length: bool
+) -> None:
+    payload = os.urandom(3 * 1024 * 1024 + 7)
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(0, len(payload), 65536):
+            yield payload[i : i + 65536]
+
+    response = await pool.request(
+        "POST",
+        "/echo",
+        [("X-Multi", "a"), ("X-Multi", "b")],
+        body(),
+        content_length=len(payload) if known_length else None,
+        timeout=10,
+    )
+    echo = json.loads(await read_all(response))
+    assert echo["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert echo["te"] == (None if known_length else "chunked")
+    assert echo["cl"] == (str(len(payload)) if known_length else None)
+    assert echo["host"] == f"127.0.0.1:{server.port}"
+    assert echo["x"] == ["a", "b"]
+
+
+async def raw_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> tuple[asyncio.Server, int]:
+    """A TCP server that answers with exactly the bytes a test writes."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+            await reader.read()  # until the client closes
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def read_head(reader: asyncio.StreamReader) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+
+
+async def test_close_delimited_body_ends_at_close() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+        await writer.drain()
+        writer.close()
+
+    server, port = await raw_server(handler)
+    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=2, connect_timeout=2)
+    try:
+        response = await pool.request("GET", "/", [], timeout=5)
+        assert await read_all(response) == b"until the end"
+        assert pool.open_connections == 0  # never reused
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_upstream_that_dies_mid_body_is_an_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+        writer.close()
+
+    server, port = await raw_server(handler)
+    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=2, connect_timeout=2)
+    try:
+        response = await pool.request("GET", "/", [], timeout=5)
+        with pytest.raises(UpstreamBodyError):
+            await read_all(response)
+        response.release()
+        assert pool.open_connections == 0
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_garbage_answer_is_an_upstream_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+
+    server, port = await raw_server(handler)
+    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=2, connect_timeout=2)
+    try:
+        with pytest.raises(UpstreamError):
+            await pool.request("GET", "/", [], timeout=5)
+        assert pool.open_connections == 0
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_interim_100_continue_is_skipped() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+        )
+        await writer.drain()
+
+    server, port = await raw_server(handler)
+    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=2, connect_timeout=2)
+    try:
+        response = await pool.request("GET", "/", [], timeout=5)
+        assert response.status == 201
+        assert await read_all(response) == b"ok"
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_refused_connection_and_timeout() -> None:
+    refused = UpstreamPool(f"http://127.0.0.1:{free_port()}", limit=1, connect_timeout=2)
+    with pytest.raises(UpstreamError):
+        await refused.request("GET", "/", [], timeout=5)
+    await refused.close()
+
+
+async def test_no_head_in_time_is_a_timeout_and_frees_the_slot(pool: UpstreamPool) -> None:
+    for _ in range(5):  # more than the pool's limit of 4: slots must come back
+        with pytest.raises(UpstreamTimeout):
+            await pool.request("GET", "/slow", [], timeout=0.2)
+    response = await pool.request("GET", "/fixed", [], timeout=5)
+    assert await read_all(response) == b"x" * 10
+
+
+async def test_idle_connection_closed_by_the_upstream_is_retried() -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        await writer.drain()
+        writer.close()  # keep-alive promised, connection closed anyway
+
+    server, port = await raw_server(handler)
+    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=1, connect_timeout=2)
+    try:
+        for _ in range(3):
+            response = await pool.request("GET", "/", [], timeout=5)
+            assert await read_all(response) == b"hi"
+        assert connections == 3
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_slow_reader_bounds_the_buffer(pool: UpstreamPool) -> None:
+    """A 20 MB body read slowly never buffers much more than the high-water mark."""
+    response = await pool.request("GET", "/fixed?n=20000000", [], timeout=5)
+    seen = 0
+    peak = 0
+    async for chunk in response.iter_chunks(10):
+        seen += len(chunk)
+        peak = max(peak, response._buffered)
+        await asyncio.sleep(0)
+    response.release()
+    assert seen == 20_000_000
+    assert peak < 2 * 1024 * 1024
