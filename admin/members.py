@@ -19,7 +19,7 @@ from gateway.errors import GatewayError
 
 from . import validation as v
 from .audit import record
-from .auth import OWNER, PRINCIPAL
+from .auth import OWNER, PRINCIPAL, Principal, forbidden
 from .keys import NO_STORE
 from .state import HASHER, POOL
 
@@ -89,9 +89,15 @@ async def add_member(request: web.Request) -> web.Response:
     )
 
 
-async def _target(conn: asyncpg.Connection, account_id: uuid.UUID, member_id: uuid.UUID) -> Member:
-    await accounts.lock_account(conn, account_id)
-    member = await accounts.get_member(conn, account_id, member_id)
+async def _target(conn: asyncpg.Connection, who: Principal, member_id: uuid.UUID) -> Member:
+    """The member to change, under the account's lock, by a caller still an Owner."""
+    await accounts.lock_account(conn, who.account_id)
+    # The role was read before the lock: a concurrent demotion of the caller wins.
+    assert who.actor_id is not None
+    caller = await accounts.get_member(conn, who.account_id, who.actor_id)
+    if caller is None or caller.role != OWNER:
+        raise forbidden()
+    member = await accounts.get_member(conn, who.account_id, member_id)
     if member is None:
         raise v.not_found("member")
     return member
@@ -108,7 +114,7 @@ async def update_member(request: web.Request) -> web.Response:
         fields.fail("body", "name at least one field to change")
     fields.check()
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        target = await _target(conn, who.account_id, member_id)
+        target = await _target(conn, who, member_id)
         if (
             target.role == OWNER
             and role not in (None, OWNER)
@@ -132,7 +138,7 @@ async def remove_member(request: web.Request) -> web.Response:
     who = request[PRINCIPAL]
     member_id = v.path_id(request, "member")
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        target = await _target(conn, who.account_id, member_id)
+        target = await _target(conn, who, member_id)
         if target.role == OWNER and await accounts.owner_count(conn, who.account_id) <= 1:
             raise last_owner()
         await accounts.remove_member(conn, who.account_id, member_id)

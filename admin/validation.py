@@ -212,6 +212,9 @@ def role(value: Any) -> str:
 
 
 def integer(value: Any, *, minimum: int, maximum: int) -> int:
+    # JSON has one number type: 5.0 is the integer 5 (as JSON Schema's "integer" says).
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise FieldError("must be an integer")
     if not minimum <= value <= maximum:

@@ -128,7 +128,8 @@ class AdminClient:
                 check_against_openapi(
                     method, path.split("?")[0], response.status, response.content_type, raw
                 )
-            body = json.loads(raw) if response.content_type == "application/json" else None
+            is_json = response.content_type == "application/json" and method != "HEAD"
+            body = json.loads(raw) if is_json else None
             return Reply(response.status, body, dict(response.headers), text)
 
 
