@@ -35,7 +35,8 @@ def create_admin_app(
 ) -> web.Application:
     """The admin app; the operator token is read from `environ` (default: the process's)."""
     app = web.Application(
-        middlewares=[error_middleware, admin_errors, enforce_policy],
+        # Outermost, the request counter sees the status of every rendered error too.
+        middlewares=[health.metrics_middleware, error_middleware, admin_errors, enforce_policy],
         client_max_size=64 * 1024,
     )
     app[CONFIG] = config

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.config import SCOPES, Config
 from gateway.keys import KeyInfo, NewKey
 
@@ -107,6 +108,7 @@ async def create_key(request: web.Request) -> web.Response:
         info = await store.get(who.account_id, new.id, conn=conn)
         assert info is not None
         await record(conn, request, "key.create", "key", new.id, {"name": name})
+    metrics.KEY_LIFECYCLE.labels("created").inc()
     return web.json_response(
         _with_secret(info, new, request.app[CONFIG]),
         status=201,
@@ -173,6 +175,7 @@ async def update_key(request: web.Request) -> web.Response:
             key_id,
             {"changes": {k: _loggable(val) for k, val in changes.items()}},
         )
+    metrics.KEY_LIFECYCLE.labels("updated").inc()
     return web.json_response(key_object(info, request.app[CONFIG]))
 
 
@@ -197,6 +200,7 @@ async def regenerate_key(request: web.Request) -> web.Response:
         info = await store.get(who.account_id, key_id, conn=conn)
         assert info is not None
         await record(conn, request, "key.regenerate", "key", key_id, {"grace_seconds": grace or 0})
+    metrics.KEY_LIFECYCLE.labels("regenerated").inc()
     return web.json_response(_with_secret(info, new, request.app[CONFIG]), headers=NO_STORE)
 
 
@@ -207,6 +211,7 @@ async def delete_key(request: web.Request) -> web.Response:
         if not await request.app[STORE].delete(who.account_id, key_id, conn=conn):
             raise v.not_found("key")
         await record(conn, request, "key.delete", "key", key_id)
+    metrics.KEY_LIFECYCLE.labels("deleted").inc()
     return web.Response(status=204)
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 from .test_admin_support import (  # noqa: F401 - fixtures
     World,
@@ -199,3 +200,29 @@ async def test_usage_reads_hourly_counters_in_the_window(
     ]
     default = await world.client.call("GET", f"/v1/keys/{world.key_id}/usage", world.owner)
     assert default.body["items"] == [] and default.body["totals"]["total"] == 0
+
+
+def _sample(text: str, name: str, labels: dict[str, str]) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def test_lifecycle_events_and_admin_requests_are_counted(world: World) -> None:
+    """By event and by route template: never a key id in a label."""
+    before = (await world.client.call("GET", "/metrics")).text
+    path = f"/v1/keys/{world.key_id}"
+    await world.client.call("PATCH", path, world.owner, json_body={"name": "m"})
+    await world.client.call("POST", f"{path}/regenerate", world.owner)
+    await world.client.call("DELETE", path, world.owner)
+    await world.client.call("GET", path, world.owner)  # 404
+    after = (await world.client.call("GET", "/metrics")).text
+    for event in ("updated", "regenerated", "deleted"):
+        name = "gateway_key_lifecycle_events_total"
+        assert _sample(after, name, {"event": event}) == _sample(before, name, {"event": event}) + 1
+    labels = {"route": "/v1/keys/{id}", "method": "GET", "status_class": "4xx"}
+    name = "gateway_admin_requests_total"
+    assert _sample(after, name, labels) == _sample(before, name, labels) + 1
+    assert world.key_id not in after
