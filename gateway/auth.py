@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import time
 import uuid
+from collections.abc import Callable
 
 from . import metrics
 from .cache import CacheEntry, KeyCache
@@ -110,8 +111,18 @@ class Authenticator:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def authenticate(self, token: str, parsed: ParsedKey) -> KeyRecord:
-        """Step 3: the key's record if the key is valid now, else an `AuthError`."""
+    async def authenticate(
+        self,
+        token: str,
+        parsed: ParsedKey,
+        *,
+        before_verify: Callable[[], None] | None = None,
+    ) -> KeyRecord:
+        """Step 3: the key's record if the key is valid now, else an `AuthError`.
+
+        `before_verify` (the failed-authentication throttle) runs before a verification
+        that would cost a query and argon2, and may refuse it by raising.
+        """
         digest = hashlib.sha256(token.encode()).digest()
         entry = self.cache.get(parsed.public_id)
         if entry is not None and hmac.compare_digest(entry.digest, digest):
@@ -123,7 +134,7 @@ class Authenticator:
                 record = entry.record
         else:
             metrics.KEY_CACHE_MISSES.inc()
-            record = await self._verify_shared(digest, parsed)
+            record = await self._verify_shared(digest, parsed, before_verify)
         self._check_state(record)
         return record
 
@@ -170,10 +181,14 @@ class Authenticator:
         entry.changed = False
         return record
 
-    async def _verify_shared(self, digest: bytes, parsed: ParsedKey) -> KeyRecord:
+    async def _verify_shared(
+        self, digest: bytes, parsed: ParsedKey, before_verify: Callable[[], None] | None
+    ) -> KeyRecord:
         future = self._inflight.get(digest)
         if future is not None:
             return await asyncio.shield(future)
+        if before_verify is not None:
+            before_verify()  # only real verifications are charged, not their waiters
         future = asyncio.get_running_loop().create_future()
         self._inflight[digest] = future
         try:

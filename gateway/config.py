@@ -149,13 +149,29 @@ class KeysConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class FailedAuthConfig:
+    per_ip_per_minute: int = 30
+    per_key_per_minute: int = 20
+    max_tracked: int = 100_000
+
+    def validate(self) -> None:
+        _positive("rate_limits.failed_auth.per_ip_per_minute", self.per_ip_per_minute)
+        _positive("rate_limits.failed_auth.per_key_per_minute", self.per_key_per_minute)
+        _positive("rate_limits.failed_auth.max_tracked", self.max_tracked)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RateLimitConfig:
     per_minute: int = 600
     per_day: int = 50_000
+    sync_interval_seconds: float = 1.0
+    failed_auth: FailedAuthConfig = dataclasses.field(default_factory=FailedAuthConfig)
 
     def validate(self) -> None:
         _positive("rate_limits.per_minute", self.per_minute)
         _positive("rate_limits.per_day", self.per_day)
+        _positive("rate_limits.sync_interval_seconds", self.sync_interval_seconds)
+        self.failed_auth.validate()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -119,3 +119,13 @@ KEY_LIFECYCLE = Counter(
     "API key lifecycle events (created, regenerated, updated, deleted).",
     ["event"],
 )
+RATE_LIMITED = Counter(
+    "gateway_rate_limited_total",
+    "Requests refused by a key's rate limit, by the window that refused them (minute, day).",
+    ["window"],
+)
+FAILED_AUTH_THROTTLED = Counter(
+    "gateway_failed_auth_throttled_total",
+    "Requests refused for too many failed authentications, by what was throttled (ip, key).",
+    ["scope"],
+)

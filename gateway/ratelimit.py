@@ -1,22 +1,58 @@
-"""The rate-limit seam (SPEC §4). The pipeline asks a `RateLimiter` once per authenticated
-request; the answer carries the headers for the response, or a 429.
+"""Per-key rate limits (SPEC §4): a sliding minute and the UTC day, exact in one process,
+shared by every process through Postgres. The pipeline asks a `RateLimiter` once per
+authenticated request; the answer carries the headers for the response, or a 429.
 
-`Unlimited` admits everything and adds no headers: the per-minute / per-day limiter with
-its shared Postgres counters plugs in here without touching the pipeline.
+`check` is synchronous and touches only memory: each key's own requests per second over
+the last minute, its own count for the day, and what the other processes had counted at
+the last sync. Every `rate_limits.sync_interval_seconds` one statement
+(`counters.PostgresCounters.sync`) adds this process's new counts and reads back the totals
+of the keys it is serving; the other processes' share is folded into the next decisions.
+
+The sliding minute: a request made during second `s` counts until second `s + 60`, so no
+60 seconds admit more than the limit (no double burst at a minute boundary), and a 429's
+Retry-After is the exact number of whole seconds until enough of them have expired.
+
+Several processes: each learns the others' counts about one interval late (at worst two:
+its own last read, their last write) and stops as soon as its view reaches the limit, so
+with P processes, a key whose requests arrive at R per second in all and a sync interval T,
+total admitted ≤ limit + (P − 1) × R × T (README "Rate limits"; tested with two real
+processes). While Postgres is down decisions go on from local counts; the counts wait in
+memory (seconds that left the minute are dropped, the day's are kept) and the first sync
+that succeeds writes them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import functools
+import logging
+import math
+import time
+import uuid
+from collections.abc import Mapping
 from typing import Protocol
 
+import asyncpg
+
+from . import metrics
+from .clock import Clock
+from .config import RateLimitConfig
+from .counters import DAY, MINUTE, CounterStore, Delta, Totals
+from .db import UNAVAILABLE
 from .keys import KeyRecord
+from .throttle import UNTHROTTLED, AuthAttempt, FailedAuthThrottle
+
+log = logging.getLogger("gateway.ratelimit")
+
+EXPIRE_EVERY = 60.0  # seconds between deletions of rows no window can reach
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
-    headers: dict[str, str]
+    headers: Mapping[str, str]
     window: str | None = None  # the exhausted window when not allowed
     retry_after: int = 0
 
@@ -28,7 +64,13 @@ class RateLimiter(Protocol):
     def check(self, key: KeyRecord) -> Decision:
         """Count one request for `key` and say whether it may pass."""
 
-    async def start(self) -> None: ...
+    def headers(self, key: KeyRecord) -> Mapping[str, str]:
+        """The rate-limit headers for `key` as things stand, counting nothing."""
+
+    def auth_attempt(self, client_ip: str, public_id: str) -> AuthAttempt:
+        """Step 2 of the pipeline: 429 for a throttled IP, else the request's attempt."""
+
+    async def start(self, store: CounterStore) -> None: ...
 
     async def stop(self) -> None: ...
 
@@ -37,8 +79,346 @@ class Unlimited:
     def check(self, key: KeyRecord) -> Decision:
         return ADMIT
 
-    async def start(self) -> None:
+    def headers(self, key: KeyRecord) -> Mapping[str, str]:
+        return {}
+
+    def auth_attempt(self, client_ip: str, public_id: str) -> AuthAttempt:
+        return UNTHROTTLED
+
+    async def start(self, store: CounterStore) -> None:
         return None
 
     async def stop(self) -> None:
         return None
+
+
+class _Windows:
+    """One key's counts in this process; `seconds` holds [second, count, synced] lists."""
+
+    __slots__ = (
+        "day",
+        "others_day",
+        "others_minute",
+        "others_second",
+        "own_day",
+        "own_minute",
+        "seconds",
+        "synced_day",
+    )
+
+    def __init__(self, day: int) -> None:
+        self.seconds: list[list[int]] = []
+        self.own_minute = 0
+        self.day = day
+        self.own_day = 0
+        self.synced_day = 0
+        # Other processes (and earlier runs of this one) at the last sync: their minute
+        # count all falls within the 60 seconds before `others_second`.
+        self.others_minute = 0
+        self.others_second = 0
+        self.others_day = 0
+
+    def advance(self, second: int, day: int) -> None:
+        """Forget the seconds that left the minute, and a finished day."""
+        seconds = self.seconds
+        if seconds and seconds[0][0] <= second - MINUTE:
+            gone = 0
+            while gone < len(seconds) and seconds[gone][0] <= second - MINUTE:
+                self.own_minute -= seconds[gone][1]
+                gone += 1
+            del seconds[:gone]
+        if self.others_minute and second >= self.others_second + MINUTE:
+            self.others_minute = 0
+        if day > self.day:
+            self.day = day
+            self.own_day = self.synced_day = self.others_day = 0
+
+    def count(self, second: int) -> None:
+        seconds = self.seconds
+        if seconds and seconds[-1][0] >= second:  # this second (or the clock stepped back)
+            seconds[-1][1] += 1
+        else:
+            seconds.append([second, 1, 0])
+        self.own_minute += 1
+        self.own_day += 1
+
+    def minute_frees_at(self, limit: int) -> int:
+        """The first second at which fewer than `limit` requests count in the minute."""
+        used = self.own_minute + self.others_minute
+        frees = [(s + MINUTE, n) for s, n, _ in self.seconds]
+        if self.others_minute:
+            frees.append((self.others_second + MINUTE, self.others_minute))
+        frees.sort()
+        for at, n in frees:
+            used -= n
+            if used < limit:
+                return at
+        return frees[-1][0] if frees else 0
+
+    def minute_next_free(self) -> int | None:
+        """The second at which the oldest request in the minute stops counting."""
+        own = self.seconds[0][0] if self.seconds else None
+        others = self.others_second if self.others_minute else None
+        if own is None or (others is not None and others < own):
+            own = others
+        return None if own is None else own + MINUTE
+
+
+@dataclasses.dataclass(slots=True)
+class _Batch:
+    """One sync: the counts it writes, and what is needed to undo or to apply it."""
+
+    second: int
+    day: int
+    deltas: list[Delta] = dataclasses.field(default_factory=list)
+    minute_marks: list[tuple[list[int], int]] = dataclasses.field(default_factory=list)
+    day_marks: list[tuple[_Windows, int, int]] = dataclasses.field(default_factory=list)
+    # key id → own minute count, own day count, and this batch's minute and day deltas
+    keys: dict[uuid.UUID, tuple[int, int, int, int]] = dataclasses.field(default_factory=dict)
+
+
+class SlidingWindowLimiter:
+    def __init__(self, config: RateLimitConfig, clock: Clock) -> None:
+        self._config = config
+        self._clock = clock
+        self._keys: dict[uuid.UUID, _Windows] = {}
+        self._touched: set[uuid.UUID] = set()
+        # Keys used here in the last minute or with counts not yet written: what a sync
+        # writes and reads back, so its cost follows the traffic, not the key count.
+        self._recent: dict[uuid.UUID, int] = {}
+        self.throttle = FailedAuthThrottle(config.failed_auth, clock)
+        self._store: CounterStore | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the request path -------------------------------------------------------------
+
+    def check(self, key: KeyRecord) -> Decision:
+        now = self._clock.time()
+        second = math.floor(now)
+        windows = self._windows(key.id, second)
+        self._touched.add(key.id)
+        per_minute = key.rate_limit_per_minute or self._config.per_minute
+        per_day = key.rate_limit_per_day or self._config.per_day
+        minute_used = windows.own_minute + windows.others_minute
+        day_used = windows.own_day + windows.others_day
+        if minute_used < per_minute and day_used < per_day:
+            windows.count(second)
+            headers, _, _ = _headers(
+                windows, now, per_minute, minute_used + 1, per_day, day_used + 1
+            )
+            return Decision(True, headers)
+        headers, window, reset = _headers(windows, now, per_minute, minute_used, per_day, day_used)
+        metrics.RATE_LIMITED.labels(window).inc()
+        return Decision(False, headers, window, reset)
+
+    def headers(self, key: KeyRecord) -> Mapping[str, str]:
+        now = self._clock.time()
+        windows = self._windows(key.id, math.floor(now))
+        headers, _, _ = _headers(
+            windows,
+            now,
+            key.rate_limit_per_minute or self._config.per_minute,
+            windows.own_minute + windows.others_minute,
+            key.rate_limit_per_day or self._config.per_day,
+            windows.own_day + windows.others_day,
+        )
+        return headers
+
+    def auth_attempt(self, client_ip: str, public_id: str) -> AuthAttempt:
+        return self.throttle.admit(client_ip, public_id)
+
+    def _windows(self, key_id: uuid.UUID, second: int) -> _Windows:
+        windows = self._keys.get(key_id)
+        day = second - second % DAY
+        if windows is None:
+            windows = self._keys[key_id] = _Windows(day)
+        else:
+            windows.advance(second, day)
+        return windows
+
+    @property
+    def pending(self) -> int:
+        """Requests counted here and not yet written to Postgres."""
+        return sum(w.own_day - w.synced_day for w in self._keys.values())
+
+    # -- synchronisation --------------------------------------------------------------
+
+    async def start(self, store: CounterStore) -> None:
+        """Read what earlier runs counted (day counters survive restarts), then sync."""
+        self._store = store
+        second = math.floor(self._clock.time())
+        day = second - second % DAY
+        try:
+            totals = await store.load(second, day)
+        except UNAVAILABLE as exc:
+            log.warning("could not read the rate-limit counters at start: %s", exc)
+        else:
+            for key_id, (minute, today) in totals.items():
+                windows = self._windows(key_id, second)
+                windows.others_minute, windows.others_second = minute, second
+                windows.others_day = today
+        self._task = asyncio.create_task(self._run(), name="rate-limit-sync")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the periodic sync, then write what is left, retrying for `timeout`."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._store is None:
+            return
+        deadline = time.monotonic() + timeout
+        while not await self.sync():
+            if time.monotonic() >= deadline:
+                log.error("could not write rate-limit counts before exit: %d", self.pending)
+                return
+            await asyncio.sleep(0.5)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self._config.sync_interval_seconds
+        next_sync = loop.time() + interval
+        next_expiry = loop.time() + EXPIRE_EVERY
+        while True:
+            # A fixed cadence, not "interval after the last one": the bound relies on it.
+            await asyncio.sleep(max(0.0, next_sync - loop.time()))
+            next_sync = max(next_sync + interval, loop.time())
+            try:
+                await self.sync()
+                if loop.time() >= next_expiry:
+                    next_expiry = loop.time() + EXPIRE_EVERY
+                    await self._expire()
+            except Exception:  # the loop must outlive any one bad sync
+                log.exception("rate-limit sync failed")
+
+    async def sync(self) -> bool:
+        """One statement: write the new counts, read the totals back. False: kept for later."""
+        assert self._store is not None, "start() first"
+        async with self._lock:
+            batch = self._take()
+            if not batch.keys:
+                return True
+            started = time.perf_counter()
+            try:
+                totals = await self._store.sync(
+                    batch.deltas, list(batch.keys), batch.second, batch.day
+                )
+            except UNAVAILABLE as exc:
+                self._restore(batch)
+                metrics.FLUSH_FAILURES.labels("rate_limits").inc()
+                metrics.FLUSH_PENDING.labels("rate_limits").set(
+                    sum(n for _, _, n in batch.day_marks)
+                )
+                log.warning("rate-limit sync failed, counts kept for the next one: %s", exc)
+                return False
+            except asyncpg.PostgresError:
+                # A batch Postgres refuses would block every later sync behind it.
+                metrics.FLUSH_FAILURES.labels("rate_limits").inc()
+                log.exception("rate-limit sync refused by Postgres; batch dropped")
+                return True
+            metrics.FLUSH_DURATION.labels("rate_limits").observe(time.perf_counter() - started)
+            metrics.FLUSH_PENDING.labels("rate_limits").set(0)
+            self._apply(batch, totals)
+            return True
+
+    def _take(self) -> _Batch:
+        second = math.floor(self._clock.time())
+        batch = _Batch(second, second - second % DAY)
+        for key_id in self._touched:
+            self._recent[key_id] = second
+        self._touched.clear()
+        for key_id, last_used in list(self._recent.items()):
+            windows = self._keys.get(key_id)
+            if windows is None:
+                del self._recent[key_id]
+                continue
+            windows.advance(second, batch.day)
+            minute_delta = 0
+            for entry in windows.seconds:
+                n = entry[1] - entry[2]
+                if n:
+                    batch.deltas.append((key_id, "minute", entry[0], n))
+                    batch.minute_marks.append((entry, n))
+                    entry[2] = entry[1]
+                    minute_delta += n
+            day_delta = windows.own_day - windows.synced_day
+            if day_delta:
+                batch.deltas.append((key_id, "day", windows.day, day_delta))
+                batch.day_marks.append((windows, windows.day, day_delta))
+                windows.synced_day = windows.own_day
+            if last_used <= second - MINUTE and not day_delta:
+                del self._recent[key_id]  # idle here: no need to read it back
+                continue
+            batch.keys[key_id] = (windows.own_minute, windows.own_day, minute_delta, day_delta)
+        return batch
+
+    def _restore(self, batch: _Batch) -> None:
+        for entry, n in batch.minute_marks:
+            entry[2] -= n
+        for windows, day, n in batch.day_marks:
+            if windows.day == day:
+                windows.synced_day -= n
+        for key_id in batch.keys:
+            self._recent.setdefault(key_id, batch.second)
+
+    def _apply(self, batch: _Batch, totals: Totals) -> None:
+        # Postgres returned the totals from before this batch: before + batch − own is
+        # what everyone else counted (zero in a single process).
+        for key_id, (own_minute, own_day, minute_delta, day_delta) in batch.keys.items():
+            windows = self._keys.get(key_id)
+            if windows is None:
+                continue
+            minute, today = totals.get(key_id, (0, 0))
+            windows.others_minute = max(0, minute + minute_delta - own_minute)
+            windows.others_second = batch.second
+            if windows.day == batch.day:
+                windows.others_day = max(0, today + day_delta - own_day)
+
+    async def _expire(self) -> None:
+        assert self._store is not None
+        second = math.floor(self._clock.time())
+        today = second - second % DAY
+        try:
+            await self._store.expire(second, today)
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            log.warning("could not delete old rate-limit counters: %s", exc)
+        # Keys not used today and not pending here: their windows are empty.
+        for key_id in [k for k, w in self._keys.items() if w.day < today]:
+            if key_id not in self._recent:
+                del self._keys[key_id]
+
+
+def _headers(
+    windows: _Windows, now: float, per_minute: int, minute_used: int, per_day: int, day_used: int
+) -> tuple[dict[str, str], str, int]:
+    """The response headers, and the tightest window with its seconds to free a request."""
+    minute_left = max(0, per_minute - minute_used)
+    day_left = max(0, per_day - day_used)
+    if minute_left:
+        frees_at = windows.minute_next_free()
+        minute_reset = 0 if frees_at is None else max(1, math.ceil(frees_at - now))
+    else:
+        minute_reset = max(1, math.ceil(windows.minute_frees_at(per_minute) - now))
+    day_reset = max(1, math.ceil(windows.day + DAY - now))
+    # The tightest window: fewest requests left; on a tie, the longer wait.
+    if minute_left < day_left or (minute_left == day_left and minute_reset >= day_reset):
+        window, limit, left, reset = "minute", per_minute, minute_left, minute_reset
+    else:
+        window, limit, left, reset = "day", per_day, day_left, day_reset
+    headers = {
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": str(left),
+        "X-RateLimit-Reset": str(reset),
+        "RateLimit-Policy": _policy(per_minute, per_day),
+        "RateLimit": (
+            f'"minute";r={minute_left};t={minute_reset}, "day";r={day_left};t={day_reset}'
+        ),
+    }
+    return headers, window, reset
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy(per_minute: int, per_day: int) -> str:
+    return f'"minute";q={per_minute};w={MINUTE}, "day";q={per_day};w={DAY}'

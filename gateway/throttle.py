@@ -1,0 +1,154 @@
+"""Failed-authentication throttling (SPEC §3 step 2, §8): a client IP or a key id that fails
+verification too often gets 429 `too_many_failed_attempts`, before any Postgres or argon2 work.
+
+Only verifications cost anything (one indexed query and one argon2 hash), so only they
+are charged: each cache miss is charged to the client IP and to the public key id in the
+token *before* it starts, and refunded when the secret turns out right. Charging first
+stops a burst of concurrent guesses at the limit instead of after it; refunding means a
+client with many valid keys is never held back by its own successes. A cached key is
+never charged, so a wrong-secret flood against a known key id (say, from a leaked partial
+key) does not lock out its holder, whose cached key keeps working. Unknown key ids are
+throttled exactly like known ones: the answers reveal nothing about which ids exist.
+
+Each IP and key id holds one number (GCRA): the time by which its charges will have
+drained at N per minute. N attempts pass at once, then one every 60/N seconds. The state
+is per process and bounded (`rate_limits.failed_auth.max_tracked` entries per table).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+from . import metrics
+from .clock import Clock
+from .config import FailedAuthConfig
+from .errors import GatewayError
+
+MINUTE = 60.0
+# The auth refusals that are failed verifications; the rest (expired, disabled, database
+# unavailable) refund the attempt.
+FAILED_REASONS = frozenset({"unknown", "wrong_secret"})
+_EPSILON = 1e-9  # float sums of 60/N steps must not block the N-th attempt
+
+
+def too_many_failed_attempts(scope: str, wait: float) -> GatewayError:
+    metrics.FAILED_AUTH_THROTTLED.labels(scope).inc()
+    return GatewayError(
+        429,
+        "too_many_failed_attempts",
+        "Too many failed authentication attempts; retry later.",
+        {"Retry-After": str(max(1, math.ceil(wait)))},
+    )
+
+
+class _Budget:
+    """N attempts per minute for each name (an IP or a key id), as one float per name."""
+
+    def __init__(self, per_minute: int, max_tracked: int) -> None:
+        self._step = MINUTE / per_minute
+        self._max = max_tracked
+        self._drained_at: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._drained_at)
+
+    def wait(self, name: str, now: float) -> float:
+        """Seconds until `name` may be charged again; 0 when it may be now."""
+        drained_at = self._drained_at.get(name)
+        if drained_at is None:
+            return 0.0
+        wait = drained_at + self._step - MINUTE - now
+        return wait if wait > _EPSILON else 0.0
+
+    def charge(self, name: str, now: float) -> None:
+        drained_at = self._drained_at.get(name, now)
+        if name not in self._drained_at and len(self._drained_at) >= self._max:
+            self._make_room(now)
+        self._drained_at[name] = max(drained_at, now) + self._step
+
+    def refund(self, name: str, now: float) -> None:
+        drained_at = self._drained_at.get(name)
+        if drained_at is None:
+            return
+        drained_at -= self._step
+        if drained_at <= now:
+            del self._drained_at[name]
+        else:
+            self._drained_at[name] = drained_at
+
+    def _make_room(self, now: float) -> None:
+        # Drop whoever has drained; if everyone is still owing, the oldest entry goes
+        # (an attacker with that many addresses is bounded by verify_concurrency anyway).
+        for name in [n for n, t in self._drained_at.items() if t <= now]:
+            del self._drained_at[name]
+        if len(self._drained_at) >= self._max:
+            del self._drained_at[next(iter(self._drained_at))]
+
+
+class AuthAttempt(Protocol):
+    def charge(self) -> None:
+        """Before a verification: charge the IP and the key id, or raise a 429."""
+
+    def done(self, failure: str | None) -> None:
+        """After authentication: refund the charge unless `failure` is a failed verification."""
+
+
+class FailedAuthThrottle:
+    def __init__(self, config: FailedAuthConfig, clock: Clock) -> None:
+        self._clock = clock
+        self.ips = _Budget(config.per_ip_per_minute, config.max_tracked)
+        self.key_ids = _Budget(config.per_key_per_minute, config.max_tracked)
+
+    def admit(self, client_ip: str, public_id: str) -> AuthAttempt:
+        """Step 2: a 429 for an IP that failed too often, else the request's attempt."""
+        wait = self.ips.wait(client_ip, self._clock.monotonic())
+        if wait:
+            raise too_many_failed_attempts("ip", wait)
+        return _Attempt(self, client_ip, public_id)
+
+    def charge(self, client_ip: str, public_id: str) -> None:
+        now = self._clock.monotonic()
+        wait = self.ips.wait(client_ip, now)
+        if wait:
+            raise too_many_failed_attempts("ip", wait)
+        wait = self.key_ids.wait(public_id, now)
+        if wait:
+            raise too_many_failed_attempts("key", wait)
+        self.ips.charge(client_ip, now)
+        self.key_ids.charge(public_id, now)
+
+    def refund(self, client_ip: str, public_id: str) -> None:
+        now = self._clock.monotonic()
+        self.ips.refund(client_ip, now)
+        self.key_ids.refund(public_id, now)
+
+
+class _Attempt:
+    __slots__ = ("_charged", "_client_ip", "_public_id", "_throttle")
+
+    def __init__(self, throttle: FailedAuthThrottle, client_ip: str, public_id: str) -> None:
+        self._throttle = throttle
+        self._client_ip = client_ip
+        self._public_id = public_id
+        self._charged = False
+
+    def charge(self) -> None:
+        self._throttle.charge(self._client_ip, self._public_id)
+        self._charged = True
+
+    def done(self, failure: str | None) -> None:
+        if self._charged and failure not in FAILED_REASONS:
+            self._throttle.refund(self._client_ip, self._public_id)
+        self._charged = False
+
+
+class _Unthrottled:
+    def charge(self) -> None:
+        return None
+
+    def done(self, failure: str | None) -> None:
+        return None
+
+
+UNTHROTTLED: AuthAttempt = _Unthrottled()
