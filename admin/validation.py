@@ -80,7 +80,7 @@ async def json_body(request: web.Request, *, required: bool = True) -> dict[str,
         raise GatewayError(
             415, "unsupported_media_type", "Send the body as 'Content-Type: application/json'."
         )
-    if request.charset not in (None, "utf-8", "utf8"):
+    if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
         raise GatewayError(415, "unsupported_media_type", "JSON bodies must be UTF-8.")
     raw = await request.read()  # 413 past client_max_size
     if not raw.strip() and not required:

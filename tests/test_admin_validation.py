@@ -231,6 +231,21 @@ async def test_non_uuid_ids_and_unknown_paths_are_404(world: World, method: str,
     assert reply.body["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", "Application/JSON; charset=UTF-8"],
+)
+async def test_json_content_types_are_accepted(world: World, content_type: str) -> None:
+    reply = await world.client.call(
+        "POST",
+        "/v1/keys",
+        world.owner,
+        data=b'{"name": "k"}',
+        headers={"Content-Type": content_type},
+    )
+    assert reply.status == 201, reply.text
+
+
 async def test_uppercase_uuid_names_the_same_key(world: World) -> None:
     reply = await world.client.call("GET", f"/v1/keys/{world.key_id.upper()}", world.owner)
     assert (reply.status, reply.body["id"]) == (200, world.key_id)
