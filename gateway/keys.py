@@ -200,8 +200,10 @@ class KeyInfo:
 
 _INFO_COLUMNS = """
     id, account_id, public_id, name, partial_key, created_at, created_by, secret_created_at,
-    regenerated_at, last_used_at, expires_at, enabled, scopes, ip_allowlist,
-    rate_limit_per_minute, rate_limit_per_day
+    regenerated_at, expires_at, enabled, scopes, ip_allowlist,
+    rate_limit_per_minute, rate_limit_per_day,
+    (SELECT l.last_used_at FROM api_key_last_used l WHERE l.key_id = api_keys.id)
+        AS last_used_at
 """
 
 # The settings `KeyStore.update` may change; the keys double as column names.
@@ -447,13 +449,15 @@ class KeyStore:
 
     async def record_last_used(self, used: dict[uuid.UUID, dt.datetime]) -> None:
         """One statement for every key used since the last flush; never moves backwards."""
+        # The join skips keys deleted meanwhile (their ids would break the foreign key).
         await self.pool.execute(
             """
-            UPDATE api_keys AS k
-               SET last_used_at = GREATEST(k.last_used_at, u.at)
+            INSERT INTO api_key_last_used AS l (key_id, last_used_at)
+            SELECT u.id, u.at
               FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
-             WHERE k.id = u.id
-               AND (k.last_used_at IS NULL OR k.last_used_at < u.at)
+              JOIN api_keys k ON k.id = u.id
+            ON CONFLICT (key_id) DO UPDATE SET last_used_at = EXCLUDED.last_used_at
+             WHERE l.last_used_at < EXCLUDED.last_used_at
             """,
             list(used),
             list(used.values()),

@@ -26,6 +26,7 @@ TABLES = {
     "accounts",
     "members",
     "api_keys",
+    "api_key_last_used",
     "key_usage_hourly",
     "rate_limit_counters",
     "audit_log",

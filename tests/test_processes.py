@@ -188,7 +188,7 @@ async def test_sigterm_finishes_in_flight_requests_then_flushes_and_exits_0(
     finally:
         release.set()
         await slow_upstream.close()
-    assert await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key.id)
+    assert await db.fetchval("SELECT last_used_at FROM api_key_last_used WHERE key_id = $1", key.id)
     assert (
         await db.fetchval(
             "SELECT sum(count) FROM key_usage_hourly WHERE key_id = $1 AND outcome = 'ok'", key.id

@@ -40,12 +40,17 @@ async def test_last_used_reaches_the_database_after_the_flush_interval(
     gateway: TestServer, seed: Seed, db: asyncpg.Connection
 ) -> None:
     key = await seed.key()
-    assert await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key.id) is None
+    assert (
+        await db.fetchval("SELECT last_used_at FROM api_key_last_used WHERE key_id = $1", key.id)
+        is None
+    )
     before = dt.datetime.now(dt.UTC)
     await hit(gateway, key.key)
 
     async def written() -> bool:
-        at = await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key.id)
+        at = await db.fetchval(
+            "SELECT last_used_at FROM api_key_last_used WHERE key_id = $1", key.id
+        )
         return at is not None and at >= before - dt.timedelta(seconds=1)
 
     await wait_for(written, timeout=5)
@@ -54,7 +59,7 @@ async def test_last_used_reaches_the_database_after_the_flush_interval(
 async def test_last_used_is_one_statement_for_all_keys(
     start_gateway: GatewayFactory, config: Config, seed: Seed, db: asyncpg.Connection
 ) -> None:
-    """Many keys used between two flushes cost one UPDATE, not one per key or request."""
+    """Many keys used between two flushes cost one statement, not one per key or request."""
     slow = make_config(
         config.database.url, config.proxy.upstream, usage={"flush_interval_seconds": 3600}
     )
@@ -63,13 +68,13 @@ async def test_last_used_is_one_statement_for_all_keys(
     keys = [await seed.key(account, name=f"k{i}") for i in range(10)]
     for key in keys:
         await hit(gateway, key.key, n=3)
-    # Count UPDATE statements on api_keys with a statement-level trigger.
+    # Count the statements that write last_used with a statement-level trigger.
     await db.execute(
         """
         CREATE TABLE update_statements (at timestamptz DEFAULT now());
         CREATE FUNCTION log_update_statement() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN INSERT INTO update_statements DEFAULT VALUES; RETURN NULL; END $$;
-        CREATE TRIGGER count_updates AFTER UPDATE ON api_keys
+        CREATE TRIGGER count_writes AFTER INSERT ON api_key_last_used
             FOR EACH STATEMENT EXECUTE FUNCTION log_update_statement();
         """
     )
@@ -78,8 +83,8 @@ async def test_last_used_is_one_statement_for_all_keys(
     assert await usage.flush()
     assert await db.fetchval("SELECT count(*) FROM update_statements") == 1
     ids = [k.id for k in keys]
-    rows = await db.fetch("SELECT last_used_at FROM api_keys WHERE id = ANY($1)", ids)
-    assert all(r["last_used_at"] is not None for r in rows)
+    rows = await db.fetch("SELECT last_used_at FROM api_key_last_used WHERE key_id = ANY($1)", ids)
+    assert len(rows) == 10
     assert usage.pending == (0, 0)
 
 
@@ -90,10 +95,15 @@ async def test_last_used_never_moves_backwards(
     gateway = await start_gateway(clock=clock)
     key = await seed.key()
     later = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-    await db.execute("UPDATE api_keys SET last_used_at = $2 WHERE id = $1", key.id, later)
+    await db.execute(
+        "INSERT INTO api_key_last_used (key_id, last_used_at) VALUES ($1, $2)", key.id, later
+    )
     await hit(gateway, key.key)
     assert await gateway.app[USAGE].flush()
-    assert await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key.id) == later
+    assert (
+        await db.fetchval("SELECT last_used_at FROM api_key_last_used WHERE key_id = $1", key.id)
+        == later
+    )
 
 
 async def test_usage_is_counted_per_hour_by_outcome(
