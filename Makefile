@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck check clean distclean bench
+.PHONY: run test lint typecheck check clean distclean bench bench-quick wrk
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,13 @@ clean:
 distclean: clean
 	rm -rf $(VENV)
 
-## bench: the gateway's hot path against a bare aiohttp proxy (uvloop and asyncio)
-bench: $(STAMP)
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || { echo "make bench needs wrk (apt-get install wrk)"; exit 1; }
-	$(BIN)/python bench/compare.py $(BENCH_ARGS)
+## bench: every benchmark figure as ratios from one run (under 10 minutes)
+bench: $(STAMP) wrk
+	$(BIN)/python bench/run.py
+
+## bench-quick: the same, shorter runs and fewer keys (under 2 minutes)
+bench-quick: $(STAMP) wrk
+	$(BIN)/python bench/run.py --quick
+
+wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || { echo "the benchmark needs wrk (apt-get install wrk)"; exit 1; }
