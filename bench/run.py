@@ -475,17 +475,22 @@ async def main():
     per_key = (rss() - before) * 1024 / len(records)
     store = KeyStore(pool, KeyFormat("gp_"), Hasher(Argon2Config()))
     usage = UsageRecorder(store, pool, UsageConfig(), SystemClock())
-    timings = []
+    last_used, counts = [], []
     for _ in range(3):
         for record in records[:10000]:
             usage.mark_used(record.id)
+        started = time.perf_counter()
+        assert await usage.flush()
+        last_used.append((time.perf_counter() - started) * 1000)
+        for record in records[:10000]:
             usage.count(record.id, "ok")
         started = time.perf_counter()
         assert await usage.flush()
-        timings.append((time.perf_counter() - started) * 1000)
+        counts.append((time.perf_counter() - started) * 1000)
     await pool.close()
     print(json.dumps({{"cached_keys": len(records), "bytes_per_cached_key": per_key,
-                      "flush_10k_ms": sorted(timings)[1]}}))
+                      "flush_10k_ms": sorted(last_used)[1],
+                      "usage_flush_10k_ms": sorted(counts)[1]}}))
 
 asyncio.run(main())
 """
@@ -788,6 +793,12 @@ def report(figures: dict[str, Any]) -> None:
         f"{m['flush_10k_ms']:.1f} ms",
         "≤ 50 ms",
         m["flush_10k_ms"] <= 50,
+    )
+    row(
+        "flush of 10,000 keys' hourly usage counts",
+        f"{m['usage_flush_10k_ms']:.1f} ms",
+        "",
+        None,
     )
     steals = [run["steal"] for runs in t.values() for run in runs]
     summary["max_steal"] = max(steals)
