@@ -160,13 +160,21 @@ def upstream_request_headers(
     return headers
 
 
-def copy_response_headers(upstream: list[tuple[str, str]], target: CIMultiDict[str]) -> None:
-    """The upstream's response headers, less hop-by-hop ones, onto our response."""
+def copy_response_headers(
+    upstream: list[tuple[str, str]], target: CIMultiDict[str], *, skip_length: bool = False
+) -> None:
+    """The upstream's response headers, less hop-by-hop ones, onto our response.
+
+    `skip_length` leaves Content-Length to aiohttp when it sends a body it holds.
+    """
     named = _connection_named(upstream)
     for name, value in upstream:
         lower = name.lower()
-        if lower not in HOP_BY_HOP and lower not in named:
-            target.add(name, value)
+        if lower in HOP_BY_HOP or lower in named:
+            continue
+        if skip_length and lower == "content-length":
+            continue
+        target.add(name, value)
 
 
 def identity_headers(account_id: Any, key_id: Any, scopes: Iterable[str]) -> dict[str, str]:

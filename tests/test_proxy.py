@@ -437,3 +437,27 @@ async def test_request_body_keeps_its_framing(
         assert received["transfer-encoding"] == "chunked" and "content-length" not in received
     else:
         assert received["content-length"] == "200000" and "transfer-encoding" not in received
+
+
+async def test_small_answer_cut_short_by_the_upstream_is_a_502(
+    start_gateway: GatewayFactory, config: Config, seed: Seed
+) -> None:
+    """A small body is read before anything is sent, so a broken one gets an honest 502."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gateway = await start_gateway(make_config(config.database.url, f"http://127.0.0.1:{port}"))
+        key = await seed.key()
+        status, headers, body = await call(gateway, headers=bearer(key.key))
+        assert status == 502
+        assert_error(status, headers, body, "upstream_unavailable")
+    finally:
+        server.close()
+        await server.wait_closed()
