@@ -129,3 +129,24 @@ FAILED_AUTH_THROTTLED = Counter(
     "Requests refused for too many failed authentications, by what was throttled (ip, key).",
     ["scope"],
 )
+
+
+def _precreate() -> None:
+    """Create every fixed label combination at start, so series exist (at zero) before
+    their first event: dashboards and `rate()` see a flat line instead of a gap, and the
+    number of series does not grow as traffic arrives."""
+    for kind in ("last_used", "usage", "rate_limits"):
+        FLUSH_DURATION.labels(kind)
+        FLUSH_FAILURES.labels(kind)
+        FLUSH_PENDING.labels(kind)
+    for kind in ("connect", "timeout", "protocol"):
+        UPSTREAM_ERRORS.labels(kind)
+    for window in ("minute", "day"):
+        RATE_LIMITED.labels(window)
+    for scope in ("ip", "key"):
+        FAILED_AUTH_THROTTLED.labels(scope)
+    for event in ("created", "regenerated", "updated", "deleted"):
+        KEY_LIFECYCLE.labels(event)
+
+
+_precreate()
