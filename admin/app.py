@@ -19,7 +19,7 @@ from gateway.db import create_pool
 from gateway.errors import error_middleware
 from gateway.keys import Hasher, KeyFormat, KeyStore
 
-from . import accounts, audit, health, keys, members, openapi, usage
+from . import accounts, audit, health, keys, members, openapi, page, usage
 from .auth import AUTHENTICATOR, AdminAuthenticator, enforce_policy
 from .middleware import admin_errors
 from .state import CONFIG, HASHER, POOL, STORE
@@ -52,6 +52,7 @@ def create_admin_app(
     keys.add_routes(app)
     usage.add_routes(app)
     audit.add_routes(app)
+    page.add_routes(app)  # the web page at / and its files under /static/
     return app
 
 
