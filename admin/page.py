@@ -12,10 +12,13 @@ names a person typed reach the page as text nodes only.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from aiohttp import web
+
+log = logging.getLogger("admin.page")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -70,8 +73,12 @@ def _file(path: Path) -> web.FileResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    files = _static_files()
     index = STATIC_DIR / "index.html"
+    if not index.is_file():
+        # An install without the package data: the API matters more than its page.
+        log.warning("the web page's files are missing from %s: / is not served", STATIC_DIR)
+        return
+    files = _static_files()
 
     async def page(request: web.Request) -> web.FileResponse:
         return _file(index)
