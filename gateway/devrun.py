@@ -136,7 +136,7 @@ def main() -> int:
             "\n"
             "GrowPanel API gateway is running (Ctrl-C stops everything).\n"
             f"  proxy:        {proxy_url}\n"
-            f"  admin:        {admin_url}\n"
+            f"  admin:        {admin_url}  (open it in a browser: the API keys page)\n"
             f"  upstream:     {env['GATEWAY__PROXY__UPSTREAM']}\n"
             f"  owner token:  {token}\n"
             f"  demo API key: {key}\n"
