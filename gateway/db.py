@@ -31,8 +31,13 @@ _FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 UNAVAILABLE = (
     OSError,
     TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
+    # SQLSTATE class 08 (connection exceptions), ConnectionDoesNotExistError included.
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.InterfaceError,
+    # A connection cut mid-statement can leave asyncpg's protocol state behind ("cannot
+    # switch to state ...; another operation is in progress"): seen during outages, and
+    # transient, since the pool replaces the connection.
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.ConnectionFailureError,
     asyncpg.exceptions.AdminShutdownError,

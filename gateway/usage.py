@@ -92,7 +92,10 @@ class UsageRecorder:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._config.flush_interval_seconds)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # the loop must outlive any one bad flush
+                log.exception("usage flush failed")
 
     async def flush(self) -> bool:
         """Write everything pending; True when nothing is left pending."""
