@@ -332,7 +332,18 @@ class UpstreamPool:
         `target` is the raw path and query; the base path of the upstream URL is prefixed.
         The caller must `release()` the response when done with it.
         """
-        await self._slots.acquire()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self._slots.locked():
+            # Every connection is busy: waiting for one counts toward the timeout, or the
+            # requests queued behind a silent upstream would each wait several timeouts.
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise UpstreamTimeout("no upstream connection free in time") from None
+        else:
+            await self._slots.acquire()
         try:
             head = self._head(method, target, headers, body is not None, content_length)
             for attempt in (0, 1):
@@ -343,7 +354,8 @@ class UpstreamPool:
                 response = UpstreamResponse(connection, method)
                 connection.start(response)
                 try:
-                    return await self._exchange(connection, response, head, body, timeout)
+                    remaining = deadline - loop.time()
+                    return await self._exchange(connection, response, head, body, remaining)
                 except BaseException as exc:
                     # Whatever went wrong (a timeout, a body that was refused, a broken
                     # connection), a half-used connection is never reused.
