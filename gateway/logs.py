@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from .config import LoggingConfig
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
@@ -56,6 +58,23 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _ClientErrors(logging.Filter):
+    """aiohttp logs a request it cannot parse at ERROR, with the parser's message, which
+    quotes the offending bytes: an `Authorization` header among them. A malformed request
+    (or a client gone mid-request) is the client's doing: one INFO line naming the error,
+    never quoting the request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError | ConnectionResetError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.client_ip = record.args[0] if isinstance(record.args, tuple) else None
+            record.msg, record.args = "refused a request it could not read", ()
+            record.error = type(exc).__name__
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def configure_logging(config: LoggingConfig) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
@@ -66,3 +85,6 @@ def configure_logging(config: LoggingConfig) -> None:
     root.setLevel(config.level)
     # aiohttp's own access log is replaced by ours (one JSON line with the outcome).
     logging.getLogger("aiohttp.access").disabled = True
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ClientErrors) for f in server_log.filters):
+        server_log.addFilter(_ClientErrors())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import unquote
@@ -85,8 +86,12 @@ class Proxy:
         self.usage = usage
         self.upstream = upstream
         self.trusted: tuple[Network, ...] = parse_networks(config.trusted_proxies)
-        # Longest prefix first, so /v1/data/exports can map apart from /v1/data.
-        self.scope_prefixes = sorted(config.scopes.items(), key=lambda kv: -len(kv[0]))
+        # Longest prefix first, so /v1/data/exports can map apart from /v1/data; matched
+        # without regard to case, as a case-insensitive upstream would route.
+        self.scope_prefixes = sorted(
+            ((prefix.lower(), scope) for prefix, scope in config.scopes.items()),
+            key=lambda kv: -len(kv[0]),
+        )
         self.access_log_enabled = access_log_enabled
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -118,6 +123,11 @@ class Proxy:
     async def _pipeline(
         self, request: web.Request, call: Call, client: ClientAddress
     ) -> web.StreamResponse:
+        if sum(len(k) + len(v) for k, v in request.raw_headers) > MAX_HEADER_BYTES:
+            # aiohttp bounds each line and the number of lines, not their total.
+            raise GatewayError(
+                431, "request_header_fields_too_large", "The request headers are too large."
+            )
         header = request.headers.get("Authorization")
         parsed = parse_authorization(header, self.auth)
         assert header is not None
@@ -172,6 +182,7 @@ class Proxy:
             )
 
     def _scope_for(self, path: str) -> str | None:
+        path = path.lower()
         for prefix, scope in self.scope_prefixes:
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
                 return scope
@@ -321,15 +332,27 @@ USAGE_OUTCOMES = {o: o for o in OUTCOMES}
 
 
 def _normalised_path(raw_path: str) -> str:
-    """The path as scope rules see it; refuses paths that could mean two things."""
+    """The path as scope rules see it; refuses paths that could mean two things.
+
+    Upstreams differ on dot segments, encoded slashes, empty segments (many merge `//`)
+    and path parameters (some drop `;x` from `/a;x/b`): the scope rules see the path with
+    its parameters dropped, and a path that an upstream could read as another is refused.
+    """
     lowered = raw_path.lower()
     if not raw_path.startswith("/") or "%2f" in lowered or "%5c" in lowered or "\\" in raw_path:
         raise GatewayError(400, "invalid_path", "The request path is not allowed.")
     path = unquote(raw_path)
+    if ";" in path:
+        path = _PATH_PARAMETERS.sub("", path)
     segments = path.split("/")
-    if any(s in (".", "..") for s in segments) or "\x00" in path:
+    if any(s in (".", "..") for s in segments) or "//" in path or "\x00" in path:
         raise GatewayError(400, "invalid_path", "The request path is not allowed.")
     return path
+
+
+_PATH_PARAMETERS = re.compile(r";[^/]*")
+# The whole request head, less the request line; aiohttp's own limits are per line.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 SMALL_BODY = 64 * 1024
@@ -367,6 +390,6 @@ def _outcome_of(exc: GatewayError) -> str:
         return "throttled"
     if exc.status in (502, 504):
         return "upstream_5xx"
-    if exc.status == 413 or exc.status == 400:
+    if exc.status in (400, 413, 431):
         return "bad_request"
     return "denied"
