@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from .config import Config, ConfigError, config_path, load_config
+from .config import Config, ConfigError, ServerConfig, config_path, load_config
 from .db import UNAVAILABLE, MigrationError, connect, migrate, pending_migrations
 from .logs import configure_logging
 
@@ -80,9 +80,22 @@ def _stop_event() -> asyncio.Event:
 
 
 async def _start_listener(
-    name: str, app: web.Application, host: str, port: int, timeout: float, reuse_port: bool
+    name: str,
+    app: web.Application,
+    host: str,
+    port: int,
+    server: ServerConfig,
+    reuse_port: bool,
 ) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=timeout)
+    # aiohttp's keep-alive timer runs from the connection's start (and from each response)
+    # until a whole request head has arrived, so it bounds slow heads as well as idle
+    # connections; its default is an hour.
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=server.shutdown_timeout_seconds,
+        keepalive_timeout=server.keepalive_timeout_seconds,
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
@@ -101,7 +114,6 @@ async def _serve_one(config: Config, *, worker: bool) -> None:
     from .app import LISTENER, create_app
 
     stop = _stop_event()
-    timeout = config.server.shutdown_timeout_seconds
     runners: list[web.AppRunner] = []
     try:
         proxy_app = None
@@ -109,7 +121,7 @@ async def _serve_one(config: Config, *, worker: bool) -> None:
             proxy_app = create_app(config)
             runners.append(
                 await _start_listener(
-                    "proxy", proxy_app, config.proxy.host, config.proxy.port, timeout, worker
+                    "proxy", proxy_app, config.proxy.host, config.proxy.port, config.server, worker
                 )
             )
         if config.admin.enabled and not worker:
@@ -121,7 +133,7 @@ async def _serve_one(config: Config, *, worker: bool) -> None:
                 )
             runners.append(
                 await _start_listener(
-                    "admin", admin_app, config.admin.host, config.admin.port, timeout, False
+                    "admin", admin_app, config.admin.host, config.admin.port, config.server, False
                 )
             )
         await stop.wait()
@@ -166,7 +178,7 @@ async def _serve_supervised(config: Config, workers: int, config_path: str | Non
 
             admin_app[LISTENER_CHECK] = listeners_connected
             runner = await _start_listener(
-                "admin", admin_app, config.admin.host, config.admin.port, timeout, False
+                "admin", admin_app, config.admin.host, config.admin.port, config.server, False
             )
         await stop.wait()
         log.info("shutting down: stopping workers, which finish requests and flush")

@@ -194,10 +194,12 @@ class LoggingConfig:
 @dataclasses.dataclass(frozen=True, slots=True)
 class ServerConfig:
     shutdown_timeout_seconds: float = 30.0
+    keepalive_timeout_seconds: float = 75.0
     uvloop: bool = True
 
     def validate(self) -> None:
         _positive("server.shutdown_timeout_seconds", self.shutdown_timeout_seconds)
+        _positive("server.keepalive_timeout_seconds", self.keepalive_timeout_seconds)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ request (metrics, hourly usage) and writes its access-log line, whatever happene
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import logging
@@ -246,10 +247,17 @@ class Proxy:
             try:
                 await response.prepare(request)
                 async for chunk in upstream.iter_chunks(config.timeout_seconds):
-                    await response.write(chunk)
+                    # A client that stops reading (slow-read) must not hold the upstream
+                    # connection: each write gets the timeout each upstream read gets.
+                    async with asyncio.timeout(config.timeout_seconds):
+                        await response.write(chunk)
                 await response.write_eof()
-            except ConnectionResetError:
-                call.client_gone = True  # the client left mid-response: nobody to answer
+            except (ConnectionError, TimeoutError):
+                # The client left (aiohttp raises plain ConnectionError as well as
+                # ConnectionResetError) or stopped reading: nobody to answer.
+                call.client_gone = True
+                if request.transport is not None:
+                    request.transport.abort()
             except UpstreamBodyError as exc:
                 # Headers are sent: all we can honestly do is cut the connection.
                 metrics.UPSTREAM_ERRORS.labels("protocol").inc()

@@ -383,10 +383,10 @@ async def proc_fds_settle(read: Callable[[], int], at_most: int, timeout: float 
     await wait_for(lambda: read() <= at_most, timeout=timeout, interval=0.1)
 
 
-def socket_peers(pid: int | str = "self") -> dict[str, int]:
+def socket_peers(pid: int | str = "self", accepted_on: tuple[int, ...] = ()) -> dict[str, int]:
     """How many of the process's TCP sockets are connected to each remote port
-    ("listen:<port>" for listening ones), read from /proc: sockets by inode, inodes in
-    /proc/net/tcp."""
+    ("listen:<port>" for listening sockets, "accepted:<port>" for connections accepted on
+    one of `accepted_on`), read from /proc: sockets by inode, inodes in /proc/net/tcp."""
     inodes = set()
     fd_dir = Path(f"/proc/{pid}/fd")
     for fd in fd_dir.iterdir():
@@ -405,6 +405,11 @@ def socket_peers(pid: int | str = "self") -> dict[str, int]:
                 continue
             local_port = int(fields[1].rsplit(":", 1)[1], 16)
             remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            name = f"listen:{local_port}" if fields[3] == "0A" else str(remote_port)
+            if fields[3] == "0A":
+                name = f"listen:{local_port}"
+            elif local_port in accepted_on:
+                name = f"accepted:{local_port}"
+            else:
+                name = str(remote_port)
             peers[name] = peers.get(name, 0) + 1
     return peers
