@@ -123,6 +123,10 @@ class Authenticator:
         self._inflight: dict[bytes, asyncio.Future[KeyRecord]] = {}
         self._dummy_hash = store.hasher.hash(uuid.uuid4().hex)
         self._db_retry_at = 0.0
+        # Key-change notices (and listener gaps) so far. A row read while a notice came in
+        # may predate the change the notice is about: what is cached from that read stays
+        # marked changed, so its next use asks Postgres again (one query, no argon2).
+        self._notices = 0
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -182,6 +186,7 @@ class Authenticator:
         )
         if stale_ok and self.clock.monotonic() < self._db_retry_at:
             return entry.record  # Postgres failed a moment ago: do not queue on it
+        notices = self._notices
         try:
             record = await self._lookup(public_id)
         except UNAVAILABLE:
@@ -194,7 +199,7 @@ class Authenticator:
             raise invalid_key("revoked")
         entry.record = record
         entry.confirmed_at = self.clock.monotonic()
-        entry.changed = False
+        entry.changed = self._notices != notices
         return record
 
     async def _verify_shared(
@@ -221,6 +226,7 @@ class Authenticator:
             del self._inflight[digest]
 
     async def _verify(self, digest: bytes, parsed: ParsedKey) -> KeyRecord:
+        notices = self._notices
         try:
             record = await self._lookup(parsed.public_id)
         except UNAVAILABLE:
@@ -231,9 +237,10 @@ class Authenticator:
         confirmed_at = self.clock.monotonic()
         for secret_hash in record.candidate_hashes(utcnow(self.clock)):
             if await self._argon2(secret_hash, parsed.secret):
+                changed = self._notices != notices
                 self.cache.put(
                     parsed.public_id,
-                    CacheEntry(digest, secret_hash, record, confirmed_at),
+                    CacheEntry(digest, secret_hash, record, confirmed_at, changed),
                 )
                 return record
         raise invalid_key("wrong_secret", key=record)
@@ -254,7 +261,9 @@ class Authenticator:
         return ok
 
     def key_changed(self, public_id: str) -> None:
+        self._notices += 1
         self.cache.mark_changed(public_id)
 
     def listener_reconnected(self) -> None:
+        self._notices += 1
         self.cache.mark_all_changed()
