@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,6 +31,7 @@ from gateway.demo_upstream import create_demo_app
 from gateway.embedded_pg import EmbeddedPostgres
 from gateway.keys import Hasher, KeyFormat, KeyStore, NewKey
 
+from . import secret_scan
 from .helpers import make_config
 
 TEMPLATE_DB = "gateway_test_template"
@@ -55,6 +57,22 @@ class Cluster:
     def start(self) -> None:
         assert self.embedded is not None
         self.embedded.start(port=self.embedded.port)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_anywhere(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole suite, no full key or admin token in any log record, test database
+    or stored file (subprocess logs, the Postgres cluster's files): see secret_scan.py."""
+    scanner = secret_scan.LogScanner()
+    loggers = [logging.getLogger(name) for name in ("gateway", "admin", "aiohttp", "asyncio")]
+    for logger in loggers:
+        logger.addHandler(scanner)
+    yield
+    for logger in loggers:
+        logger.removeHandler(scanner)
+    found = scanner.findings + secret_scan.found_in_databases
+    found = secret_scan.leaks(found + secret_scan.scan_tree(tmp_path_factory.getbasetemp()))
+    assert not found, secret_scan.report(found)
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +118,7 @@ async def database_url(cluster: Cluster, template_db: str) -> AsyncIterator[str]
     name = f"gw_test_{os.getpid()}_{next(_counter)}"
     await _admin_execute(cluster, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     yield cluster.url(name)
+    await secret_scan.check_database(cluster.url(name), name)  # before its rows are gone
     await _admin_execute(cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

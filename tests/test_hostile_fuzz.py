@@ -36,6 +36,7 @@ from gateway.config import SCOPES
 from gateway.embedded_pg import free_port
 from gateway.keys import KeyFormat
 
+from . import secret_scan
 from .conftest import Cluster
 from .helpers import FAST_ARGON2, REPO_ROOT, gateway_command
 from .reliability import NO_LIMITS
@@ -181,12 +182,14 @@ def live(
             "POST", "/v1/accounts", OPERATOR_TOKEN, {"name": "Fuzz", "owner_email": "f@z.io"}
         )
         served.owner = account.json()["token"]
+        secret_scan.register(served.owner)
         member = served.admin(
             "POST", "/v1/members", served.owner, {"email": "m@z.io", "role": "admin"}
         )
         served.member_id = member.json()["id"]
         key = served.admin("POST", "/v1/keys", served.owner, {"name": "fuzzed"}).json()
         served.key, served.key_id = key["key"], key["id"]
+        secret_scan.register(served.key)
         changed = served.admin("POST", "/v1/keys", served.owner, {"name": "changed"}).json()
         served.changed_id = changed["id"]
         yield served
@@ -349,6 +352,7 @@ def test_key_bodies_get_201_or_a_clear_400(live: Live, body: Any) -> None:
     admin_family(reply, 201)
     if reply.status == 201:
         assert KeyFormat("gp_").parse(reply.json()["key"]) is not None
+        secret_scan.register(reply.json()["key"])
 
 
 @FUZZ

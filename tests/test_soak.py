@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from . import secret_scan
 from .reliability import NO_LIMITS, StartServe, serve  # noqa: F401
 from .test_admin_support import OPERATOR_TOKEN
 
@@ -128,10 +129,12 @@ async def test_soak_keys_churn_under_traffic_without_a_wrong_decision(
                 "POST", "/v1/accounts", OPERATOR_TOKEN, {"name": "Soak", "owner_email": "o@s.io"}
             )
         )["token"]
+        secret_scan.register(owner)  # its bare secret is looked for after the suite too
 
         async def create() -> None:
             data = await call("POST", "/v1/keys", owner, {"name": f"soak {len(keys)}"})
             now = time.monotonic()
+            secret_scan.register(data["key"])
             keys[data["id"]] = Key(data["id"], Secret(data["id"], data["key"], now))
 
         def revoke(secret: Secret, sent: float, why: str) -> None:
@@ -141,6 +144,7 @@ async def test_soak_keys_churn_under_traffic_without_a_wrong_decision(
         async def regenerate(key: Key) -> None:
             sent = time.monotonic()
             data = await call("POST", f"/v1/keys/{key.id}/regenerate", owner)
+            secret_scan.register(data["key"])
             revoke(key.secret, sent, "regenerated")
             key.secret = Secret(key.id, data["key"], time.monotonic())
 
