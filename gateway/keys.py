@@ -456,6 +456,7 @@ class KeyStore:
             SELECT u.id, u.at
               FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
               JOIN api_keys k ON k.id = u.id
+             ORDER BY u.id  -- one lock order in every process: no deadlocks between them
             ON CONFLICT (key_id) DO UPDATE SET last_used_at = EXCLUDED.last_used_at
              WHERE l.last_used_at < EXCLUDED.last_used_at
             """,
