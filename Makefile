@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck check clean distclean bench bench-quick wrk
+.PHONY: run test lint typecheck check clean distclean bench bench-quick wrk soak
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ run: $(STAMP)
 test: $(STAMP)
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "note: could not install chromium (not root?): the web page's browser tests will skip, or fail under CI=true"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## soak: keys churn through the admin API under traffic for minutes, two workers; prints
+## the totals and the wrong-decision count (SOAK_SECONDS, SOAK_WORKERS, SOAK_CLIENTS, SOAK_KEYS)
+soak: $(STAMP)
+	SOAK_SECONDS=$${SOAK_SECONDS:-180} SOAK_WORKERS=$${SOAK_WORKERS:-2} \
+		$(BIN)/python -m pytest -s --timeout=0 tests/test_soak.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
