@@ -125,7 +125,9 @@ async def test_floods_of_bad_keys_stay_within_the_argon2_budget_and_valid_keys_p
     # Both costly floods reached their budgets and were throttled from then on (the
     # made-up keys' pace is argon2's, so how far past the budget depends on the machine).
     assert flood[("wrong", 429)] > flood[("wrong", 401)]
-    assert flood[("made-up", 429)] > 0
+    made_up = flood[("made-up", 401)] + flood[("made-up", 429)]
+    if made_up > len(MADE_UP_KEY_IPS) * budget(PER_IP):  # more than the budgets allow
+        assert flood[("made-up", 429)] > 0
     assert argon2 <= bound
     assert argon2 == lookups  # every verification first cost one query, and vice versa
     assert attempts > 10 * argon2  # the budgets, not the flood's size, set the cost
