@@ -21,8 +21,8 @@ from .clock import Clock, SystemClock
 from .config import Config
 from .counters import PostgresCounters
 from .db import create_pool
-from .errors import error_middleware
 from .keys import Hasher, KeyFormat, KeyStore
+from .logs import AccessLog
 from .proxy import Proxy
 from .ratelimit import RateLimiter, SlidingWindowLimiter
 from .upstream import UpstreamPool
@@ -46,7 +46,8 @@ def create_app(
     clock: Clock | None = None,
     limiter: RateLimiter | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    # No middleware: Proxy.handle answers every request itself, errors included.
+    app = web.Application()
     app[CONFIG] = config
     app[CLOCK] = clock or SystemClock()
     app[LIMITER] = limiter or SlidingWindowLimiter(config.rate_limits, app[CLOCK])
@@ -126,12 +127,15 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
 
 async def _proxy(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    access_log = AccessLog.from_config(config.logging)
     app[PROXY] = Proxy(
         config.proxy,
         app[AUTH],
         app[LIMITER],
         app[USAGE],
         app[UPSTREAM],
-        access_log_enabled=config.logging.access_log,
+        access_log=access_log,
     )
     yield
+    if access_log is not None:
+        access_log.flush()

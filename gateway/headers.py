@@ -97,8 +97,8 @@ class ClientAddress:
         trusted: tuple[Network, ...],
     ) -> None:
         peer = peer or ""
-        peer_ip = _ip(peer)
-        self.peer_trusted = _trusted(peer_ip, trusted)
+        # With no trusted proxies (the default) the peer is the client: nothing to parse.
+        self.peer_trusted = bool(trusted) and _trusted(_ip(peer), trusted)
         chain: list[str] = []
         self.ip = peer
         self.proto = scheme

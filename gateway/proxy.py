@@ -22,7 +22,7 @@ from aiohttp import web
 from . import metrics
 from .auth import Authenticator, AuthError, parse_authorization
 from .config import ProxyConfig
-from .errors import REQUEST_ID, GatewayError, new_request_id, render
+from .errors import REQUEST_ID, GatewayError, error_response, new_request_id, render
 from .headers import (
     ClientAddress,
     Network,
@@ -32,6 +32,7 @@ from .headers import (
     upstream_request_headers,
 )
 from .keys import KeyRecord
+from .logs import AccessLog
 from .ratelimit import RateLimiter
 from .upstream import (
     UpstreamBodyError,
@@ -42,7 +43,6 @@ from .upstream import (
 )
 from .usage import OUTCOMES, UsageRecorder
 
-access_log = logging.getLogger("gateway.access")
 log = logging.getLogger("gateway.proxy")
 
 _CHUNK = 64 * 1024
@@ -79,7 +79,7 @@ class Proxy:
         usage: UsageRecorder,
         upstream: UpstreamPool,
         *,
-        access_log_enabled: bool = True,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.config = config
         self.auth = authenticator
@@ -93,7 +93,7 @@ class Proxy:
             ((prefix.lower(), scope) for prefix, scope in config.scopes.items()),
             key=lambda kv: -len(kv[0]),
         )
-        self.access_log_enabled = access_log_enabled
+        self.access_log = access_log
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -114,6 +114,14 @@ class Proxy:
             call.outcome = _outcome_of(exc)
             response = render(request, exc)
             response.headers.update(call.extra_headers)
+        except ConnectionError:
+            raise  # the client is gone: nobody to answer
+        except Exception:
+            # A bug: the client gets the JSON error shape, the log the traceback, and the
+            # request is counted and logged like any other.
+            log.exception("unhandled error", extra={"request_id": call.request_id})
+            call.outcome = "internal_error"
+            response = error_response(request, 500, "internal_error", "Internal error.")
         finally:
             # A response we could not finish (client gone, upstream died mid-body) is
             # logged with the status that had been sent, or 499 when none was.
@@ -317,10 +325,9 @@ class Proxy:
         metrics.REQUEST_DURATION.observe(elapsed)
         if call.key is not None:
             self.usage.count(call.key.id, USAGE_OUTCOMES.get(call.outcome, "denied"))
-        if self.access_log_enabled:
-            access_log.info(
-                "request",
-                extra={
+        if self.access_log is not None:
+            self.access_log.write(
+                {
                     "request_id": call.request_id,
                     "account_id": str(call.key.account_id) if call.key else None,
                     "key_id": str(call.key.id) if call.key else None,
@@ -330,7 +337,7 @@ class Proxy:
                     "latency_ms": round(elapsed * 1000, 3),
                     "client_ip": call.client_ip,
                     "outcome": call.outcome,
-                },
+                }
             )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import io
 import json
 import logging
@@ -10,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.config import LoggingConfig
-from gateway.logs import JsonFormatter, TextFormatter, configure_logging
+from gateway.logs import AccessLog, JsonFormatter, TextFormatter, configure_logging
 
 
 @pytest.fixture
@@ -70,3 +72,51 @@ def test_logging_level_filters(capsys: pytest.CaptureFixture[str], level: str, s
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+async def test_access_log_lines_of_one_loop_pass_go_out_together_as_json_lines() -> None:
+    out = io.StringIO()
+    access = AccessLog(stream=out)
+    access.write({"request_id": "r-1", "status": 200, "key_id": None})
+    access.write({"request_id": "r-2", "status": 401, "key_id": None})
+    assert out.getvalue() == ""  # written once the loop has run this pass
+    await asyncio.sleep(0)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["request_id"] for line in lines] == ["r-1", "r-2"]
+    for line in lines:
+        assert (line["level"], line["logger"], line["message"]) == (
+            "info",
+            "gateway.access",
+            "request",
+        )
+        assert isinstance(line["pid"], int)
+        parsed = dt.datetime.fromisoformat(line["time"])
+        assert parsed.utcoffset() == dt.timedelta(0)
+        assert abs((dt.datetime.now(dt.UTC) - parsed).total_seconds()) < 60
+
+
+def test_access_log_text_lines_read_like_the_other_text_lines() -> None:
+    out = io.StringIO()
+    AccessLog(text=True, stream=out).write({"status": 200, "key_id": None, "path": "/v1/x"})
+    line = out.getvalue().strip()  # no running loop: written at once
+    assert " INFO    gateway.access[" in line
+    assert line.endswith("request status=200 path=/v1/x")
+
+
+@pytest.mark.parametrize(
+    ("config", "on"),
+    [
+        (LoggingConfig(), True),
+        (LoggingConfig(access_log=False), False),
+    ],
+)
+def test_access_log_follows_its_setting(config: LoggingConfig, on: bool) -> None:
+    logger = logging.getLogger(AccessLog.LOGGER)
+    saved = logger.level
+    try:
+        logger.setLevel(logging.INFO)
+        assert (AccessLog.from_config(config) is not None) is on
+        logger.setLevel(logging.WARNING)  # logging.level: WARNING hides the access lines too
+        assert AccessLog.from_config(config) is None
+    finally:
+        logger.setLevel(saved)

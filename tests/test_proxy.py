@@ -18,6 +18,8 @@ from yarl import URL
 from gateway import metrics
 from gateway.clock import FakeClock, utcnow
 from gateway.config import Config
+from gateway.keys import KeyRecord
+from gateway.ratelimit import Decision, Unlimited
 
 from .conftest import GatewayFactory, Seed
 from .helpers import make_config
@@ -461,3 +463,24 @@ async def test_small_answer_cut_short_by_the_upstream_is_a_502(
     finally:
         server.close()
         await server.wait_closed()
+
+
+class _BrokenLimiter(Unlimited):
+    """A limiter with a bug: stands in for any unexpected exception inside the pipeline."""
+
+    def check(self, key: KeyRecord) -> Decision:
+        raise RuntimeError("a bug in the limiter")
+
+
+async def test_a_bug_in_the_pipeline_is_a_json_500_counted_like_any_request(
+    start_gateway: GatewayFactory, seed: Seed, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_gateway(limiter=_BrokenLimiter())
+    key = await seed.key()
+    before = metrics.REQUESTS.labels("internal_error", "5xx")._value.get()
+    status, headers, body = await call(server, headers=bearer(key.key))
+    assert status == 500
+    assert_error(status, headers, body, "internal_error")
+    assert "a bug in the limiter" not in str(body)
+    assert metrics.REQUESTS.labels("internal_error", "5xx")._value.get() == before + 1
+    assert any("a bug in the limiter" in (r.exc_text or "") for r in caplog.records)
