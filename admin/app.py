@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway.config import Config
 from gateway.db import create_pool
 from gateway.errors import error_middleware
+from gateway.headers import name_the_server
 from gateway.keys import Hasher, KeyFormat, KeyStore
 
 from . import accounts, audit, health, keys, members, openapi, page, usage
@@ -39,6 +40,7 @@ def create_admin_app(
         middlewares=[health.metrics_middleware, error_middleware, admin_errors, enforce_policy],
         client_max_size=64 * 1024,
     )
+    app.on_response_prepare.append(name_the_server)
     app[CONFIG] = config
     app[_OPERATOR_TOKEN] = (
         (os.environ if environ is None else environ).get(OPERATOR_TOKEN_ENV, "").strip()

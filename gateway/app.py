@@ -21,6 +21,7 @@ from .clock import Clock, SystemClock
 from .config import Config
 from .counters import PostgresCounters
 from .db import create_pool
+from .headers import name_the_server
 from .keys import Hasher, KeyFormat, KeyStore
 from .logs import AccessLog
 from .proxy import Proxy
@@ -48,6 +49,7 @@ def create_app(
 ) -> web.Application:
     # No middleware: Proxy.handle answers every request itself, errors included.
     app = web.Application()
+    app.on_response_prepare.append(name_the_server)
     app[CONFIG] = config
     app[CLOCK] = clock or SystemClock()
     app[LIMITER] = limiter or SlidingWindowLimiter(config.rate_limits, app[CLOCK])

@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 
 # RFC 9110 §7.6.1 plus the non-standard ones proxies still meet in the wild.
@@ -43,6 +45,17 @@ IDENTITY_PREFIX = "x-growpanel-"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# What the gateway calls itself in `Server`. aiohttp would otherwise announce its own and
+# Python's exact versions on every answer that does not carry the upstream's.
+SERVER_NAME = "GrowPanel-Gateway"
+
+
+async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare` (runs once aiohttp has filled in its defaults): our name where
+    aiohttp put its versions; an upstream's own `Server` is left as it is."""
+    if response.headers.get("Server") == SERVER_SOFTWARE:
+        response.headers["Server"] = SERVER_NAME
 
 
 def _connection_named(headers: CIMultiDictProxy[str] | list[tuple[str, str]]) -> set[str]:

@@ -78,3 +78,10 @@ async def test_metrics_parse_as_prometheus_text_and_count_requests(
         "gateway_notifications",
     ):
         assert name in families
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/openapi.json", "/", "/v1/keys"])
+async def test_admin_answers_name_the_gateway(admin: TestServer, path: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(admin.make_url(path)) as response:
+            assert response.headers.getall("Server") == ["GrowPanel-Gateway"]

@@ -484,3 +484,26 @@ async def test_a_bug_in_the_pipeline_is_a_json_500_counted_like_any_request(
     assert "a bug in the limiter" not in str(body)
     assert metrics.REQUESTS.labels("internal_error", "5xx")._value.get() == before + 1
     assert any("a bug in the limiter" in (r.exc_text or "") for r in caplog.records)
+
+
+async def test_the_gateway_names_itself_without_versions_and_keeps_the_upstreams_name(
+    start_gateway: GatewayFactory, config: Config, seed: Seed
+) -> None:
+    async def named(request: web.Request) -> web.Response:
+        return web.json_response({}, headers={"Server": "growpanel-api/7"})
+
+    app = web.Application()
+    app.router.add_get("/v1/named", named)
+    upstream = TestServer(app, host="127.0.0.1")
+    await upstream.start_server()
+    try:
+        gateway = await start_gateway(
+            make_config(config.database.url, str(upstream.make_url("")).rstrip("/"))
+        )
+        _, headers, _ = await call(gateway)  # the gateway's own answer (401)
+        assert headers.getall("Server") == ["GrowPanel-Gateway"]
+        key = await seed.key()
+        _, headers, _ = await call(gateway, "/v1/named", headers=bearer(key.key))
+        assert headers.getall("Server") == ["growpanel-api/7"]
+    finally:
+        await upstream.close()
