@@ -447,14 +447,15 @@ class KeyStore:
         )
         return None if row is None else _info(row)
 
-    async def record_last_used(self, used: dict[uuid.UUID, dt.datetime]) -> None:
-        """One statement for every key used since the last flush; never moves backwards."""
+    async def record_last_used(self, used: dict[uuid.UUID, float]) -> None:
+        """One statement for every key used since the last flush (times in seconds since
+        the epoch, sent as they are: no datetime made per key); never moves backwards."""
         # The join skips keys deleted meanwhile (their ids would break the foreign key).
         await self.pool.execute(
             """
             INSERT INTO api_key_last_used AS l (key_id, last_used_at)
-            SELECT u.id, u.at
-              FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
+            SELECT u.id, to_timestamp(u.at)
+              FROM unnest($1::uuid[], $2::float8[]) AS u(id, at)
               JOIN api_keys k ON k.id = u.id
              ORDER BY u.id  -- one lock order in every process: no deadlocks between them
             ON CONFLICT (key_id) DO UPDATE SET last_used_at = EXCLUDED.last_used_at

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 import uuid
@@ -136,9 +135,7 @@ class UsageRecorder:
         return True
 
     async def _write_last_used(self, last_used: dict[uuid.UUID, float]) -> None:
-        await self._store.record_last_used(
-            {key_id: dt.datetime.fromtimestamp(at, dt.UTC) for key_id, at in last_used.items()}
-        )
+        await self._store.record_last_used(last_used)
         last_used.clear()  # written: a later failure of the counts must not restore these
 
     async def _write_counts(self, counts: dict[UsageKey, int]) -> None:

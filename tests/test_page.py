@@ -440,7 +440,7 @@ async def test_table_shows_rotation_due_relative_times_and_pages(
             now - secret_age,
         )
         if used is not None:
-            await seed.store.record_last_used({key_id: now - used})
+            await seed.store.record_last_used({key_id: (now - used).timestamp()})
 
     await browser.sign_in(acme.owner)
     rows = page.locator("#keys-body tr")
