@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import threading
 
 import aiohttp
 import asyncpg
@@ -169,3 +171,17 @@ async def test_cached_keys_survive_a_database_outage_uncached_get_503(
         cluster.start()
     await wait_for(lambda: _is(gateway, cached.key, 200))
     assert await status_of(gateway, uncached.key) == 200
+
+
+async def test_argon2_runs_in_idle_class_threads_and_the_loop_does_not(
+    gateway: TestServer, seed: Seed
+) -> None:
+    """Verifications get only CPU time the event loop does not want (SCHED_IDLE)."""
+    key = await seed.key()
+    assert await status_of(gateway, key.key) == 200  # a miss: one argon2 verification
+    workers = [t for t in threading.enumerate() if t.name.startswith("argon2")]
+    assert workers
+    for thread in workers:
+        assert thread.native_id is not None
+        assert os.sched_getscheduler(thread.native_id) == os.SCHED_IDLE
+    assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE
