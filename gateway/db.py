@@ -59,9 +59,22 @@ async def create_pool(config: DatabaseConfig, **overrides: Any) -> asyncpg.Pool:
         "command_timeout": config.statement_timeout_seconds,
         # Connections that sat idle are recycled so a restarted Postgres is noticed.
         "max_inactive_connection_lifetime": 60.0,
+        "reset": _keep_session,
     }
     options.update(overrides)
     return await asyncpg.create_pool(config.url, **options)
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond what asyncpg always does.
+
+    asyncpg's default sends `RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()`
+    on every release: one more round trip for every key lookup, flush and sync (4% of the
+    proxy's CPU with 10,000 keys being re-confirmed). Pooled connections here never change
+    session state (no SET, LISTEN, cursors or session advisory locks: the listener and the
+    migration lock have connections of their own), and an open transaction is still rolled
+    back and listeners removed by asyncpg before this runs.
+    """
 
 
 async def connect(config: DatabaseConfig) -> asyncpg.Connection:

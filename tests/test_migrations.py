@@ -15,12 +15,13 @@ from gateway.db import (
     MIGRATION_LOCK_ID,
     Migration,
     MigrationError,
+    create_pool,
     load_migrations,
     migrate,
     pending_migrations,
 )
 
-from .helpers import REPO_ROOT, gateway_command, wait_for
+from .helpers import REPO_ROOT, gateway_command, make_config, wait_for
 
 TABLES = {
     "accounts",
@@ -264,3 +265,20 @@ def test_migrate_command_with_unreachable_database_exits_1() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("gateway: cannot connect to the database")
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+async def test_a_released_pool_connection_costs_no_reset_round_trip(database_url: str) -> None:
+    """The pool sends nothing when a connection goes back (asyncpg's default would send
+    RESET ALL, UNLISTEN *, CLOSE ALL and pg_advisory_unlock_all() every time)."""
+    pool = await create_pool(make_config(database_url).database, min_size=1, max_size=1)
+    observer = await asyncpg.connect(database_url)
+    try:
+        async with pool.acquire() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+        async with pool.acquire() as conn:  # the same connection: it went back and came out
+            assert await conn.fetchval("SELECT pg_backend_pid()") == pid
+        last = await observer.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+        assert last == "SELECT pg_backend_pid()"
+    finally:
+        await observer.close()
+        await pool.close()
