@@ -100,7 +100,7 @@ class PostgresCounters:
             second,
             day,
         )
-        return {row["key_id"]: (row["minute"], row["day"]) for row in rows}
+        return {key_id: (minute, day) for key_id, minute, day in rows}
 
     async def load(self, second: int, day: int) -> Totals:
         rows = await self._pool.fetch(_LOAD, second - MINUTE + 1, second, day)

@@ -326,29 +326,30 @@ class SlidingWindowLimiter:
     def _take(self) -> _Batch:
         second = math.floor(self._clock.time())
         batch = _Batch(second, second - second % DAY)
-        for key_id in self._touched:
+        touched, self._touched = self._touched, set()
+        for key_id in touched:
             self._recent[key_id] = second
-        self._touched.clear()
         for key_id, last_used in list(self._recent.items()):
             windows = self._keys.get(key_id)
             if windows is None:
                 del self._recent[key_id]
                 continue
             windows.advance(second, batch.day)
-            minute_delta = 0
-            for entry in windows.seconds:
-                n = entry[1] - entry[2]
-                if n:
-                    batch.deltas.append((key_id, "minute", entry[0], n))
-                    batch.minute_marks.append((entry, n))
-                    entry[2] = entry[1]
-                    minute_delta += n
-            day_delta = windows.own_day - windows.synced_day
-            if day_delta:
-                batch.deltas.append((key_id, "day", windows.day, day_delta))
-                batch.day_marks.append((windows, windows.day, day_delta))
-                windows.synced_day = windows.own_day
-            if last_used <= second - MINUTE and not day_delta:
+            minute_delta = day_delta = 0
+            if key_id in touched:  # only these can have counts not yet written
+                for entry in windows.seconds:
+                    n = entry[1] - entry[2]
+                    if n:
+                        batch.deltas.append((key_id, "minute", entry[0], n))
+                        batch.minute_marks.append((entry, n))
+                        entry[2] = entry[1]
+                        minute_delta += n
+                day_delta = windows.own_day - windows.synced_day
+                if day_delta:
+                    batch.deltas.append((key_id, "day", windows.day, day_delta))
+                    batch.day_marks.append((windows, windows.day, day_delta))
+                    windows.synced_day = windows.own_day
+            elif last_used <= second - MINUTE:
                 del self._recent[key_id]  # idle here: no need to read it back
                 continue
             batch.keys[key_id] = (windows.own_minute, windows.own_day, minute_delta, day_delta)
@@ -360,8 +361,10 @@ class SlidingWindowLimiter:
         for windows, day, n in batch.day_marks:
             if windows.day == day:
                 windows.synced_day -= n
-        for key_id in batch.keys:
+        for key_id, (_, _, minute_delta, day_delta) in batch.keys.items():
             self._recent.setdefault(key_id, batch.second)
+            if minute_delta or day_delta:
+                self._touched.add(key_id)  # its counts are written by the next sync
 
     def _apply(self, batch: _Batch, totals: Totals) -> None:
         # Postgres returned the totals from before this batch: before + batch − own is
