@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.typedefs import Handler
 from yarl import URL
 
 from gateway.accounts import create_account
@@ -212,3 +213,26 @@ async def start_gateway(config: Config) -> AsyncIterator[GatewayFactory]:
 @pytest.fixture
 async def gateway(start_gateway: GatewayFactory) -> TestServer:
     return await start_gateway()
+
+
+UpstreamFactory = Callable[[dict[str, Handler]], Awaitable[str]]
+
+
+@pytest.fixture
+async def start_upstream() -> AsyncIterator[UpstreamFactory]:
+    """A small upstream of the test's own on a real socket; returns its base URL:
+    `url = await start_upstream({"/v1/slow": slow})` (GET routes)."""
+    servers: list[TestServer] = []
+
+    async def start(routes: dict[str, Handler]) -> str:
+        app = web.Application()
+        for path, handler in routes.items():
+            app.router.add_get(path, handler)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/")
+
+    yield start
+    for server in reversed(servers):
+        await server.close()

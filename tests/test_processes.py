@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.embedded_pg import free_port
 
-from .conftest import Seed
+from .conftest import Seed, UpstreamFactory
 from .helpers import FAST_ARGON2, REPO_ROOT, gateway_command, wait_for
 
 
@@ -139,7 +139,7 @@ async def test_other_processes_refuse_regenerated_and_deleted_keys_within_a_seco
 
 
 async def test_sigterm_finishes_in_flight_requests_then_flushes_and_exits_0(
-    start_process: Starter, seed: Seed, db: asyncpg.Connection
+    start_process: Starter, start_upstream: UpstreamFactory, seed: Seed, db: asyncpg.Connection
 ) -> None:
     entered = asyncio.Event()
     release = asyncio.Event()
@@ -149,13 +149,10 @@ async def test_sigterm_finishes_in_flight_requests_then_flushes_and_exits_0(
         await release.wait()
         return web.json_response({"slow": "done"})
 
-    app = web.Application()
-    app.router.add_get("/v1/slow", slow)
-    slow_upstream = TestServer(app, host="127.0.0.1")
-    await slow_upstream.start_server()
+    slow_upstream = await start_upstream({"/v1/slow": slow})
     try:
         gateway = await start_process(
-            upstream_url=str(slow_upstream.make_url("")).rstrip("/"),
+            upstream_url=slow_upstream,
             # Only the shutdown flush can write last_used within this test.
             GATEWAY__USAGE__FLUSH_INTERVAL_SECONDS="3600",
         )
@@ -187,7 +184,6 @@ async def test_sigterm_finishes_in_flight_requests_then_flushes_and_exits_0(
         assert await asyncio.to_thread(gateway.process.wait, 15) == 0
     finally:
         release.set()
-        await slow_upstream.close()
     assert await db.fetchval("SELECT last_used_at FROM api_key_last_used WHERE key_id = $1", key.id)
     assert (
         await db.fetchval(

@@ -21,7 +21,7 @@ from gateway.config import Config
 from gateway.keys import KeyRecord
 from gateway.ratelimit import Decision, Unlimited
 
-from .conftest import GatewayFactory, Seed
+from .conftest import GatewayFactory, Seed, UpstreamFactory
 from .helpers import make_config
 
 
@@ -221,7 +221,7 @@ async def test_unreachable_upstream_is_502(
 
 
 async def test_slow_upstream_is_504_and_others_are_unaffected(
-    start_gateway: GatewayFactory, config: Config, seed: Seed
+    start_gateway: GatewayFactory, start_upstream: UpstreamFactory, config: Config, seed: Seed
 ) -> None:
     release = asyncio.Event()
 
@@ -232,18 +232,10 @@ async def test_slow_upstream_is_504_and_others_are_unaffected(
     async def fast(request: web.Request) -> web.Response:
         return web.json_response({"fast": True})
 
-    app = web.Application()
-    app.router.add_get("/v1/slow", slow)
-    app.router.add_get("/v1/fast", fast)
-    upstream = TestServer(app, host="127.0.0.1")
-    await upstream.start_server()
+    upstream = await start_upstream({"/v1/slow": slow, "/v1/fast": fast})
     try:
         gateway = await start_gateway(
-            make_config(
-                config.database.url,
-                str(upstream.make_url("")).rstrip("/"),
-                proxy={"timeout_seconds": 0.5},
-            )
+            make_config(config.database.url, upstream, proxy={"timeout_seconds": 0.5})
         )
         key = await seed.key()
         slow_call = asyncio.create_task(call(gateway, "/v1/slow", headers=bearer(key.key)))
@@ -255,7 +247,6 @@ async def test_slow_upstream_is_504_and_others_are_unaffected(
         assert_error(status, headers, body, "upstream_timeout")
     finally:
         release.set()
-        await upstream.close()
 
 
 # -- forwarding ------------------------------------------------------------------------
@@ -487,23 +478,15 @@ async def test_a_bug_in_the_pipeline_is_a_json_500_counted_like_any_request(
 
 
 async def test_the_gateway_names_itself_without_versions_and_keeps_the_upstreams_name(
-    start_gateway: GatewayFactory, config: Config, seed: Seed
+    start_gateway: GatewayFactory, start_upstream: UpstreamFactory, config: Config, seed: Seed
 ) -> None:
     async def named(request: web.Request) -> web.Response:
         return web.json_response({}, headers={"Server": "growpanel-api/7"})
 
-    app = web.Application()
-    app.router.add_get("/v1/named", named)
-    upstream = TestServer(app, host="127.0.0.1")
-    await upstream.start_server()
-    try:
-        gateway = await start_gateway(
-            make_config(config.database.url, str(upstream.make_url("")).rstrip("/"))
-        )
-        _, headers, _ = await call(gateway)  # the gateway's own answer (401)
-        assert headers.getall("Server") == ["GrowPanel-Gateway"]
-        key = await seed.key()
-        _, headers, _ = await call(gateway, "/v1/named", headers=bearer(key.key))
-        assert headers.getall("Server") == ["growpanel-api/7"]
-    finally:
-        await upstream.close()
+    upstream = await start_upstream({"/v1/named": named})
+    gateway = await start_gateway(make_config(config.database.url, upstream))
+    _, headers, _ = await call(gateway)  # the gateway's own answer (401)
+    assert headers.getall("Server") == ["GrowPanel-Gateway"]
+    key = await seed.key()
+    _, headers, _ = await call(gateway, "/v1/named", headers=bearer(key.key))
+    assert headers.getall("Server") == ["growpanel-api/7"]
