@@ -15,8 +15,11 @@ Retry-After is the exact number of whole seconds until enough of them have expir
 Several processes: each learns the others' counts about one interval late (at worst two:
 its own last read, their last write) and stops as soon as its view reaches the limit, so
 with P processes, a key whose requests arrive at R per second in all and a sync interval T,
-total admitted ≤ limit + (P − 1) × R × T (README "Rate limits"; tested with two real
-processes). While Postgres is down decisions go on from local counts; the counts wait in
+total admitted ≤ limit + (P − 1) × R × T while the processes keep serving the key (tested
+with two real processes). A sync reads back only the keys decided on since the last one:
+a process that takes up a key again decides on an older view until its next sync, which
+can add its own admissions of one interval: limit + P × R × T at worst (README "Rate
+limits"). While Postgres is down decisions go on from local counts; the counts wait in
 memory (seconds that left the minute are dropped, the day's are kept) and the first sync
 that succeeds writes them.
 """
@@ -182,10 +185,10 @@ class SlidingWindowLimiter:
         self._config = config
         self._clock = clock
         self._keys: dict[uuid.UUID, _Windows] = {}
+        # Keys decided on here since the last sync (and keys whose counts a failed sync
+        # left unwritten): what the next sync writes and reads back, so a sync's cost
+        # follows this interval's traffic, not every key served in the last minute.
         self._touched: set[uuid.UUID] = set()
-        # Keys used here in the last minute or with counts not yet written: what a sync
-        # writes and reads back, so its cost follows the traffic, not the key count.
-        self._recent: dict[uuid.UUID, int] = {}
         self.throttle = FailedAuthThrottle(config.failed_auth, clock)
         self._store: CounterStore | None = None
         self._lock = asyncio.Lock()
@@ -328,30 +331,23 @@ class SlidingWindowLimiter:
         batch = _Batch(second, second - second % DAY)
         touched, self._touched = self._touched, set()
         for key_id in touched:
-            self._recent[key_id] = second
-        for key_id, last_used in list(self._recent.items()):
             windows = self._keys.get(key_id)
             if windows is None:
-                del self._recent[key_id]
                 continue
             windows.advance(second, batch.day)
-            minute_delta = day_delta = 0
-            if key_id in touched:  # only these can have counts not yet written
-                for entry in windows.seconds:
-                    n = entry[1] - entry[2]
-                    if n:
-                        batch.deltas.append((key_id, "minute", entry[0], n))
-                        batch.minute_marks.append((entry, n))
-                        entry[2] = entry[1]
-                        minute_delta += n
-                day_delta = windows.own_day - windows.synced_day
-                if day_delta:
-                    batch.deltas.append((key_id, "day", windows.day, day_delta))
-                    batch.day_marks.append((windows, windows.day, day_delta))
-                    windows.synced_day = windows.own_day
-            elif last_used <= second - MINUTE:
-                del self._recent[key_id]  # idle here: no need to read it back
-                continue
+            minute_delta = 0
+            for entry in windows.seconds:
+                n = entry[1] - entry[2]
+                if n:
+                    batch.deltas.append((key_id, "minute", entry[0], n))
+                    batch.minute_marks.append((entry, n))
+                    entry[2] = entry[1]
+                    minute_delta += n
+            day_delta = windows.own_day - windows.synced_day
+            if day_delta:
+                batch.deltas.append((key_id, "day", windows.day, day_delta))
+                batch.day_marks.append((windows, windows.day, day_delta))
+                windows.synced_day = windows.own_day
             batch.keys[key_id] = (windows.own_minute, windows.own_day, minute_delta, day_delta)
         return batch
 
@@ -361,10 +357,7 @@ class SlidingWindowLimiter:
         for windows, day, n in batch.day_marks:
             if windows.day == day:
                 windows.synced_day -= n
-        for key_id, (_, _, minute_delta, day_delta) in batch.keys.items():
-            self._recent.setdefault(key_id, batch.second)
-            if minute_delta or day_delta:
-                self._touched.add(key_id)  # its counts are written by the next sync
+        self._touched.update(batch.keys)  # the next sync writes their counts
 
     def _apply(self, batch: _Batch, totals: Totals) -> None:
         # Postgres returned the totals from before this batch: before + batch − own is
@@ -389,7 +382,7 @@ class SlidingWindowLimiter:
             log.warning("could not delete old rate-limit counters: %s", exc)
         # Keys not used today and not pending here: their windows are empty.
         for key_id in [k for k, w in self._keys.items() if w.day < today]:
-            if key_id not in self._recent:
+            if key_id not in self._touched:
                 del self._keys[key_id]
 
 
