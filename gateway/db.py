@@ -12,12 +12,15 @@ import dataclasses
 import hashlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from .config import DatabaseConfig
+
+T = TypeVar("T")
 
 log = logging.getLogger("gateway.db")
 
@@ -75,6 +78,25 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     migration lock have connections of their own), and an open transaction is still rolled
     back and listeners removed by asyncpg before this runs.
     """
+
+
+async def for_live_keys(
+    run: Callable[..., Awaitable[T]], statement: str, key_column: str, *args: Any
+) -> T:
+    """Run a batched per-key write; `{live_keys}` in `statement` is where a join with
+    api_keys goes when some key of the batch no longer exists.
+
+    A batch carries keys used moments ago. One removed outright since (with its account:
+    keys themselves are only ever soft-deleted) would break the foreign key, and with it
+    the whole batch. Joining api_keys on every batch costs a scan of all keys (~10 ms at
+    100,000), so the batch runs without the join and, only when Postgres reports a missing
+    key, once more with it (the failed attempt wrote nothing).
+    """
+    try:
+        return await run(statement.replace("{live_keys}", ""), *args)
+    except asyncpg.ForeignKeyViolationError:
+        join = f"JOIN api_keys live ON live.id = {key_column}"
+        return await run(statement.replace("{live_keys}", join), *args)
 
 
 async def connect(config: DatabaseConfig) -> asyncpg.Connection:

@@ -28,6 +28,7 @@ import argon2
 import asyncpg
 
 from .config import SCOPES, Argon2Config
+from .db import for_live_keys
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BASE62_SET = frozenset(BASE62)
@@ -450,17 +451,18 @@ class KeyStore:
     async def record_last_used(self, used: dict[uuid.UUID, float]) -> None:
         """One statement for every key used since the last flush (times in seconds since
         the epoch, sent as they are: no datetime made per key); never moves backwards."""
-        # The join skips keys deleted meanwhile (their ids would break the foreign key).
-        await self.pool.execute(
+        await for_live_keys(
+            self.pool.execute,
             """
             INSERT INTO api_key_last_used AS l (key_id, last_used_at)
             SELECT u.id, to_timestamp(u.at)
               FROM unnest($1::uuid[], $2::float8[]) AS u(id, at)
-              JOIN api_keys k ON k.id = u.id
+              {live_keys}
              ORDER BY u.id  -- one lock order in every process: no deadlocks between them
             ON CONFLICT (key_id) DO UPDATE SET last_used_at = EXCLUDED.last_used_at
              WHERE l.last_used_at < EXCLUDED.last_used_at
             """,
+            "u.id",
             list(used),
             list(used.values()),
         )

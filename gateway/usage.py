@@ -21,7 +21,7 @@ import asyncpg
 from . import metrics
 from .clock import Clock
 from .config import UsageConfig
-from .db import UNAVAILABLE
+from .db import UNAVAILABLE, for_live_keys
 from .keys import KeyStore
 
 log = logging.getLogger("gateway.usage")
@@ -139,18 +139,20 @@ class UsageRecorder:
         last_used.clear()  # written: a later failure of the counts must not restore these
 
     async def _write_counts(self, counts: dict[UsageKey, int]) -> None:
-        await self._pool.execute(
+        await for_live_keys(
+            self._pool.execute,
             """
             INSERT INTO key_usage_hourly AS u (key_id, hour, outcome, count)
             SELECT c.key_id, to_timestamp(c.hour), c.outcome, c.count
               FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[])
                    AS c(key_id, hour, outcome, count)
-              JOIN api_keys k ON k.id = c.key_id
+              {live_keys}
              -- One row order in every process and replica: concurrent flushes of the same
              -- keys wait for each other instead of deadlocking.
              ORDER BY c.key_id, c.hour, c.outcome
             ON CONFLICT (key_id, hour, outcome) DO UPDATE SET count = u.count + EXCLUDED.count
             """,
+            "c.key_id",
             [k[0] for k in counts],
             [k[1] for k in counts],
             [k[2] for k in counts],

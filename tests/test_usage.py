@@ -8,7 +8,7 @@ import aiohttp
 import asyncpg
 from aiohttp.test_utils import TestServer
 
-from gateway.app import USAGE
+from gateway.app import LIMITER, USAGE
 from gateway.clock import FakeClock
 from gateway.config import Config
 
@@ -157,3 +157,37 @@ async def test_nothing_is_lost_while_the_database_is_down(
         assert (await usage_counts(conn, key.id))["ok"] == 6
     finally:
         await conn.close()
+
+
+async def test_a_key_removed_with_its_account_does_not_cost_the_others_their_counts(
+    start_gateway: GatewayFactory, config: Config, seed: Seed, db: asyncpg.Connection
+) -> None:
+    """Every batched write (last used, usage, rate limits) skips a key deleted outright
+    since it was used; the rest of the batch is written."""
+    slow = make_config(
+        config.database.url,
+        config.proxy.upstream,
+        usage={"flush_interval_seconds": 3600},
+        rate_limits={"sync_interval_seconds": 3600},
+    )
+    gateway = await start_gateway(slow)
+    leaving = await seed.account("Leaving")
+    gone, kept = await seed.key(leaving), await seed.key()
+    await hit(gateway, gone.key)
+    await hit(gateway, kept.key)
+    await db.execute("DELETE FROM accounts WHERE id = $1", leaving.account_id)  # cascades
+
+    assert await gateway.app[USAGE].flush()
+    assert await gateway.app[LIMITER].sync()
+    assert await db.fetchval(
+        "SELECT last_used_at FROM api_key_last_used WHERE key_id = $1", kept.id
+    )
+    assert await usage_counts(db, kept.id) == {"ok": 1}
+    assert (
+        await db.fetchval(
+            "SELECT sum(count) FROM rate_limit_counters WHERE key_id = $1 AND window_name = 'day'",
+            kept.id,
+        )
+        == 1
+    )
+    assert gateway.app[USAGE].pending == (0, 0)
