@@ -320,8 +320,8 @@ class Proxy:
 
     def _record(self, request: web.Request, call: Call, elapsed: float) -> None:
         status_class = f"{call.status // 100}xx"
-        metrics.REQUESTS.labels(call.outcome, status_class).inc()
-        metrics.AUTH_RESULTS.labels(call.auth_result).inc()
+        metrics.requests_by(call.outcome, status_class).inc()
+        metrics.auth_results_by(call.auth_result).inc()
         metrics.REQUEST_DURATION.observe(elapsed)
         if call.key is not None:
             self.usage.count(call.key.id, USAGE_OUTCOMES.get(call.outcome, "denied"))
