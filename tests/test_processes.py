@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import os
 import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import asyncpg
@@ -19,80 +14,22 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.embedded_pg import free_port
-
 from .conftest import Seed, UpstreamFactory
-from .helpers import FAST_ARGON2, REPO_ROOT, gateway_command, wait_for
+from .helpers import wait_for
+from .reliability import Served, StartServe, serve  # noqa: F401
 
-
-@dataclasses.dataclass
-class GatewayProcess:
-    process: subprocess.Popen[bytes]
-    proxy_url: str
-    admin_url: str
-    log_path: Path
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-Starter = Callable[..., Any]
+Starter = Callable[..., Awaitable[Served]]
 
 
 @pytest.fixture
-async def start_process(
-    database_url: str, upstream: TestServer, tmp_path: Path
-) -> AsyncIterator[Starter]:
-    processes: list[GatewayProcess] = []
+async def start_process(serve: StartServe, upstream: TestServer) -> Starter:  # noqa: F811
+    """`await start_process(upstream_url=None, **env)`: a ready `gateway serve` in a child
+    process (the test upstream unless `upstream_url`), with `env` on top."""
 
-    async def start(upstream_url: str | None = None, **env: str) -> GatewayProcess:
-        proxy_port, admin_port = free_port(), free_port()
-        log_path = tmp_path / f"gateway-{len(processes)}.log"
-        environment = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "GATEWAY__PROXY__UPSTREAM": upstream_url or str(upstream.make_url("")).rstrip("/"),
-            "GATEWAY__PROXY__PORT": str(proxy_port),
-            "GATEWAY__ADMIN__PORT": str(admin_port),
-            "GATEWAY__KEYS__ARGON2__TIME_COST": str(FAST_ARGON2["time_cost"]),
-            "GATEWAY__KEYS__ARGON2__MEMORY_KIB": str(FAST_ARGON2["memory_kib"]),
-            "GATEWAY__USAGE__FLUSH_INTERVAL_SECONDS": "0.5",
-            **env,
-        }
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                gateway_command("--config", str(REPO_ROOT / "config.yaml"), "serve"),
-                env=environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        started = GatewayProcess(
-            process,
-            f"http://127.0.0.1:{proxy_port}",
-            f"http://127.0.0.1:{admin_port}",
-            log_path,
-        )
-        processes.append(started)
+    def start(upstream_url: str | None = None, **env: str) -> Awaitable[Served]:
+        return serve(upstream_url or str(upstream.make_url("")).rstrip("/"), **env)
 
-        async def ready() -> bool:
-            assert process.poll() is None, started.logs()
-            try:
-                async with aiohttp.ClientSession() as session:
-                    async with session.get(f"{started.admin_url}/readyz") as response:
-                        admin_ok = response.status == 200
-                    async with session.get(f"{started.proxy_url}/") as response:
-                        return admin_ok and response.status == 401
-            except aiohttp.ClientConnectionError:
-                return False
-
-        await wait_for(ready, timeout=20)
-        return started
-
-    yield start
-    for started in processes:
-        if started.process.poll() is None:
-            started.process.kill()
-            started.process.wait()
+    return start
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -3,84 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import os
 import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.embedded_pg import free_port
-
 from .conftest import Seed
-from .helpers import FAST_ARGON2, REPO_ROOT, gateway_command, wait_for
+from .reliability import Served, StartServe, serve  # noqa: F401
 
-
-@dataclasses.dataclass
-class Process:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-Start = Callable[..., Awaitable[Process]]
+StartProcess = Callable[..., Awaitable[Served]]
 
 
 @pytest.fixture
-async def start_process(
-    database_url: str, upstream: TestServer, tmp_path: Path
-) -> AsyncIterator[Start]:
+async def start_process(serve: StartServe, upstream: TestServer) -> StartProcess:  # noqa: F811
     """`gateway serve` with the repository's config.yaml, this test's database and `env`."""
-    processes: list[Process] = []
-
-    async def start(**env: str) -> Process:
-        proxy_port, admin_port = free_port(), free_port()
-        log_path = tmp_path / f"gateway-{len(processes)}.log"
-        environment = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "GATEWAY__PROXY__UPSTREAM": str(upstream.make_url("")).rstrip("/"),
-            "GATEWAY__PROXY__PORT": str(proxy_port),
-            "GATEWAY__ADMIN__PORT": str(admin_port),
-            "GATEWAY__KEYS__ARGON2__TIME_COST": str(FAST_ARGON2["time_cost"]),
-            "GATEWAY__KEYS__ARGON2__MEMORY_KIB": str(FAST_ARGON2["memory_kib"]),
-            **env,
-        }
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                gateway_command("--config", str(REPO_ROOT / "config.yaml"), "serve"),
-                env=environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        started = Process(process, f"http://127.0.0.1:{proxy_port}", log_path)
-        processes.append(started)
-
-        async def ready() -> bool:
-            assert process.poll() is None, started.logs()
-            try:
-                async with aiohttp.ClientSession() as session:
-                    async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
-                        return response.status == 200
-            except aiohttp.ClientConnectionError:
-                return False
-
-        await wait_for(ready, timeout=20)
-        return started
-
-    yield start
-    for started in processes:
-        if started.process.poll() is None:
-            started.process.kill()
-            started.process.wait()
+    return lambda **env: serve(str(upstream.make_url("")).rstrip("/"), **env)
 
 
 async def get(session: aiohttp.ClientSession, base: str, key: str) -> tuple[int, str]:
@@ -91,7 +31,7 @@ async def get(session: aiohttp.ClientSession, base: str, key: str) -> tuple[int,
 
 
 async def test_two_processes_overshoot_within_the_documented_bound(
-    start_process: Start, seed: Seed
+    start_process: StartProcess, seed: Seed
 ) -> None:
     """Both processes flooded at once: limit ≤ admitted ≤ limit + (P − 1) × R × T."""
     limit, interval, processes = 600, 0.1, 2
@@ -104,7 +44,7 @@ async def test_two_processes_overshoot_within_the_documented_bound(
     answers: list[tuple[float, int]] = []  # (when, status)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for gateway in gateways:  # verified (and counted) once in each process
-            answers.append((0.0, (await get(session, gateway.url, key.key))[0]))
+            answers.append((0.0, (await get(session, gateway.proxy_url, key.key))[0]))
         started = time.monotonic()
 
         async def worker(base: str) -> None:
@@ -112,7 +52,7 @@ async def test_two_processes_overshoot_within_the_documented_bound(
                 status, _ = await get(session, base, key.key)
                 answers.append((time.monotonic() - started, status))
 
-        await asyncio.gather(*(worker(g.url) for g in gateways for _ in range(12)))
+        await asyncio.gather(*(worker(g.proxy_url) for g in gateways for _ in range(12)))
     statuses = [status for _, status in answers]
     assert set(statuses) == {200, 429}
     admitted = statuses.count(200)
@@ -130,15 +70,17 @@ async def test_two_processes_overshoot_within_the_documented_bound(
     assert limit <= admitted <= limit + bound
 
 
-async def test_day_quota_survives_a_process_restart(start_process: Start, seed: Seed) -> None:
+async def test_day_quota_survives_a_process_restart(
+    start_process: StartProcess, seed: Seed
+) -> None:
     """60% of the day's quota through one process, SIGTERM, a new one: 40% is left."""
     key = await seed.key(rate_limit_per_day=10)
     first = await start_process()
     async with aiohttp.ClientSession() as session:
-        assert [(await get(session, first.url, key.key))[0] for _ in range(6)] == [200] * 6
+        assert [(await get(session, first.proxy_url, key.key))[0] for _ in range(6)] == [200] * 6
         first.process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(first.process.wait, 15) == 0
         second = await start_process()
-        results = [await get(session, second.url, key.key) for _ in range(6)]
+        results = [await get(session, second.proxy_url, key.key) for _ in range(6)]
     assert [status for status, _ in results] == [200] * 4 + [429] * 2
     assert "day" in results[-1][1]
