@@ -148,10 +148,12 @@ async def test_request_body_is_streamed_with_its_framing(
     assert echo["x"] == ["a", "b"]
 
 
-async def raw_server(
+@contextlib.asynccontextmanager
+async def pool_on_raw_server(
     handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-) -> tuple[asyncio.Server, int]:
-    """A TCP server that answers with exactly the bytes a test writes."""
+    limit: int = 2,
+) -> AsyncIterator[UpstreamPool]:
+    """An upstream pool on a TCP server that answers with exactly the bytes a test writes."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -165,7 +167,14 @@ async def raw_server(
                 await writer.wait_closed()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=limit, connect_timeout=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def read_head(reader: asyncio.StreamReader) -> None:
@@ -179,16 +188,10 @@ async def test_close_delimited_body_ends_at_close() -> None:
         await writer.drain()
         writer.close()
 
-    server, port = await raw_server(handler)
-    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=2, connect_timeout=2)
-    try:
+    async with pool_on_raw_server(handler) as pool:
         response = await pool.request("GET", "/", [], timeout=5)
         assert await read_all(response) == b"until the end"
         assert pool.open_connections == 0  # never reused
-    finally:
-        await pool.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_upstream_that_dies_mid_body_is_an_error() -> None:
@@ -198,18 +201,12 @@ async def test_upstream_that_dies_mid_body_is_an_error() -> None:
         await writer.drain()
         writer.close()
 
-    server, port = await raw_server(handler)
-    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=2, connect_timeout=2)
-    try:
+    async with pool_on_raw_server(handler) as pool:
         response = await pool.request("GET", "/", [], timeout=5)
         with pytest.raises(UpstreamBodyError):
             await read_all(response)
         response.release()
         assert pool.open_connections == 0
-    finally:
-        await pool.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_garbage_answer_is_an_upstream_error() -> None:
@@ -218,16 +215,10 @@ async def test_garbage_answer_is_an_upstream_error() -> None:
         writer.write(b"SMTP ready\r\n\r\n")
         await writer.drain()
 
-    server, port = await raw_server(handler)
-    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=2, connect_timeout=2)
-    try:
+    async with pool_on_raw_server(handler) as pool:
         with pytest.raises(UpstreamError):
             await pool.request("GET", "/", [], timeout=5)
         assert pool.open_connections == 0
-    finally:
-        await pool.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_interim_100_continue_is_skipped() -> None:
@@ -238,16 +229,10 @@ async def test_interim_100_continue_is_skipped() -> None:
         )
         await writer.drain()
 
-    server, port = await raw_server(handler)
-    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=2, connect_timeout=2)
-    try:
+    async with pool_on_raw_server(handler) as pool:
         response = await pool.request("GET", "/", [], timeout=5)
         assert response.status == 201
         assert await read_all(response) == b"ok"
-    finally:
-        await pool.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_refused_connection_and_timeout() -> None:
@@ -276,17 +261,11 @@ async def test_idle_connection_closed_by_the_upstream_is_retried() -> None:
         await writer.drain()
         writer.close()  # keep-alive promised, connection closed anyway
 
-    server, port = await raw_server(handler)
-    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=1, connect_timeout=2)
-    try:
+    async with pool_on_raw_server(handler, limit=1) as pool:
         for _ in range(3):
             response = await pool.request("GET", "/", [], timeout=5)
             assert await read_all(response) == b"hi"
         assert connections == 3
-    finally:
-        await pool.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_slow_reader_bounds_the_buffer(pool: UpstreamPool) -> None:
