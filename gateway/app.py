@@ -14,13 +14,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from . import metrics
 from .auth import Authenticator
 from .cache import NotificationListener
 from .clock import Clock, SystemClock
 from .config import Config
 from .counters import PostgresCounters
-from .db import create_pool
+from .db import create_pool, sample_pool
 from .headers import name_the_server
 from .keys import Hasher, KeyFormat, KeyStore
 from .logs import AccessLog
@@ -73,19 +72,6 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await sampler
     await pool.close()
-
-
-async def sample_pool(pool: asyncpg.Pool, name: str, interval: float = 1.0) -> None:
-    """Keep the pool gauges current (multiprocess mode allows no callback gauges)."""
-    try:
-        while True:
-            size = pool.get_size()
-            metrics.DB_POOL_SIZE.labels(name).set(size)
-            metrics.DB_POOL_IN_USE.labels(name).set(size - pool.get_idle_size())
-            await asyncio.sleep(interval)
-    finally:
-        metrics.DB_POOL_SIZE.labels(name).set(0)
-        metrics.DB_POOL_IN_USE.labels(name).set(0)
 
 
 async def _authentication(app: web.Application) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ longer matches is an error, never silently re-run.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from . import metrics
 from .config import DatabaseConfig
 
 T = TypeVar("T")
@@ -97,6 +99,19 @@ async def for_live_keys(
     except asyncpg.ForeignKeyViolationError:
         join = f"JOIN api_keys live ON live.id = {key_column}"
         return await run(statement.replace("{live_keys}", join), *args)
+
+
+async def sample_pool(pool: asyncpg.Pool, name: str, interval: float = 1.0) -> None:
+    """Keep the pool gauges current (multiprocess mode allows no callback gauges)."""
+    try:
+        while True:
+            size = pool.get_size()
+            metrics.DB_POOL_SIZE.labels(name).set(size)
+            metrics.DB_POOL_IN_USE.labels(name).set(size - pool.get_idle_size())
+            await asyncio.sleep(interval)
+    finally:
+        metrics.DB_POOL_SIZE.labels(name).set(0)
+        metrics.DB_POOL_IN_USE.labels(name).set(0)
 
 
 async def connect(config: DatabaseConfig) -> asyncpg.Connection:

@@ -14,7 +14,7 @@ from gateway.config import Config
 from gateway.db import load_migrations
 
 from .conftest import Seed
-from .helpers import make_config
+from .helpers import make_config, wait_for
 
 
 @pytest.fixture
@@ -85,3 +85,18 @@ async def test_admin_answers_name_the_gateway(admin: TestServer, path: str) -> N
     async with aiohttp.ClientSession() as session:
         async with session.get(admin.make_url(path)) as response:
             assert response.headers.getall("Server") == ["GrowPanel-Gateway"]
+
+
+async def test_the_admin_pool_is_in_the_pool_gauges(admin: TestServer) -> None:
+    assert (await get(admin, "/readyz"))[0] == 200  # the readiness check uses the pool
+
+    async def sampled() -> bool:
+        _, text = await get(admin, "/metrics")
+        return any(
+            sample.labels == {"pool": "admin"} and sample.value >= 1
+            for family in text_string_to_metric_families(text)
+            if family.name == "gateway_db_pool_connections"
+            for sample in family.samples
+        )
+
+    await wait_for(sampled, timeout=5)
