@@ -8,6 +8,7 @@ from being served.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import struct
 import time
@@ -186,15 +187,20 @@ async def test_uploads_and_downloads_abandoned_half_way_leave_nothing_behind(
         await wait_for(lambda: upstream_connections(gateway, upstream) <= 2, timeout=15)
         return gateway.rss_kib()
 
-    first = await abandon(2)
-    second = await abandon(4)
+    rss = [await abandon(2)]  # the first ones warm the allocator up
+    for _ in range(3):
+        rss.append(await abandon(4))
+    growth = [after - before for before, after in itertools.pairwise(rss)]
     print(
-        f"\nabandoned transfers: 600, RSS +{first - base_rss} KiB after 200,"
-        f" +{second - first} KiB more after 400 more"
+        f"\nabandoned transfers: 1,400, RSS +{rss[0] - base_rss} KiB after 200,"
+        f" then {growth} KiB for each 400 more"
     )
-    # The first ones warm the allocator up; after that memory stays flat (400 abandoned
-    # 5 MB uploads and 20 MB downloads kept would be gigabytes).
-    assert second - first < 16 * 1024
+    # Kept, 400 abandoned 5 MB uploads and 20 MB downloads would add well over 100 MB a
+    # round. RSS also moves without a leak: the allocator jumps by up to ~40 MB in a round
+    # now and then (measured; tracemalloc in the gateway saw its Python heap grow 53 KiB
+    # over 1,200 abandoned transfers while RSS grew 44 MB). Memory that is released stays
+    # flat in some round; retained transfers would grow it in every one.
+    assert min(growth) < 24 * 1024, growth
     assert await served_ok(gateway, key, 5) == [200] * 5
     assert await gateway.terminate() == 0
     assert gateway.trouble() == []
