@@ -63,12 +63,7 @@ async def list_accounts(request: web.Request) -> web.Response:
     fields.check()
     async with request.app[POOL].acquire() as conn:
         found = await accounts.list_accounts(conn, limit=limit + 1, after=after)
-    page = found[:limit]
-    next_cursor = (
-        v.make_time_cursor("account", page[-1].created_at, page[-1].id)
-        if len(found) > limit
-        else None
-    )
+    page, next_cursor = v.time_page("account", found, limit)
     return web.json_response(
         {"items": [account_object(a) for a in page], "next_cursor": next_cursor}
     )

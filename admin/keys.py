@@ -124,10 +124,7 @@ async def list_keys(request: web.Request) -> web.Response:
     keys = await request.app[STORE].list_page(
         request[PRINCIPAL].account_id, limit=limit + 1, after=after
     )
-    page = keys[:limit]
-    next_cursor = (
-        v.make_time_cursor("key", page[-1].created_at, page[-1].id) if len(keys) > limit else None
-    )
+    page, next_cursor = v.time_page("key", keys, limit)
     config, now = request.app[CONFIG], dt.datetime.now(dt.UTC)
     return web.json_response(
         {"items": [key_object(k, config, now) for k in page], "next_cursor": next_cursor}

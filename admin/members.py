@@ -51,12 +51,7 @@ async def list_members(request: web.Request) -> web.Response:
         members = await accounts.list_members(
             conn, request[PRINCIPAL].account_id, limit=limit + 1, after=after
         )
-    page = members[:limit]
-    next_cursor = (
-        v.make_time_cursor("member", page[-1].created_at, page[-1].id)
-        if len(members) > limit
-        else None
-    )
+    page, next_cursor = v.time_page("member", members, limit)
     return web.json_response(
         {"items": [member_object(m) for m in page], "next_cursor": next_cursor}
     )

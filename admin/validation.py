@@ -17,8 +17,8 @@ import json
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -381,6 +381,25 @@ def time_cursor(kind: str) -> Callable[[Any], tuple[dt.datetime, uuid.UUID]]:
             raise FieldError("not a cursor from this API") from None
 
     return check
+
+
+class _Dated(Protocol):
+    @property
+    def created_at(self) -> dt.datetime: ...
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
+D = TypeVar("D", bound=_Dated)
+
+
+def time_page(kind: str, found: Sequence[D], limit: int) -> tuple[Sequence[D], str | None]:
+    """A page from `limit + 1` rows fetched in (created_at, id) order, and the cursor to
+    the next page when there is one."""
+    page = found[:limit]
+    more = len(found) > limit
+    return page, make_time_cursor(kind, page[-1].created_at, page[-1].id) if more else None
 
 
 def make_time_cursor(kind: str, created_at: dt.datetime, ident: uuid.UUID) -> str:
