@@ -8,6 +8,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from aiohttp.test_utils import TestServer
+
 from gateway.config import Config, from_dict
 
 # Cheap argon2 parameters keep the suite fast; the OWASP defaults have their own test.
@@ -53,3 +56,13 @@ async def wait_for(
 
 def gateway_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "gateway.cli", *args]
+
+
+async def key_status(server: TestServer, key: str, path: str = "/v1/customers") -> int:
+    """The status of one GET through `server` with `key` as the bearer token."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            server.make_url(path), headers={"Authorization": f"Bearer {key}"}
+        ) as response:
+            await response.read()
+            return response.status

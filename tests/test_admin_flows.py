@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from gateway.keys import KeyFormat
 
-from .helpers import wait_for
+from .helpers import key_status, wait_for
 from .test_admin_support import (  # noqa: F401 - fixtures
     OPERATOR_TOKEN,
     AdminClient,
@@ -19,22 +18,13 @@ from .test_admin_support import (  # noqa: F401 - fixtures
 )
 
 
-async def proxied(gateway: TestServer, key: str, path: str = "/v1/customers") -> int:
-    async with ClientSession() as session:
-        async with session.get(
-            gateway.make_url(path), headers={"Authorization": f"Bearer {key}"}
-        ) as response:
-            await response.read()
-            return response.status
-
-
 async def answers_within(
     gateway: TestServer, key: str, status: int, path: str = "/v1/customers", timeout: float = 1.0
 ) -> None:
     """SPEC §2: a change reaches every gateway process within a second (through NOTIFY)."""
 
     async def answered() -> bool:
-        return await proxied(gateway, key, path) == status
+        return await key_status(gateway, key, path) == status
 
     await wait_for(answered, timeout=timeout)
 
@@ -46,7 +36,7 @@ async def test_create_use_last_used_regenerate_delete(world: World, gateway: Tes
     assert created.status == 201
     key_id, first = created.body["id"], created.body["key"]
     assert created.body["last_used_at"] is None
-    assert await proxied(gateway, first) == 200
+    assert await key_status(gateway, first) == 200
 
     async def last_used() -> str | None:
         reply = await client.call("GET", f"/v1/keys/{key_id}", owner)
@@ -63,7 +53,7 @@ async def test_create_use_last_used_regenerate_delete(world: World, gateway: Tes
     assert (rolled.body["id"], rolled.body["name"]) == (key_id, "Zapier")
     assert second != first and rolled.body["partial_key"] != created.body["partial_key"]
     await answers_within(gateway, first, 401)
-    assert await proxied(gateway, second) == 200
+    assert await key_status(gateway, second) == 200
 
     deleted = await client.call("DELETE", f"/v1/keys/{key_id}", owner)
     assert deleted.status == 204
@@ -79,7 +69,7 @@ async def test_regenerate_with_grace_keeps_the_old_secret_working(
 ) -> None:
     created = await world.client.call("POST", "/v1/keys", world.owner, json_body={"name": "g"})
     old = created.body["key"]
-    assert await proxied(gateway, old) == 200
+    assert await key_status(gateway, old) == 200
     rolled = await world.client.call(
         "POST",
         f"/v1/keys/{created.body['id']}/regenerate",
@@ -87,15 +77,15 @@ async def test_regenerate_with_grace_keeps_the_old_secret_working(
         json_body={"grace_seconds": 3600},
     )
     assert rolled.status == 200
-    assert await proxied(gateway, old) == 200
-    assert await proxied(gateway, rolled.body["key"]) == 200
+    assert await key_status(gateway, old) == 200
+    assert await key_status(gateway, rolled.body["key"]) == 200
 
 
 async def test_patch_changes_what_the_proxy_enforces(world: World, gateway: TestServer) -> None:
     client, owner = world.client, world.owner
     created = await client.call("POST", "/v1/keys", owner, json_body={"name": "patched"})
     key, path = created.body["key"], f"/v1/keys/{created.body['id']}"
-    assert await proxied(gateway, key) == 200
+    assert await key_status(gateway, key) == 200
 
     disabled = await client.call("PATCH", path, owner, json_body={"enabled": False})
     assert (disabled.body["enabled"], disabled.body["status"]) == (False, "disabled")
@@ -106,7 +96,7 @@ async def test_patch_changes_what_the_proxy_enforces(world: World, gateway: Test
     scoped = await client.call("PATCH", path, owner, json_body={"scopes": ["reports"]})
     assert scoped.body["scopes"] == ["reports"]
     await answers_within(gateway, key, 403, "/v1/customers")
-    assert await proxied(gateway, key, "/v1/reports/mrr") == 200
+    assert await key_status(gateway, key, "/v1/reports/mrr") == 200
 
     fenced = await client.call("PATCH", path, owner, json_body={"ip_allowlist": ["192.0.2.0/24"]})
     assert fenced.body["ip_allowlist"] == ["192.0.2.0/24"]
@@ -123,11 +113,11 @@ async def test_usage_counts_requests_by_outcome_after_the_flush(
 ) -> None:
     created = await world.client.call("POST", "/v1/keys", world.owner, json_body={"name": "u"})
     key, key_id = created.body["key"], created.body["id"]
-    assert await proxied(gateway, key) == 200
-    assert await proxied(gateway, key, "/v1/status/404") == 404
+    assert await key_status(gateway, key) == 200
+    assert await key_status(gateway, key, "/v1/status/404") == 404
     # A wrong secret for this key's id: what an attacker or a stale integration sends.
     wrong, _ = KeyFormat("gp_").generate(key[3:15])
-    assert await proxied(gateway, wrong) == 401
+    assert await key_status(gateway, wrong) == 401
 
     async def totals() -> dict[str, int] | None:
         reply = await world.client.call("GET", f"/v1/keys/{key_id}/usage", world.owner)
@@ -158,7 +148,7 @@ async def test_operator_creates_an_account_whose_owner_manages_keys(
     account = await client.call("GET", "/v1/account", owner)
     assert account.body == created.body["account"]
     key = await client.call("POST", "/v1/keys", owner, json_body={"name": "first"})
-    assert await proxied(gateway, key.body["key"]) == 200
+    assert await key_status(gateway, key.body["key"]) == 200
     listed = await client.call("GET", "/v1/accounts", OPERATOR_TOKEN)
     assert created.body["account"] in listed.body["items"]
 
@@ -171,7 +161,7 @@ async def test_regenerated_key_is_refused_even_from_the_cache(
     created = await world.client.call("POST", "/v1/keys", world.owner, json_body={"name": "c"})
     old = created.body["key"]
     for _ in range(3):
-        assert await proxied(gateway, old) == 200
+        assert await key_status(gateway, old) == 200
     body = None if grace is None else {"grace_seconds": grace}
     await world.client.call(
         "POST", f"/v1/keys/{created.body['id']}/regenerate", world.owner, json_body=body

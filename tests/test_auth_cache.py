@@ -17,7 +17,7 @@ from gateway.clock import FakeClock
 from gateway.config import Config
 
 from .conftest import Cluster, GatewayFactory, Seed
-from .helpers import make_config, wait_for
+from .helpers import key_status, make_config, wait_for
 
 
 def sample(name: str) -> float:
@@ -29,17 +29,10 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-async def status_of(server: TestServer, key: str, path: str = "/v1/customers") -> int:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(server.make_url(path), headers=bearer(key)) as response:
-            await response.read()
-            return response.status
-
-
 async def test_cached_key_costs_no_argon2_and_no_query(gateway: TestServer, seed: Seed) -> None:
     """1,000 requests on a verified key: zero argon2 verifications, zero key lookups."""
     key = await seed.key(rate_limit_per_minute=10_000)
-    assert await status_of(gateway, key.key) == 200
+    assert await key_status(gateway, key.key) == 200
     argon2_before = sample("gateway_argon2_verifications_total")
     lookups_before = sample("gateway_key_lookups_total")
     async with aiohttp.ClientSession() as session:
@@ -58,7 +51,7 @@ async def test_concurrent_first_requests_share_one_verification(
 ) -> None:
     key = await seed.key()
     before = sample("gateway_argon2_verifications_total")
-    statuses = await asyncio.gather(*(status_of(gateway, key.key) for _ in range(20)))
+    statuses = await asyncio.gather(*(key_status(gateway, key.key) for _ in range(20)))
     assert statuses == [200] * 20
     assert sample("gateway_argon2_verifications_total") == before + 1
 
@@ -73,22 +66,22 @@ async def test_unknown_key_id_costs_the_same_argon2_as_a_wrong_secret(
     wrong, _ = fmt.generate(key.public_id)
     for attempt in (unknown, wrong):
         before = sample("gateway_argon2_verifications_total")
-        assert await status_of(gateway, attempt) == 401
+        assert await key_status(gateway, attempt) == 401
         assert sample("gateway_argon2_verifications_total") == before + 1
 
 
 async def test_regenerated_key_rejects_old_secret_at_once(gateway: TestServer, seed: Seed) -> None:
     account = await seed.account()
     key = await seed.key(account)
-    assert await status_of(gateway, key.key) == 200
+    assert await key_status(gateway, key.key) == 200
     new = await seed.store.regenerate(account.account_id, key.id)
     assert new is not None and new.public_id == key.public_id
     await wait_for(lambda: _is(gateway, key.key, 401), timeout=1.0)
-    assert await status_of(gateway, new.key) == 200
+    assert await key_status(gateway, new.key) == 200
 
 
 async def _is(gateway: TestServer, key: str, status: int) -> bool:
-    return await status_of(gateway, key) == status
+    return await key_status(gateway, key) == status
 
 
 async def test_regenerate_with_grace_keeps_old_secret_until_it_ends(
@@ -98,20 +91,20 @@ async def test_regenerate_with_grace_keeps_old_secret_until_it_ends(
     gateway = await start_gateway(clock=clock)
     account = await seed.account()
     key = await seed.key(account)
-    assert await status_of(gateway, key.key) == 200
+    assert await key_status(gateway, key.key) == 200
     new = await seed.store.regenerate(account.account_id, key.id, grace_seconds=3600)
     assert new is not None
-    assert await status_of(gateway, key.key) == 200
-    assert await status_of(gateway, new.key) == 200
+    assert await key_status(gateway, key.key) == 200
+    assert await key_status(gateway, new.key) == 200
     clock.advance(3601)
-    assert await status_of(gateway, key.key) == 401
-    assert await status_of(gateway, new.key) == 200
+    assert await key_status(gateway, key.key) == 401
+    assert await key_status(gateway, new.key) == 200
 
 
 async def test_deleted_key_is_refused_at_once(gateway: TestServer, seed: Seed) -> None:
     account = await seed.account()
     key = await seed.key(account)
-    assert await status_of(gateway, key.key) == 200
+    assert await key_status(gateway, key.key) == 200
     assert await seed.store.delete(account.account_id, key.id)
     await wait_for(lambda: _is(gateway, key.key, 401), timeout=1.0)
 
@@ -122,8 +115,8 @@ async def test_listener_reconnect_reconfirms_every_cached_key(
     """A key deleted while the listener was cut off is refused after it reconnects."""
     account = await seed.account()
     kept, deleted = await seed.key(account), await seed.key(account)
-    assert await status_of(gateway, kept.key) == 200
-    assert await status_of(gateway, deleted.key) == 200
+    assert await key_status(gateway, kept.key) == 200
+    assert await key_status(gateway, deleted.key) == 200
     listener = gateway.app[LISTENER]
     reconnects = sample("gateway_listener_reconnects_total")
     old_pid = listener.backend_pid
@@ -134,13 +127,13 @@ async def test_listener_reconnect_reconfirms_every_cached_key(
         "UPDATE api_keys SET deleted_at = now(), secret_hash = NULL WHERE id = $1", deleted.id
     )
     await db.execute("RESET session_replication_role")
-    assert await status_of(gateway, deleted.key) == 200  # the cache has not heard of it
+    assert await key_status(gateway, deleted.key) == 200  # the cache has not heard of it
     await db.execute("SELECT pg_terminate_backend($1)", old_pid)
     await wait_for(lambda: sample("gateway_listener_reconnects_total") > reconnects)
     assert listener.backend_pid != old_pid
-    assert await status_of(gateway, deleted.key) == 401
+    assert await key_status(gateway, deleted.key) == 401
     argon2_before = sample("gateway_argon2_verifications_total")
-    assert await status_of(gateway, kept.key) == 200
+    assert await key_status(gateway, kept.key) == 200
     # Re-confirming a kept key is one query, not another argon2 verification.
     assert sample("gateway_argon2_verifications_total") == argon2_before
 
@@ -158,19 +151,19 @@ async def test_cached_keys_survive_a_database_outage_uncached_get_503(
         clock=clock,
     )
     cached, uncached = await seed.key(), await seed.key()
-    assert await status_of(gateway, cached.key) == 200
+    assert await key_status(gateway, cached.key) == 200
     cluster.stop()
     try:
-        assert await status_of(gateway, cached.key) == 200
+        assert await key_status(gateway, cached.key) == 200
         clock.advance(90)  # past the TTL, inside stale-if-error
-        assert await status_of(gateway, cached.key) == 200
-        assert await status_of(gateway, uncached.key) == 503
+        assert await key_status(gateway, cached.key) == 200
+        assert await key_status(gateway, uncached.key) == 503
         clock.advance(100)  # past TTL + stale-if-error: no more guessing
-        assert await status_of(gateway, cached.key) == 503
+        assert await key_status(gateway, cached.key) == 503
     finally:
         cluster.start()
     await wait_for(lambda: _is(gateway, cached.key, 200))
-    assert await status_of(gateway, uncached.key) == 200
+    assert await key_status(gateway, uncached.key) == 200
 
 
 async def test_argon2_runs_in_idle_class_threads_and_the_loop_does_not(
@@ -178,7 +171,7 @@ async def test_argon2_runs_in_idle_class_threads_and_the_loop_does_not(
 ) -> None:
     """Verifications get only CPU time the event loop does not want (SCHED_IDLE)."""
     key = await seed.key()
-    assert await status_of(gateway, key.key) == 200  # a miss: one argon2 verification
+    assert await key_status(gateway, key.key) == 200  # a miss: one argon2 verification
     workers = [t for t in threading.enumerate() if t.name.startswith("argon2")]
     assert workers
     for thread in workers:

@@ -15,7 +15,7 @@ from gateway.app import LISTENER
 from gateway.config import Config
 
 from .conftest import Cluster, Seed
-from .helpers import wait_for
+from .helpers import key_status, wait_for
 
 # SPEC §7, family by family (names without the _total / _bucket suffixes).
 SPEC_FAMILIES = [
@@ -69,20 +69,11 @@ def series_count(families: dict[str, list[tuple[str, dict[str, str], float]]]) -
     return sum(len(samples) for name, samples in families.items() if name.startswith("gateway_"))
 
 
-async def hit(gateway: TestServer, key: str, path: str = "/v1/customers") -> int:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            gateway.make_url(path), headers={"Authorization": f"Bearer {key}"}
-        ) as response:
-            await response.read()
-            return response.status
-
-
 async def test_every_spec_metric_family_is_exported(
     admin: TestServer, gateway: TestServer, seed: Seed
 ) -> None:
     key = await seed.key()
-    assert await hit(gateway, key.key) == 200
+    assert await key_status(gateway, key.key) == 200
     families = await scrape(admin)
     missing = [name for name in SPEC_FAMILIES if name not in families]
     assert missing == []
@@ -96,10 +87,10 @@ async def test_no_label_carries_a_key_a_key_id_or_a_path(
     first = await seed.key(account)
     fmt = seed.store.format
     # Every kind of outcome once, so that later requests create no new label values.
-    assert await hit(gateway, first.key) == 200
-    assert await hit(gateway, first.key, "/v1/status/404") == 404
-    assert await hit(gateway, fmt.generate()[0]) == 401
-    assert await hit(gateway, "not-a-key") == 401
+    assert await key_status(gateway, first.key) == 200
+    assert await key_status(gateway, first.key, "/v1/status/404") == 404
+    assert await key_status(gateway, fmt.generate()[0]) == 401
+    assert await key_status(gateway, "not-a-key") == 401
     await scrape(admin)  # a scrape counts itself: the second one is the baseline
     before = await scrape(admin)
 

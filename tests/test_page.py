@@ -31,7 +31,7 @@ from aiohttp.test_utils import TestServer
 from admin.page import CONTENT_SECURITY_POLICY
 
 from .conftest import Seed
-from .helpers import REPO_ROOT, wait_for
+from .helpers import REPO_ROOT, key_status, wait_for
 from .test_admin_support import (  # noqa: F401 - fixtures
     BAD_TOKEN,
     OPERATOR_TOKEN,
@@ -225,20 +225,11 @@ async def create_key(client: AdminClient, token: str, name: str, **fields: Any) 
     return body
 
 
-async def proxied(gateway: TestServer, key: str) -> int:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            gateway.make_url("/v1/reports/mrr"), headers={"Authorization": f"Bearer {key}"}
-        ) as response:
-            await response.read()
-            return response.status
-
-
 async def answers(gateway: TestServer, key: str, status: int) -> None:
     """SPEC §2: a regenerated or deleted key is refused within a second."""
 
     async def answered() -> bool:
-        return await proxied(gateway, key) == status
+        return await key_status(gateway, key, "/v1/reports/mrr") == status
 
     await wait_for(answered, timeout=1.0)
 
@@ -359,7 +350,7 @@ async def test_create_use_copy_last_used_regenerate_delete_through_the_proxy(
     await expect(row.locator(".partial-key")).to_have_text(key["partial_key"])
 
     # Usable through the proxy; "Last used" follows after the flush and a refresh.
-    assert await proxied(gateway, first) == 200
+    assert await key_status(gateway, first, "/v1/reports/mrr") == 200
 
     async def used() -> bool:
         reply = await client.call("GET", f"/v1/keys/{key['id']}", acme.owner)
@@ -395,7 +386,7 @@ async def test_create_use_copy_last_used_regenerate_delete_through_the_proxy(
     await expect(secret).to_be_hidden()
     assert second not in await page.content()
     await answers(gateway, first, 401)
-    assert await proxied(gateway, second) == 200
+    assert await key_status(gateway, second, "/v1/reports/mrr") == 200
 
     # Delete: confirmed, gone from the table, refused by the proxy at once.
     await browser.row("Production integration").get_by_role("button", name="Delete").click()
