@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
@@ -147,7 +147,7 @@ def upstream_request_headers(
     *,
     client: ClientAddress,
     request_id: str,
-    identity: Mapping[str, str],
+    identity: Iterable[tuple[str, str]],
     forward_authorization: bool,
 ) -> list[tuple[str, str]]:
     """The headers to send upstream, as (name, value) pairs in the client's order.
@@ -163,7 +163,7 @@ def upstream_request_headers(
         for name, value in incoming.items()
         if (lower := name.lower()) not in drop and not lower.startswith(IDENTITY_PREFIX)
     ]
-    headers.extend(identity.items())
+    headers.extend(identity)
     headers.append(("X-Request-Id", request_id))
     if client.forwarded_for:
         headers.append(("X-Forwarded-For", client.forwarded_for))
@@ -190,9 +190,11 @@ def copy_response_headers(
         target.add(name, value)
 
 
-def identity_headers(account_id: Any, key_id: Any, scopes: Iterable[str]) -> dict[str, str]:
-    return {
-        "X-GrowPanel-Account-Id": str(account_id),
-        "X-GrowPanel-Key-Id": str(key_id),
-        "X-GrowPanel-Key-Scopes": ",".join(sorted(scopes)),
-    }
+def identity_headers(
+    account_id: Any, key_id: Any, scopes: Iterable[str]
+) -> tuple[tuple[str, str], ...]:
+    return (
+        ("X-GrowPanel-Account-Id", str(account_id)),
+        ("X-GrowPanel-Key-Id", str(key_id)),
+        ("X-GrowPanel-Key-Scopes", ",".join(sorted(scopes))),
+    )

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from json.encoder import encode_basestring_ascii
 from typing import Any, TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -61,6 +62,10 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def _string(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
 class AccessLog:
     """The access log: one line per proxied request (SPEC §5), in the shape of the
     formatters above, on the same stream, written once per event-loop pass.
@@ -89,7 +94,19 @@ class AccessLog:
             return None
         return cls(text=config.format == "text")
 
-    def write(self, fields: dict[str, Any]) -> None:
+    def write(
+        self,
+        *,
+        request_id: str,
+        account_id: str | None,
+        key_id: str | None,
+        method: str,
+        path: str,
+        status: int,
+        latency_ms: float,
+        client_ip: str,
+        outcome: str,
+    ) -> None:
         now = time.time()
         second = int(now)
         if second != self._second:  # the date and time to the second, made once a second
@@ -99,19 +116,31 @@ class AccessLog:
         millis = int((now - second) * 1000)
         if self._text:
             # As TextFormatter renders a record: local time, level, logger[pid], fields.
+            fields = {
+                "request_id": request_id,
+                "account_id": account_id,
+                "key_id": key_id,
+                "method": method,
+                "path": path,
+                "status": status,
+                "latency_ms": latency_ms,
+                "client_ip": client_ip,
+                "outcome": outcome,
+            }
             pairs = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
             line = f"{self._local},{millis:03d} INFO    {self.LOGGER}[{self._pid}]: request {pairs}"
         else:
-            # As JsonFormatter renders a record (ASCII-escaped: faster, and still JSON).
-            line = json.dumps(
-                {
-                    "time": f"{self._utc}.{millis:03d}+00:00",
-                    "level": "info",
-                    "logger": self.LOGGER,
-                    "pid": self._pid,
-                    "message": "request",
-                    **fields,
-                }
+            # As JsonFormatter renders a record (ASCII-escaped: still JSON), written out
+            # field by field: json.dumps of the same dict costs four times as much. Every
+            # string a client can influence goes through the JSON string encoder.
+            line = (
+                f'{{"time": "{self._utc}.{millis:03d}+00:00", "level": "info", '
+                f'"logger": "{self.LOGGER}", "pid": {self._pid}, "message": "request", '
+                f'"request_id": {_string(request_id)}, "account_id": {_string(account_id)}, '
+                f'"key_id": {_string(key_id)}, "method": {_string(method)}, '
+                f'"path": {_string(path)}, "status": {int(status)}, '
+                f'"latency_ms": {float(latency_ms)!r}, "client_ip": {_string(client_ip)}, '
+                f'"outcome": {_string(outcome)}}}'
             )
         if not self._lines:
             try:

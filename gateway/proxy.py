@@ -27,7 +27,6 @@ from .headers import (
     ClientAddress,
     Network,
     copy_response_headers,
-    identity_headers,
     parse_networks,
     upstream_request_headers,
 )
@@ -214,7 +213,7 @@ class Proxy:
             request.headers,
             client=client,
             request_id=call.request_id,
-            identity=identity_headers(key.account_id, key.id, key.scopes),
+            identity=key.identity,
             forward_authorization=config.forward_authorization,
         )
         target = request.rel_url.raw_path
@@ -326,18 +325,17 @@ class Proxy:
         if call.key is not None:
             self.usage.count(call.key.id, USAGE_OUTCOMES.get(call.outcome, "denied"))
         if self.access_log is not None:
+            key = call.key
             self.access_log.write(
-                {
-                    "request_id": call.request_id,
-                    "account_id": str(call.key.account_id) if call.key else None,
-                    "key_id": str(call.key.id) if call.key else None,
-                    "method": request.method,
-                    "path": request.rel_url.raw_path,
-                    "status": call.status,
-                    "latency_ms": round(elapsed * 1000, 3),
-                    "client_ip": call.client_ip,
-                    "outcome": call.outcome,
-                }
+                request_id=call.request_id,
+                account_id=key.account_id_text if key else None,
+                key_id=key.id_text if key else None,
+                method=request.method,
+                path=request.rel_url.raw_path,
+                status=call.status,
+                latency_ms=round(elapsed * 1000, 3),
+                client_ip=call.client_ip,
+                outcome=call.outcome,
             )
 
 

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -74,11 +75,27 @@ def test_logging_level_filters(capsys: pytest.CaptureFixture[str], level: str, s
         root.setLevel(saved[1])
 
 
+def request_fields(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "request_id": "r-1",
+        "account_id": "6f1c2a47-0b1e-4c57-9a43-4d1c9d6a0f3e",
+        "key_id": None,
+        "method": "GET",
+        "path": "/v1/x",
+        "status": 200,
+        "latency_ms": 0.412,
+        "client_ip": "127.0.0.1",
+        "outcome": "ok",
+    }
+    fields.update(changes)
+    return fields
+
+
 async def test_access_log_lines_of_one_loop_pass_go_out_together_as_json_lines() -> None:
     out = io.StringIO()
     access = AccessLog(stream=out)
-    access.write({"request_id": "r-1", "status": 200, "key_id": None})
-    access.write({"request_id": "r-2", "status": 401, "key_id": None})
+    access.write(**request_fields(request_id="r-1"))
+    access.write(**request_fields(request_id="r-2", status=401))
     assert out.getvalue() == ""  # written once the loop has run this pass
     await asyncio.sleep(0)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -95,12 +112,36 @@ async def test_access_log_lines_of_one_loop_pass_go_out_together_as_json_lines()
         assert abs((dt.datetime.now(dt.UTC) - parsed).total_seconds()) < 60
 
 
+@pytest.mark.parametrize(
+    "hostile",
+    ['/v1/"quoted"', "/v1/back\\slash", "/v1/line\nbreak", "/v1/caf\u00e9/\u2603", "/\x00\x1f"],
+)
+def test_access_log_json_lines_are_the_fields_exactly_whatever_the_client_sent(
+    hostile: str,
+) -> None:
+    """The JSON line is written by hand (for speed): it must still be one JSON object with
+    every field as given, in JsonFormatter's order, whatever a client put in the path,
+    method or request id."""
+    out = io.StringIO()
+    fields = request_fields(path=hostile, method=hostile, request_id=hostile, key_id=None)
+    AccessLog(stream=out).write(**fields)
+    [line] = out.getvalue().splitlines()
+    assert line.isascii()
+    entry = json.loads(line)
+    assert list(entry)[:5] == ["time", "level", "logger", "pid", "message"]
+    assert {k: entry[k] for k in list(entry)[5:]} == fields
+    assert list(entry)[5:] == list(fields)
+
+
 def test_access_log_text_lines_read_like_the_other_text_lines() -> None:
     out = io.StringIO()
-    AccessLog(text=True, stream=out).write({"status": 200, "key_id": None, "path": "/v1/x"})
+    AccessLog(text=True, stream=out).write(**request_fields())
     line = out.getvalue().strip()  # no running loop: written at once
     assert " INFO    gateway.access[" in line
-    assert line.endswith("request status=200 path=/v1/x")
+    assert line.endswith(
+        "request request_id=r-1 account_id=6f1c2a47-0b1e-4c57-9a43-4d1c9d6a0f3e method=GET"
+        " path=/v1/x status=200 latency_ms=0.412 client_ip=127.0.0.1 outcome=ok"
+    )
 
 
 @pytest.mark.parametrize(
