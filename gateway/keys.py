@@ -32,7 +32,6 @@ from .db import for_live_keys
 from .headers import identity_headers
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_BASE62_SET = frozenset(BASE62)
 PUBLIC_ID_LENGTH = 12
 SECRET_LENGTH = 28
 CHECKSUM_LENGTH = 6
@@ -44,16 +43,16 @@ def _random_base62(length: int) -> str:
     return "".join(secrets.choice(BASE62) for _ in range(length))
 
 
-def _base62(value: int, width: int) -> str:
-    digits = []
-    for _ in range(width):
-        value, rest = divmod(value, 62)
-        digits.append(BASE62[rest])
-    return "".join(reversed(digits))
+# Every two-digit base-62 number, so a checksum takes three divisions, not six: the
+# checksum is computed on every request.
+_BASE62_PAIRS = [a + b for a in BASE62 for b in BASE62]
 
 
 def _checksum(body: str) -> str:
-    return _base62(zlib.crc32(body.encode()), CHECKSUM_LENGTH)
+    value = zlib.crc32(body.encode())  # < 2**32 < 62**6: six digits always suffice
+    value, low = divmod(value, 3844)
+    high, middle = divmod(value, 3844)
+    return _BASE62_PAIRS[high] + _BASE62_PAIRS[middle] + _BASE62_PAIRS[low]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,10 +66,11 @@ class KeyFormat:
     """One token family: API keys (`gp_`) and admin tokens share the layout."""
 
     prefix: str
+    length: int = dataclasses.field(init=False)
 
-    @property
-    def length(self) -> int:
-        return len(self.prefix) + PUBLIC_ID_LENGTH + SECRET_LENGTH + CHECKSUM_LENGTH
+    def __post_init__(self) -> None:
+        length = len(self.prefix) + PUBLIC_ID_LENGTH + SECRET_LENGTH + CHECKSUM_LENGTH
+        object.__setattr__(self, "length", length)
 
     def generate(self, public_id: str | None = None) -> tuple[str, ParsedKey]:
         """A new key (or a new secret for `public_id`): the full key and its parts."""
@@ -84,7 +84,7 @@ class KeyFormat:
         if len(token) != self.length or not token.startswith(self.prefix):
             return None
         rest = token[len(self.prefix) :]
-        if not _BASE62_SET.issuperset(rest):
+        if not (rest.isascii() and rest.isalnum()):  # ASCII letters and digits: base 62
             return None
         body, checksum = token[:-CHECKSUM_LENGTH], token[-CHECKSUM_LENGTH:]
         if _checksum(body) != checksum:

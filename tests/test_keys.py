@@ -155,6 +155,21 @@ def test_made_up_checksum_is_rejected(public_id: str, checksum: str) -> None:
     assert API_KEYS.parse(key[:-6] + checksum) is None
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        "gp_AAAAAAAAAAAAbbbbbbbbbbbbbbbbbbbbbbbbbbbb4NZ3UB",
+        "gp_0123456789ABcdefghijklmnopqrstuvwxyz01230dankJ",
+    ],
+)
+def test_keys_issued_by_earlier_versions_still_parse(key: str) -> None:
+    """The checksum is part of every key already handed out: its arithmetic must never
+    change (these two were made by the first version's digit-by-digit base 62)."""
+    parsed = API_KEYS.parse(key)
+    assert parsed is not None
+    assert parsed.public_id == key[3:15]
+
+
 @given(public_ids)
 def test_partial_key_is_prefix_public_id_ellipsis_last_four(public_id: str) -> None:
     """`partial()` is prefix + public id + '…' + last 4 characters, and never parses."""
