@@ -41,6 +41,8 @@ _REPLACED_ON_REQUEST = frozenset(
         "forwarded",
     }
 )
+_DROP_FORWARDING_AUTHORIZATION = HOP_BY_HOP | _REPLACED_ON_REQUEST
+_DROP = _DROP_FORWARDING_AUTHORIZATION | {"authorization"}
 IDENTITY_PREFIX = "x-growpanel-"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -155,9 +157,9 @@ def upstream_request_headers(
     Host and the body framing (Content-Length / Transfer-Encoding) are the upstream
     client's to write; everything hop-by-hop or claiming an identity is dropped here.
     """
-    drop = HOP_BY_HOP | _REPLACED_ON_REQUEST | _connection_named(incoming)
-    if not forward_authorization:
-        drop = drop | {"authorization"}
+    drop = _DROP_FORWARDING_AUTHORIZATION if forward_authorization else _DROP
+    if named := _connection_named(incoming):
+        drop = drop | named
     headers = [
         (name, value)
         for name, value in incoming.items()
