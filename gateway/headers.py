@@ -5,6 +5,7 @@ Pure functions over header multidicts: no I/O, so every rule is easy to test.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -198,5 +199,11 @@ def identity_headers(
     return (
         ("X-GrowPanel-Account-Id", str(account_id)),
         ("X-GrowPanel-Key-Id", str(key_id)),
-        ("X-GrowPanel-Key-Scopes", ",".join(sorted(scopes))),
+        _scopes_header(frozenset(scopes)),
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _scopes_header(scopes: frozenset[str]) -> tuple[str, str]:
+    # Made once per distinct set of scopes, and shared by every cached key that has it.
+    return ("X-GrowPanel-Key-Scopes", ",".join(sorted(scopes)))
