@@ -647,9 +647,7 @@ def main() -> None:
                     measured(gateway.pid, gw_url, seconds, connections, key=data["hot"])
                 )
                 # Warm every key of the mix (one query and argon2 each), as many clients
-                # would over time: all from one address at once would be throttled as a
-                # burst of failed-auth candidates (uncached verifications in flight count
-                # against the address's budget until they succeed).
+                # would over time, 16 at a time.
                 asyncio.run(warm_keys(gw_url, data["bulk"][:mix]))
                 wrk(gw_url, 2, connections, script=script)
                 rows["mix"].append(

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from . import metrics
 from .cache import CacheEntry, KeyCache
@@ -144,12 +144,13 @@ class Authenticator:
         token: str,
         parsed: ParsedKey,
         *,
-        before_verify: Callable[[], None] | None = None,
+        before_verify: Callable[[], Awaitable[None]] | None = None,
     ) -> KeyRecord:
         """Step 3: the key's record if the key is valid now, else an `AuthError`.
 
         `before_verify` (the failed-authentication throttle) runs before a verification
-        that would cost a query and argon2, and may refuse it by raising.
+        that would cost a query and argon2, and may refuse it by raising (or wait for
+        other verifications to be decided).
         """
         digest = hashlib.sha256(token.encode()).digest()
         entry = self.cache.get(parsed.public_id)
@@ -211,13 +212,17 @@ class Authenticator:
         return record
 
     async def _verify_shared(
-        self, digest: bytes, parsed: ParsedKey, before_verify: Callable[[], None] | None
+        self,
+        digest: bytes,
+        parsed: ParsedKey,
+        before_verify: Callable[[], Awaitable[None]] | None,
     ) -> KeyRecord:
         future = self._inflight.get(digest)
+        if future is None and before_verify is not None:
+            await before_verify()  # only real verifications are charged, not their waiters
+            future = self._inflight.get(digest)  # the same key, arrived while this waited
         if future is not None:
             return await asyncio.shield(future)
-        if before_verify is not None:
-            before_verify()  # only real verifications are charged, not their waiters
         future = asyncio.get_running_loop().create_future()
         self._inflight[digest] = future
         try:

@@ -33,6 +33,7 @@ from .headers import (
 from .keys import KeyRecord
 from .logs import AccessLog
 from .ratelimit import RateLimiter
+from .throttle import ABANDONED
 from .upstream import (
     UpstreamBodyError,
     UpstreamError,
@@ -147,6 +148,9 @@ class Proxy:
             key = await self.auth.authenticate(token, parsed, before_verify=attempt.charge)
         except AuthError as exc:
             attempt.done(exc.reason)
+            raise
+        except BaseException:
+            attempt.done(ABANDONED)  # cancelled (client gone) or a bug: the charge stays
             raise
         attempt.done(None)
         call.key = key

@@ -5,7 +5,10 @@ Only verifications cost anything (one indexed query and one argon2 hash), so onl
 are charged: each cache miss is charged to the client IP and to the public key id in the
 token *before* it starts, and refunded when the secret turns out right. Charging first
 stops a burst of concurrent guesses at the limit instead of after it; refunding means a
-client with many valid keys is never held back by its own successes. A cached key is
+client with many valid keys is never held back by its own successes. Only failures refuse:
+a verification that finds the budget taken by attempts still being verified waits for
+them to be decided (`SETTLE_SECONDS` at most) instead of answering 429 for failures that
+have not happened — 100 first uses of valid keys at once from one address all pass. A cached key is
 never charged, so a wrong-secret flood against a known key id (say, from a leaked partial
 key) does not lock out its holder, whose cached key keeps working. Unknown key ids are
 throttled exactly like known ones: the answers reveal nothing about which ids exist.
@@ -17,6 +20,8 @@ is per process and bounded (`rate_limits.failed_auth.max_tracked` entries per ta
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from typing import Protocol
 
@@ -29,7 +34,13 @@ MINUTE = 60.0
 # The auth refusals that are failed verifications; the rest (expired, disabled, database
 # unavailable) refund the attempt.
 FAILED_REASONS = frozenset({"unknown", "wrong_secret"})
+# An attempt whose request went away mid-verification keeps its charge: leaving early
+# must not buy verifications for free.
+ABANDONED = "abandoned"
 _EPSILON = 1e-9  # float sums of 60/N steps must not block the N-th attempt
+# How long a verification may wait for attempts ahead of it to be decided. Each is one
+# query and one argon2 hash, bounded by `keys.verify_concurrency`: well under this.
+SETTLE_SECONDS = 10.0
 
 
 def too_many_failed_attempts(scope: str, wait: float) -> GatewayError:
@@ -49,6 +60,7 @@ class _Budget:
         self._step = MINUTE / per_minute
         self._max = max_tracked
         self._drained_at: dict[str, float] = {}
+        self._undecided: dict[str, int] = {}  # charges whose verification is still running
 
     def __len__(self) -> int:
         return len(self._drained_at)
@@ -61,11 +73,28 @@ class _Budget:
         wait = drained_at + self._step - MINUTE - now
         return wait if wait > _EPSILON else 0.0
 
+    def wait_for_failures(self, name: str, now: float) -> float:
+        """`wait` as if every undecided charge were to be refunded: failures alone."""
+        drained_at = self._drained_at.get(name)
+        if drained_at is None:
+            return 0.0
+        wait = drained_at - self._undecided.get(name, 0) * self._step + self._step - MINUTE - now
+        return wait if wait > _EPSILON else 0.0
+
     def charge(self, name: str, now: float) -> None:
         drained_at = self._drained_at.get(name, now)
         if name not in self._drained_at and len(self._drained_at) >= self._max:
             self._make_room(now)
         self._drained_at[name] = max(drained_at, now) + self._step
+        self._undecided[name] = self._undecided.get(name, 0) + 1
+
+    def decided(self, name: str) -> None:
+        """A charge's verification is over (and the charge refunded or kept)."""
+        left = self._undecided.get(name, 0) - 1
+        if left > 0:
+            self._undecided[name] = left
+        else:
+            self._undecided.pop(name, None)
 
     def refund(self, name: str, now: float) -> None:
         drained_at = self._drained_at.get(name)
@@ -87,11 +116,12 @@ class _Budget:
 
 
 class AuthAttempt(Protocol):
-    def charge(self) -> None:
+    async def charge(self) -> None:
         """Before a verification: charge the IP and the key id, or raise a 429."""
 
     def done(self, failure: str | None) -> None:
-        """After authentication: refund the charge unless `failure` is a failed verification."""
+        """After authentication: refund the charge unless `failure` is a failed verification
+        (or `ABANDONED`); either way, attempts waiting on this one's outcome re-check."""
 
 
 class FailedAuthThrottle:
@@ -99,29 +129,47 @@ class FailedAuthThrottle:
         self._clock = clock
         self.ips = _Budget(config.per_ip_per_minute, config.max_tracked)
         self.key_ids = _Budget(config.per_key_per_minute, config.max_tracked)
+        self._decision = asyncio.Event()  # set, and replaced, whenever a charge is decided
 
     def admit(self, client_ip: str, public_id: str) -> AuthAttempt:
         """Step 2: a 429 for an IP that failed too often, else the request's attempt."""
-        wait = self.ips.wait(client_ip, self._clock.monotonic())
+        wait = self.ips.wait_for_failures(client_ip, self._clock.monotonic())
         if wait:
             raise too_many_failed_attempts("ip", wait)
         return _Attempt(self, client_ip, public_id)
 
-    def charge(self, client_ip: str, public_id: str) -> None:
-        now = self._clock.monotonic()
-        wait = self.ips.wait(client_ip, now)
-        if wait:
-            raise too_many_failed_attempts("ip", wait)
-        wait = self.key_ids.wait(public_id, now)
-        if wait:
-            raise too_many_failed_attempts("key", wait)
+    async def charge(self, client_ip: str, public_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + SETTLE_SECONDS
+        while True:
+            now = self._clock.monotonic()
+            ip_wait = self.ips.wait(client_ip, now)
+            key_wait = self.key_ids.wait(public_id, now)
+            if not ip_wait and not key_wait:
+                break
+            # Refused for failures alone; otherwise attempts still being verified hold
+            # the budget, and their outcome decides.
+            failed_ip = self.ips.wait_for_failures(client_ip, now)
+            failed_key = self.key_ids.wait_for_failures(public_id, now)
+            if failed_ip or failed_key or loop.time() >= give_up_at:
+                if failed_ip or (ip_wait and not failed_key):
+                    raise too_many_failed_attempts("ip", failed_ip or ip_wait)
+                raise too_many_failed_attempts("key", failed_key or key_wait)
+            with contextlib.suppress(TimeoutError):  # then refused on the next pass
+                await asyncio.wait_for(self._decision.wait(), give_up_at - loop.time())
         self.ips.charge(client_ip, now)
         self.key_ids.charge(public_id, now)
 
-    def refund(self, client_ip: str, public_id: str) -> None:
-        now = self._clock.monotonic()
-        self.ips.refund(client_ip, now)
-        self.key_ids.refund(public_id, now)
+    def settle(self, client_ip: str, public_id: str, *, refund: bool) -> None:
+        """A charged verification is over: refund it (success) or keep it (failure)."""
+        if refund:
+            now = self._clock.monotonic()
+            self.ips.refund(client_ip, now)
+            self.key_ids.refund(public_id, now)
+        self.ips.decided(client_ip)
+        self.key_ids.decided(public_id)
+        self._decision.set()
+        self._decision = asyncio.Event()
 
 
 class _Attempt:
@@ -133,18 +181,19 @@ class _Attempt:
         self._public_id = public_id
         self._charged = False
 
-    def charge(self) -> None:
-        self._throttle.charge(self._client_ip, self._public_id)
+    async def charge(self) -> None:
+        await self._throttle.charge(self._client_ip, self._public_id)
         self._charged = True
 
     def done(self, failure: str | None) -> None:
-        if self._charged and failure not in FAILED_REASONS:
-            self._throttle.refund(self._client_ip, self._public_id)
+        if self._charged:
+            refund = failure not in FAILED_REASONS and failure != ABANDONED
+            self._throttle.settle(self._client_ip, self._public_id, refund=refund)
         self._charged = False
 
 
 class _Unthrottled:
-    def charge(self) -> None:
+    async def charge(self) -> None:
         return None
 
     def done(self, failure: str | None) -> None:

@@ -78,37 +78,64 @@ async def call(
 # -- the budget itself ----------------------------------------------------------------
 
 
+async def fail(throttle: FailedAuthThrottle, ip: str, key_id: str) -> None:
+    """One verification charged and found wrong."""
+    await throttle.charge(ip, key_id)
+    throttle.settle(ip, key_id, refund=False)
+
+
 @pytest.mark.parametrize("per_minute", [1, 5, 7, 30])
-def test_budget_allows_n_a_minute_then_one_every_60_over_n_seconds(per_minute: int) -> None:
+async def test_budget_allows_n_a_minute_then_one_every_60_over_n_seconds(per_minute: int) -> None:
     fake = FakeClock()
     throttle = FailedAuthThrottle(
         FailedAuthConfig(per_ip_per_minute=per_minute, per_key_per_minute=1000), fake
     )
     for _ in range(per_minute):
-        throttle.charge("192.0.2.1", secrets.token_hex(6))
+        await fail(throttle, "192.0.2.1", secrets.token_hex(6))
     with pytest.raises(GatewayError) as refused:
-        throttle.charge("192.0.2.1", "other")
+        await throttle.charge("192.0.2.1", "other")
     step = 60 / per_minute
     assert refused.value.code == "too_many_failed_attempts"
     assert refused.value.headers["Retry-After"] == str(math.ceil(step))
     fake.advance(step)
-    throttle.charge("192.0.2.1", "again")  # one more after 60/N seconds
+    await throttle.charge("192.0.2.1", "again")  # one more after 60/N seconds
     throttle.admit("192.0.2.2", "x")  # other IPs were never concerned
 
 
-def test_refunds_give_the_budget_back() -> None:
+async def test_refunds_give_the_budget_back() -> None:
     fake = FakeClock()
     throttle = FailedAuthThrottle(FailedAuthConfig(per_ip_per_minute=2), fake)
     for _ in range(10):
-        throttle.charge("192.0.2.1", "k")
-        throttle.refund("192.0.2.1", "k")
+        await throttle.charge("192.0.2.1", "k")
+        throttle.settle("192.0.2.1", "k", refund=True)
     assert len(throttle.ips) == len(throttle.key_ids) == 0
 
 
-def test_tracked_names_are_bounded() -> None:
+async def test_a_full_budget_of_undecided_attempts_waits_for_their_outcome() -> None:
+    """Attempts still being verified are not failures: the next one waits for them, then
+    passes when one succeeds and is refused when failures alone fill the budget."""
+    throttle = FailedAuthThrottle(FailedAuthConfig(per_ip_per_minute=2), FakeClock())
+    ip = "192.0.2.7"
+    await throttle.charge(ip, "a")
+    await throttle.charge(ip, "b")
+    throttle.admit(ip, "c")  # step 2 refuses for failures only: none yet
+    waiting = asyncio.create_task(throttle.charge(ip, "c"))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    throttle.settle(ip, "a", refund=True)  # "a" was right: its share comes back
+    await asyncio.wait_for(waiting, 1)  # charged now
+    throttle.settle(ip, "b", refund=False)
+    throttle.settle(ip, "c", refund=False)  # two failures: the budget is spent
+    with pytest.raises(GatewayError):
+        throttle.admit(ip, "d")
+    with pytest.raises(GatewayError):
+        await asyncio.wait_for(throttle.charge(ip, "d"), 1)  # at once, not after a wait
+
+
+async def test_tracked_names_are_bounded() -> None:
     throttle = FailedAuthThrottle(FailedAuthConfig(max_tracked=50), FakeClock())
     for i in range(500):
-        throttle.charge(f"10.0.{i // 256}.{i % 256}", f"id{i}")
+        await fail(throttle, f"10.0.{i // 256}.{i % 256}", f"id{i}")
     assert len(throttle.ips) <= 50 and len(throttle.key_ids) <= 50
 
 
@@ -192,6 +219,25 @@ async def test_successful_verifications_are_not_held_against_the_ip(
     ip = fresh_ip()
     assert [(await call(gateway, k.key, ip))[0] for k in keys] == [200] * len(keys)
     for _ in range(PER_IP):
+        assert (await call(gateway, unknown_key(), ip))[0] == 401
+    assert (await call(gateway, unknown_key(), ip))[0] == 429
+
+
+async def test_first_uses_of_many_valid_keys_at_once_from_one_address_all_pass(
+    gateway: TestServer, seed: Seed
+) -> None:
+    """More simultaneous first uses than the failure budget, none failing: no 429 (they
+    wait for each other's outcome instead), and each key verified once."""
+    account = await seed.account()
+    keys = [await seed.key(account, name=f"k{i}") for i in range(4 * PER_IP)]
+    ip = fresh_ip()
+    before = work_done()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        results = await asyncio.gather(*(call(gateway, k.key, ip, session) for k in keys))
+    assert [status for status, _, _ in results] == [200] * len(keys)
+    lookups, argon2 = work_done()
+    assert (lookups - before[0], argon2 - before[1]) == (len(keys), len(keys))
+    for _ in range(PER_IP):  # and the address's budget is whole
         assert (await call(gateway, unknown_key(), ip))[0] == 401
     assert (await call(gateway, unknown_key(), ip))[0] == 429
 
