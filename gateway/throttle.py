@@ -5,13 +5,14 @@ Only verifications cost anything (one indexed query and one argon2 hash), so onl
 are charged: each cache miss is charged to the client IP and to the public key id in the
 token *before* it starts, and refunded when the secret turns out right. Charging first
 stops a burst of concurrent guesses at the limit instead of after it; refunding means a
-client with many valid keys is never held back by its own successes. Only failures refuse:
-a verification that finds the budget taken by attempts still being verified waits for
-them to be decided (`SETTLE_SECONDS` at most) instead of answering 429 for failures that
-have not happened — 100 first uses of valid keys at once from one address all pass. A cached key is
-never charged, so a wrong-secret flood against a known key id (say, from a leaked partial
-key) does not lock out its holder, whose cached key keeps working. Unknown key ids are
-throttled exactly like known ones: the answers reveal nothing about which ids exist.
+client with many valid keys is never held back by its own successes. Only failures
+refuse: a verification that finds the budget taken by attempts still being verified
+waits for them to be decided (`SETTLE_SECONDS` at most) instead of answering 429 for
+failures that have not happened (tested: 20 first uses of valid keys at once from one
+address, against a budget of 5, all pass). A cached key is never charged, so a
+wrong-secret flood against a known key id (say, from a leaked partial key) does not lock
+out its holder, whose cached key keeps working. Unknown key ids are throttled exactly
+like known ones: the answers reveal nothing about which ids exist.
 
 Each IP and key id holds one number (GCRA): the time by which its charges will have
 drained at N per minute. N attempts pass at once, then one every 60/N seconds. The state
