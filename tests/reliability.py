@@ -204,7 +204,10 @@ class RawUpstream:
         self.raw: list[bytearray] = []
         self.accepted = 0
         self.open = 0
-        self.most_open = 0  # the most connections open at once
+        # The most connections open when a request arrived. Counted then, not at accept:
+        # a connection the gateway has just closed is still open here until its end is
+        # read, which can come after the accept of the connection that replaces it.
+        self.most_open = 0
         self.requests = 0
         self.parse_errors = 0
         self._server: asyncio.Server | None = None
@@ -267,7 +270,6 @@ class _Conn(asyncio.Protocol):
         self.transport = transport
         self.server.accepted += 1
         self.server.open += 1
-        self.server.most_open = max(self.server.most_open, self.server.open)
         self.server._transports.add(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -310,6 +312,7 @@ class _Conn(asyncio.Protocol):
     def on_message_complete(self) -> None:
         assert self.current is not None and self.transport is not None
         self.server.requests += 1
+        self.server.most_open = max(self.server.most_open, self.server.open)
         if self.server.record:
             self.server.received.append(self.current)
         task = self.server.respond(self.current, self.transport)
