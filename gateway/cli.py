@@ -276,7 +276,13 @@ async def run_bootstrap(config: Config, account: str, owner_email: str, as_json:
 def run_demo_upstream(host: str, port: int) -> None:
     from .demo_upstream import create_demo_app
 
-    web.run_app(create_demo_app(), host=host, port=port, print=None, access_log=None)
+    try:  # the same event loop as the gateway: ~20% less CPU per request
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        loop = None
+    else:
+        loop = uvloop.new_event_loop()
+    web.run_app(create_demo_app(), host=host, port=port, print=None, access_log=None, loop=loop)
 
 
 # -- entry point -----------------------------------------------------------------------
