@@ -73,6 +73,7 @@ def registry() -> CollectorRegistry:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format: every worker's metrics, summed where that makes sense."""
+    gateway_metrics.fold()  # this process's proxy updates (other workers fold each second)
     return web.Response(
         body=generate_latest(registry()), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

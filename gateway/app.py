@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
+from . import metrics
 from .auth import Authenticator
 from .cache import NotificationListener
 from .clock import Clock, SystemClock
@@ -52,13 +53,24 @@ def create_app(
     app[CONFIG] = config
     app[CLOCK] = clock or SystemClock()
     app[LIMITER] = limiter or SlidingWindowLimiter(config.rate_limits, app[CLOCK])
-    app.cleanup_ctx.extend([_database, _authentication, _limits, _usage, _upstream, _proxy])
+    app.cleanup_ctx.extend(
+        [_metrics, _database, _authentication, _limits, _usage, _upstream, _proxy]
+    )
     app.router.add_route("*", "/{path:.*}", _handle)
     return app
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     return await request.app[PROXY].handle(request)
+
+
+async def _metrics(app: web.Application) -> AsyncIterator[None]:
+    # First set up, so last torn down: the final fold follows the last request.
+    folder = asyncio.create_task(metrics.fold_every(), name="metrics-fold")
+    yield
+    folder.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await folder
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

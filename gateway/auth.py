@@ -155,7 +155,7 @@ class Authenticator:
         digest = hashlib.sha256(token.encode()).digest()
         entry = self.cache.get(parsed.public_id)
         if entry is not None and hmac.compare_digest(entry.digest, digest):
-            metrics.KEY_CACHE_HITS.inc()
+            metrics.count(metrics.KEY_CACHE_HITS)
             age = self.clock.monotonic() - entry.confirmed_at
             if entry.changed or age >= self.config.cache_ttl_seconds:
                 record = await self._reconfirm(parsed.public_id, entry, age)

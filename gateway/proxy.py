@@ -245,7 +245,7 @@ class Proxy:
             raise GatewayError(
                 502, "upstream_unavailable", "The upstream could not be reached."
             ) from None
-        metrics.UPSTREAM_DURATION.observe(time.perf_counter() - started)
+        metrics.upstream_duration.observe(time.perf_counter() - started)
         try:
             call.outcome = _outcome_of_status(upstream.status)
             small = _small_body_length(upstream, request.method)
@@ -323,9 +323,9 @@ class Proxy:
 
     def _record(self, request: web.Request, call: Call, elapsed: float) -> None:
         status_class = f"{call.status // 100}xx"
-        metrics.requests_by(call.outcome, status_class).inc()
-        metrics.auth_results_by(call.auth_result).inc()
-        metrics.REQUEST_DURATION.observe(elapsed)
+        metrics.count(metrics.requests_by(call.outcome, status_class))
+        metrics.count(metrics.auth_results_by(call.auth_result))
+        metrics.request_duration.observe(elapsed)
         if call.key is not None:
             self.usage.count(call.key.id, USAGE_OUTCOMES.get(call.outcome, "denied"))
         if self.access_log is not None:

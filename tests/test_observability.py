@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from admin.app import create_admin_app
 from admin.health import LISTENER_CHECK
+from gateway import metrics
 from gateway.app import LISTENER
 from gateway.config import Config
 
@@ -77,6 +80,71 @@ async def test_every_spec_metric_family_is_exported(
     families = await scrape(admin)
     missing = [name for name in SPEC_FAMILIES if name not in families]
     assert missing == []
+
+
+def value(
+    families: dict[str, list[tuple[str, dict[str, str], float]]], name: str, **labels: str
+) -> float:
+    family = name.removesuffix("_total").removesuffix("_count")
+    return sum(v for n, ls, v in families[family] if n == name and ls == labels)
+
+
+async def test_a_scrape_counts_every_request_before_it(
+    admin: TestServer, gateway: TestServer, seed: Seed
+) -> None:
+    """Per-request updates are held and folded in bulk: a scrape of the process folds
+    first, so it misses none."""
+    key = await seed.key()
+    assert await key_status(gateway, key.key) == 200  # now cached
+    before = await scrape(admin)
+    for _ in range(3):
+        assert await key_status(gateway, key.key) == 200
+    after = await scrape(admin)
+
+    def added(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert added("gateway_requests_total", outcome="ok", status_class="2xx") == 3
+    assert added("gateway_auth_total", result="ok") == 3
+    assert added("gateway_key_cache_hits_total") == 3
+    assert added("gateway_request_duration_seconds_count") == 3
+    assert added("gateway_upstream_duration_seconds_count") == 3
+
+
+def test_a_fold_exports_what_observing_one_by_one_would() -> None:
+    """`PendingHistogram` adds to prometheus-client's bucket values directly (there is no
+    public bulk call): this fails if an upgrade moves them."""
+    amounts = [0.0, -1.0, 0.0002, 0.00020001, 0.003, 0.5, 1.0, 29.9, 30.0, 31.0, math.inf]
+    amounts += [i / 997 for i in range(1000)]
+    one_by_one, folded = CollectorRegistry(), CollectorRegistry()
+    expected = Histogram("h", "h", buckets=metrics.LATENCY_BUCKETS, registry=one_by_one)
+    expected_count = Counter("c", "c", ["kind"], registry=one_by_one)
+    actual = Histogram("h", "h", buckets=metrics.LATENCY_BUCKETS, registry=folded)
+    actual_count = Counter("c", "c", ["kind"], registry=folded)
+    pending = metrics.PendingHistogram(actual)
+    for amount in amounts:
+        expected.observe(amount)
+        expected_count.labels("a").inc()
+        pending.observe(amount)
+        metrics.count(actual_count.labels("a"))
+    pending.fold()
+    metrics.fold()
+    pending.fold()  # nothing left: changes nothing
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name, s.labels, s.value)
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples(folded) == samples(one_by_one)
+    assert value_of(samples(folded), "h_count") == len(amounts)
+
+
+def value_of(samples: list[tuple[str, dict[str, str], float]], name: str) -> float:
+    return next(v for n, _, v in samples if n == name)
 
 
 async def test_no_label_carries_a_key_a_key_id_or_a_path(

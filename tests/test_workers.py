@@ -52,16 +52,24 @@ async def test_one_scrape_sums_every_worker(workers: Served, seed: Seed) -> None
     key = await seed.key()
     statuses = await spread(workers, key.key, 60)
     assert statuses == [200] * 60
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{workers.admin_url}/metrics") as response:
-            text = await response.text()
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    ok = sum(
-        s.value
-        for s in families["gateway_requests"].samples
-        if s.name == "gateway_requests_total" and s.labels["outcome"] == "ok"
-    )
-    assert ok == 60
+    families = {}
+
+    async def all_counted() -> bool:
+        # Each worker folds its per-request counts into the shared files once a second.
+        nonlocal families
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{workers.admin_url}/metrics") as response:
+                text = await response.text()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        ok = sum(
+            s.value
+            for s in families["gateway_requests"].samples
+            if s.name == "gateway_requests_total" and s.labels["outcome"] == "ok"
+        )
+        assert ok <= 60
+        return ok == 60
+
+    await wait_for(all_counted, timeout=5)
     connected = sum(s.value for s in families["gateway_listener_connected"].samples)
     assert connected == 2
     await stop(workers)
