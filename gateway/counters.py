@@ -15,8 +15,6 @@ from typing import Protocol
 
 import asyncpg
 
-from .db import for_live_keys
-
 MINUTE = 60
 DAY = 86_400
 
@@ -47,7 +45,6 @@ WITH delta AS (
     SELECT d.key_id, d.window_name, to_timestamp(d.window_start) AS window_start, d.count
       FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[])
            AS d(key_id, window_name, window_start, count)
-      {live_keys}
 ), written AS (
     INSERT INTO rate_limit_counters AS c (key_id, window_name, window_start, count)
     SELECT key_id, window_name, window_start, count FROM delta
@@ -91,10 +88,8 @@ class PostgresCounters:
     async def sync(
         self, deltas: Sequence[Delta], keys: Sequence[uuid.UUID], second: int, day: int
     ) -> Totals:
-        rows = await for_live_keys(
-            self._pool.fetch,
+        rows = await self._pool.fetch(
             _SYNC,
-            "d.key_id",
             [d[0] for d in deltas],
             [d[1] for d in deltas],
             [d[2] for d in deltas],

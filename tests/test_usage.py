@@ -162,8 +162,9 @@ async def test_nothing_is_lost_while_the_database_is_down(
 async def test_a_key_removed_with_its_account_does_not_cost_the_others_their_counts(
     start_gateway: GatewayFactory, config: Config, seed: Seed, db: asyncpg.Connection
 ) -> None:
-    """Every batched write (last used, usage, rate limits) skips a key deleted outright
-    since it was used; the rest of the batch is written."""
+    """A key deleted outright since it was used costs no batched write (last used, usage,
+    rate limits) the other keys' counts. (Last used and usage skip it; its rate-limit rows,
+    which reference nothing, are written and expire with the rest.)"""
     slow = make_config(
         config.database.url,
         config.proxy.upstream,
