@@ -1,7 +1,10 @@
 """The rate-limit counter store: every process's counts meet in `rate_limit_counters` (SPEC §4).
 
 One row per key, window and window start: the day rows start at 00:00 UTC, the minute
-rows are one per second (the sliding minute is the sum of the last 60). A process never
+rows are 10-second buckets (`BUCKET`): a sync adds a key's requests of each second to the
+bucket that second falls in, and reads back the buckets that hold any of the last 60
+seconds (`minute_from`), so Postgres holds and reads 6-7 rows per key in use rather than
+one per second with requests. A process never
 writes per request: `sync` adds everything it counted since its last sync in one
 statement, and in the same statement reads back the totals of the keys it is serving.
 `CounterStore` is the seam for another backend; `PostgresCounters` is the one we ship.
@@ -17,10 +20,24 @@ import asyncpg
 
 MINUTE = 60
 DAY = 86_400
+BUCKET = 10  # seconds in one minute-window row; divides MINUTE
+
+
+def bucket(second: int) -> int:
+    """The start of the minute-window row that counts requests made during `second`."""
+    return second - second % BUCKET
+
+
+def minute_from(second: int) -> int:
+    """The first bucket a read of the minute ending at `second` takes: it can hold up to
+    BUCKET - 1 seconds from before that minute."""
+    return bucket(second - MINUTE + 1)
+
 
 # A count to add: key id, window name ("minute" or "day"), window start (epoch seconds), n.
 Delta = tuple[uuid.UUID, str, int, int]
-# What Postgres holds for a key: requests in the minute ending at a second, and that day.
+# What Postgres holds for a key: requests in the buckets from `minute_from(second)` to
+# `second`, and that day.
 Totals = dict[uuid.UUID, tuple[int, int]]
 
 
@@ -31,7 +48,8 @@ class CounterStore(Protocol):
         """Add `deltas`; return the totals of `keys` as they were just before."""
 
     async def load(self, second: int, day: int) -> Totals:
-        """The totals of every key with counts in the minute ending at `second` or on `day`."""
+        """The totals of every key with counts in the buckets of the minute ending at
+        `second` or on `day`."""
 
     async def expire(self, second: int, day: int) -> None:
         """Delete rows that no window can reach any more."""
@@ -95,14 +113,14 @@ class PostgresCounters:
             [d[2] for d in deltas],
             [d[3] for d in deltas],
             list(keys),
-            second - MINUTE + 1,
+            minute_from(second),
             second,
             day,
         )
         return {key_id: (minute, day) for key_id, minute, day in rows}
 
     async def load(self, second: int, day: int) -> Totals:
-        rows = await self._pool.fetch(_LOAD, second - MINUTE + 1, second, day)
+        rows = await self._pool.fetch(_LOAD, minute_from(second), second, day)
         return {row["key_id"]: (row["minute"], row["day"]) for row in rows}
 
     async def expire(self, second: int, day: int) -> None:

@@ -22,6 +22,12 @@ can add its own admissions of one interval: limit + P × R × T at worst (README
 limits"). While Postgres is down decisions go on from local counts; the counts wait in
 memory (seconds that left the minute are dropped, the day's are kept) and the first sync
 that succeeds writes them.
+
+Postgres keeps the minute in 10-second buckets (`counters.BUCKET`), so what a sync reads
+back covers up to 69 seconds. This process subtracts its own requests over exactly those
+buckets (it keeps the seconds that left its minute until their bucket is no longer read),
+so a single process stays exact; another process's request made in the first seconds of
+a bucket can count here up to 9 seconds beyond its minute — never too few.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import asyncpg
 from . import metrics
 from .clock import Clock
 from .config import RateLimitConfig
-from .counters import DAY, MINUTE, CounterStore, Delta, Totals
+from .counters import BUCKET, DAY, MINUTE, CounterStore, Delta, Totals, minute_from
 from .db import UNAVAILABLE
 from .keys import KeyRecord
 from .throttle import UNTHROTTLED, AuthAttempt, FailedAuthThrottle
@@ -96,10 +102,12 @@ class Unlimited:
 
 
 class _Windows:
-    """One key's counts in this process; `seconds` holds [second, count, synced] lists."""
+    """One key's counts in this process; `seconds` holds [second, count, synced] lists for
+    the last minute, `left` those that left it but whose Postgres bucket is still read."""
 
     __slots__ = (
         "day",
+        "left",
         "others_day",
         "others_minute",
         "others_second",
@@ -111,6 +119,7 @@ class _Windows:
 
     def __init__(self, day: int) -> None:
         self.seconds: list[list[int]] = []
+        self.left: list[list[int]] = []
         self.own_minute = 0
         self.day = day
         self.own_day = 0
@@ -129,12 +138,25 @@ class _Windows:
             while gone < len(seconds) and seconds[gone][0] <= second - MINUTE:
                 self.own_minute -= seconds[gone][1]
                 gone += 1
+            self.left += seconds[:gone]
             del seconds[:gone]
+        left = self.left
+        if left and left[0][0] < minute_from(second):
+            first = minute_from(second)
+            kept = 0
+            while kept < len(left) and left[kept][0] < first:
+                kept += 1
+            del left[:kept]
         if self.others_minute and second >= self.others_second + MINUTE:
             self.others_minute = 0
         if day > self.day:
             self.day = day
             self.own_day = self.synced_day = self.others_day = 0
+
+    def own_in_buckets(self) -> int:
+        """This process's requests in Postgres's buckets of the minute (after `advance`):
+        the minute's, and the written part of those that left it."""
+        return self.own_minute + sum(entry[2] for entry in self.left)
 
     def count(self, second: int) -> None:
         seconds = self.seconds
@@ -176,7 +198,8 @@ class _Batch:
     deltas: list[Delta] = dataclasses.field(default_factory=list)
     minute_marks: list[tuple[list[int], int]] = dataclasses.field(default_factory=list)
     day_marks: list[tuple[_Windows, int, int]] = dataclasses.field(default_factory=list)
-    # key id → own minute count, own day count, and this batch's minute and day deltas
+    # key id → own count in the minute's buckets, own day count, and this batch's minute
+    # and day deltas
     keys: dict[uuid.UUID, tuple[int, int, int, int]] = dataclasses.field(default_factory=dict)
 
 
@@ -336,19 +359,31 @@ class SlidingWindowLimiter:
                 continue
             windows.advance(second, batch.day)
             minute_delta = 0
+            start, n_start = 0, 0  # the bucket being summed (seconds only increase)
             for entry in windows.seconds:
                 n = entry[1] - entry[2]
                 if n:
-                    batch.deltas.append((key_id, "minute", entry[0], n))
+                    if entry[0] - entry[0] % BUCKET != start:
+                        if n_start:
+                            batch.deltas.append((key_id, "minute", start, n_start))
+                        start, n_start = entry[0] - entry[0] % BUCKET, 0
+                    n_start += n
                     batch.minute_marks.append((entry, n))
                     entry[2] = entry[1]
                     minute_delta += n
+            if n_start:
+                batch.deltas.append((key_id, "minute", start, n_start))
             day_delta = windows.own_day - windows.synced_day
             if day_delta:
                 batch.deltas.append((key_id, "day", windows.day, day_delta))
                 batch.day_marks.append((windows, windows.day, day_delta))
                 windows.synced_day = windows.own_day
-            batch.keys[key_id] = (windows.own_minute, windows.own_day, minute_delta, day_delta)
+            batch.keys[key_id] = (
+                windows.own_in_buckets(),
+                windows.own_day,
+                minute_delta,
+                day_delta,
+            )
         return batch
 
     def _restore(self, batch: _Batch) -> None:
@@ -362,12 +397,12 @@ class SlidingWindowLimiter:
     def _apply(self, batch: _Batch, totals: Totals) -> None:
         # Postgres returned the totals from before this batch: before + batch − own is
         # what everyone else counted (zero in a single process).
-        for key_id, (own_minute, own_day, minute_delta, day_delta) in batch.keys.items():
+        for key_id, (own_buckets, own_day, minute_delta, day_delta) in batch.keys.items():
             windows = self._keys.get(key_id)
             if windows is None:
                 continue
             minute, today = totals.get(key_id, (0, 0))
-            windows.others_minute = max(0, minute + minute_delta - own_minute)
+            windows.others_minute = max(0, minute + minute_delta - own_buckets)
             windows.others_second = batch.second
             if windows.day == batch.day:
                 windows.others_day = max(0, today + day_delta - own_day)

@@ -445,6 +445,50 @@ async def test_two_gateways_on_one_database_share_the_budget(
     assert await statuses(second, 1) == [429]
 
 
+async def test_one_process_stays_exact_when_a_read_bucket_holds_older_requests(
+    start_gateway: GatewayFactory, config: Config, seed: Seed
+) -> None:
+    """Postgres keeps the minute in 10-second buckets, so a sync reads back up to 69
+    seconds. Requests of this process that left its minute but sit in a bucket still read
+    must not come back as another process's."""
+    clock = FakeClock(MIDNIGHT + 1230.5)  # the first second of a bucket
+    gateway = await start_gateway(limits_config(config, sync_interval_seconds=3600), clock)
+    key = await seed.key(rate_limit_per_minute=5)
+
+    async def statuses(n: int) -> list[int]:
+        return [(await get(gateway, key.key)).status for _ in range(n)]
+
+    assert await statuses(6) == [200] * 5 + [429]
+    assert await gateway.app[LIMITER].sync()
+    clock.advance(60)  # those five left the minute; their bucket (1230-1239) is still read
+    assert await statuses(1) == [200]
+    assert await gateway.app[LIMITER].sync()  # reads back 5 + 1, all this process's
+    assert await statuses(5) == [200] * 4 + [429]
+
+
+async def test_another_process_counts_fully_once_older_buckets_are_no_longer_read(
+    start_gateway: GatewayFactory, config: Config, seed: Seed
+) -> None:
+    """The seconds kept for the bucket arithmetic go once their bucket is out of reach:
+    kept longer, they would hide the other process's requests."""
+    clock = FakeClock(MIDNIGHT + 1230.5)
+    slow = limits_config(config, sync_interval_seconds=3600)
+    first, second = await start_gateway(slow, clock), await start_gateway(slow, clock)
+    key = await seed.key(rate_limit_per_minute=5)
+
+    async def statuses(gateway: TestServer, n: int) -> list[int]:
+        return [(await get(gateway, key.key)).status for _ in range(n)]
+
+    assert await statuses(first, 5) == [200] * 5
+    assert await first.app[LIMITER].sync()
+    clock.advance(70)  # the bucket of those five is no longer read
+    assert await statuses(second, 3) == [200] * 3
+    assert await second.app[LIMITER].sync()
+    assert await statuses(first, 1) == [200]
+    assert await first.app[LIMITER].sync()  # learns the second's 3
+    assert await statuses(first, 2) == [200, 429]
+
+
 async def test_day_count_survives_a_gateway_restart(
     start_gateway: GatewayFactory, config: Config, seed: Seed
 ) -> None:
