@@ -1,7 +1,11 @@
 """`make bench`: every figure of the benchmark issue, as ratios from one run.
 
 Starts Postgres (embedded unless DATABASE_URL), the demo upstream, the bare aiohttp proxy
-(bench/bare_proxy.py) and the gateway, and measures in turn — interleaved rounds, medians:
+(bench/bare_proxy.py) and the gateway, and measures in turn. The servers compared with
+each other run side by side and every round measures each once, each right after its
+baseline: the machine's speed drifts by 10-20% within a minute, so a ratio is the median
+over the rounds of pairs measured seconds apart.
+
 
 - throughput and server CPU per request, gateway hot path against the bare proxy, and a
   mix of many distinct keys (a wrk Lua script rotating them) with many more in Postgres;
@@ -441,7 +445,7 @@ async def transactions(url: str) -> int:
 
 
 async def statements_per_second(
-    url: str, base: str, key: str, rates: list[float], seconds: float
+    url: str, base: str, key: str, rates: list[float], seconds: float, repeats: int
 ) -> dict[str, float]:
     """Transactions per second in the gateway's database at each request rate.
 
@@ -449,7 +453,7 @@ async def statements_per_second(
     seconds), so anything else would decide the figure: autovacuum is paused on the
     gateway's tables (after a VACUUM ANALYZE of the churn before), every pooled connection
     is warmed first, each window is read while the load runs and lasts a whole number of
-    flush intervals, and the two rates alternate twice (mean of each).
+    flush intervals, and the rates alternate `repeats` times (mean of each).
     """
     conn = await asyncpg.connect(url)
     try:
@@ -470,7 +474,7 @@ async def statements_per_second(
         # connection first, then alternate the rates.
         await fixed_rate(base, key, max(rates), seconds)
         windows: dict[float, list[float]] = {rate: [] for rate in rates}
-        for _ in range(2):
+        for _ in range(repeats):
             for rate in rates:
                 load = asyncio.create_task(fixed_rate(base, key, rate, seconds + 3))
                 await asyncio.sleep(1.5)  # the load is steady, and its stats are written
@@ -589,8 +593,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short runs, fewer keys")
     args = parser.parse_args()
     quick = args.quick
-    rounds = 1 if quick else 3
-    seconds = 3 if quick else 10
+    rounds = 2 if quick else 5
+    seconds = 3 if quick else 6
+    warm = 1 if quick else 2  # seconds of load before measuring a server
     bulk = 10_000 if quick else 100_000
     mix = 1_000 if quick else 10_000
     connections = 64
@@ -629,39 +634,38 @@ def main() -> None:
                 "mix": [],
                 "hot_asyncio": [],
             }
+            bare, bare_port = servers.bare()
+            gateway, port, _ = servers.gateway()
+            # the same hot path on asyncio's own event loop: is uvloop worth it?
+            plain, plain_port, _ = servers.gateway(GATEWAY__SERVER__UVLOOP="false")
+            bare_url = f"http://127.0.0.1:{bare_port}/v1/customers"
+            gw_url = f"http://127.0.0.1:{port}/v1/customers"
+            plain_url = f"http://127.0.0.1:{plain_port}/v1/customers"
+            # Warm every key of the mix (one query and argon2 each), as many clients
+            # would over time, 16 at a time; then every server with the load itself.
+            asyncio.run(warm_keys(gw_url, data["bulk"][:mix]))
+            wrk(bare_url, warm, connections)
+            wrk(gw_url, warm, connections, key=data["hot"])
+            wrk(gw_url, warm, connections, script=script)
+            wrk(plain_url, warm, connections, key=data["hot"])
             for _ in range(rounds):
-                bare, bare_port = servers.bare()
-                bare_url = f"http://127.0.0.1:{bare_port}/v1/customers"
-                wrk(bare_url, 2, connections)
                 rows["bare"].append(measured(bare.pid, bare_url, seconds, connections))
+                rows["hot"].append(
+                    measured(gateway.pid, gw_url, seconds, connections, key=data["hot"])
+                )
                 # The same rotating-key script as the mix: wrk's Lua costs CPU on the
                 # same two cores, so the mix is compared with the bare proxy under it.
                 rows["bare_mix"].append(
                     measured(bare.pid, bare_url, seconds, connections, script=script)
                 )
-                servers.stop(bare)
-                gateway, port, _ = servers.gateway()
-                gw_url = f"http://127.0.0.1:{port}/v1/customers"
-                wrk(gw_url, 2, connections, key=data["hot"])
-                rows["hot"].append(
-                    measured(gateway.pid, gw_url, seconds, connections, key=data["hot"])
-                )
-                # Warm every key of the mix (one query and argon2 each), as many clients
-                # would over time, 16 at a time.
-                asyncio.run(warm_keys(gw_url, data["bulk"][:mix]))
-                wrk(gw_url, 2, connections, script=script)
                 rows["mix"].append(
                     measured(gateway.pid, gw_url, seconds, connections, script=script)
                 )
-                servers.stop(gateway)
-                # the same hot path on asyncio's own event loop: is uvloop worth it?
-                gateway, port, _ = servers.gateway(GATEWAY__SERVER__UVLOOP="false")
-                gw_url = f"http://127.0.0.1:{port}/v1/customers"
-                wrk(gw_url, 2, connections, key=data["hot"])
                 rows["hot_asyncio"].append(
-                    measured(gateway.pid, gw_url, seconds, connections, key=data["hot"])
+                    measured(plain.pid, plain_url, seconds, connections, key=data["hot"])
                 )
-                servers.stop(gateway)
+            for process in (plain, gateway, bare):
+                servers.stop(process)
             figures["throughput"] = rows
 
             # 2. latency at concurrency 1
@@ -673,7 +677,7 @@ def main() -> None:
                 ("bare", f"http://127.0.0.1:{bare_port}/v1/customers", None),
                 ("gateway", f"http://127.0.0.1:{port}/v1/customers", data["hot"]),
             ):
-                wrk(target, 2, 1, key=key)
+                wrk(target, warm, 1, key=key)
                 lat[name] = wrk(target, seconds, 1, key=key, latency=True)
             figures["latency_c1"] = lat
             servers.stop(bare)
@@ -708,22 +712,34 @@ def main() -> None:
             # 4. Postgres transactions per second at two rates, 4x apart
             print("bench: statements per second", flush=True)
             figures["db_transactions_per_second"] = asyncio.run(
-                statements_per_second(url, gw, data["hot"], [100.0, 400.0], 5 if quick else 15)
+                statements_per_second(
+                    url, gw, data["hot"], [100.0, 400.0], 5 if quick else 15, 1 if quick else 2
+                )
             )
             servers.stop(gateway)
 
             # 5. --workers 2 against one process
             print("bench: workers", flush=True)
             workers: dict[str, list[dict[str, float]]] = {"one": [], "two": []}
+            started = {
+                "one": servers.gateway(),
+                "two": servers.gateway("--workers", "2"),
+            }
+            for _, wport, _ in started.values():
+                wrk(f"http://127.0.0.1:{wport}/v1/customers", warm, connections, key=data["hot"])
             for _ in range(rounds):
-                for name, extra in (("one", []), ("two", ["--workers", "2"])):
-                    process, wport, _ = servers.gateway(*extra)
-                    target = f"http://127.0.0.1:{wport}/v1/customers"
-                    wrk(target, 2, connections, key=data["hot"])
+                for name, (process, wport, _) in started.items():
                     workers[name].append(
-                        measured(process.pid, target, seconds, connections, key=data["hot"])
+                        measured(
+                            process.pid,
+                            f"http://127.0.0.1:{wport}/v1/customers",
+                            seconds,
+                            connections,
+                            key=data["hot"],
+                        )
                     )
-                    servers.stop(process)
+            for process, _, _ in started.values():
+                servers.stop(process)
             figures["workers"] = workers
 
             # 6. revocation propagation to two gateway processes
