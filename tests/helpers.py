@@ -10,7 +10,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY
 
+from gateway import metrics
 from gateway.config import Config, from_dict
 
 # Cheap argon2 parameters keep the suite fast; the OWASP defaults have their own test.
@@ -66,3 +68,9 @@ async def key_status(server: TestServer, key: str, path: str = "/v1/customers") 
         ) as response:
             await response.read()
             return response.status
+
+
+def sample(name: str, **labels: str) -> float:
+    """A metric of this process as a scrape would show it (per-request updates folded)."""
+    metrics.fold()
+    return REGISTRY.get_sample_value(name, labels) or 0.0

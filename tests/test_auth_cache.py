@@ -10,21 +10,13 @@ import threading
 import aiohttp
 import asyncpg
 from aiohttp.test_utils import TestServer
-from prometheus_client import REGISTRY
 
-from gateway import metrics
 from gateway.app import LISTENER
 from gateway.clock import FakeClock
 from gateway.config import Config
 
 from .conftest import Cluster, GatewayFactory, Seed
-from .helpers import key_status, make_config, wait_for
-
-
-def sample(name: str) -> float:
-    metrics.fold()  # what a scrape does first
-    value = REGISTRY.get_sample_value(name)
-    return 0.0 if value is None else value
+from .helpers import key_status, make_config, sample, wait_for
 
 
 def bearer(key: str) -> dict[str, str]:

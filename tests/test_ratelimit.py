@@ -20,7 +20,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import REGISTRY
 
 from gateway.app import LIMITER
 from gateway.clock import FakeClock
@@ -29,7 +28,7 @@ from gateway.keys import KeyRecord
 from gateway.ratelimit import SlidingWindowLimiter
 
 from .conftest import Cluster, GatewayFactory, Seed
-from .helpers import make_config, wait_for
+from .helpers import make_config, sample, wait_for
 
 MIDNIGHT = dt.datetime(2027, 3, 1, tzinfo=dt.UTC).timestamp()  # a Monday, 00:00:00 UTC
 
@@ -250,10 +249,6 @@ async def get(
         async with session.get(server.make_url(path), headers=bearer(key, **headers)) as response:
             await response.read()
             return response
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_concurrent_requests_admit_exactly_the_limit(

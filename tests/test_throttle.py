@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from prometheus_client import REGISTRY
 
 from gateway.clock import FakeClock
 from gateway.config import Config, FailedAuthConfig
@@ -20,7 +19,7 @@ from gateway.keys import KeyFormat
 from gateway.throttle import FailedAuthThrottle
 
 from .conftest import GatewayFactory, Seed
-from .helpers import make_config
+from .helpers import make_config, sample
 
 PER_IP, PER_KEY = 5, 4
 _addresses = ipaddress.ip_network("198.18.0.0/15").hosts()
@@ -29,10 +28,6 @@ _addresses = ipaddress.ip_network("198.18.0.0/15").hosts()
 def fresh_ip() -> str:
     """An address no other request in the session used."""
     return str(next(_addresses))
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def work_done() -> tuple[float, float]:
