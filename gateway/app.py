@@ -91,11 +91,12 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
     auth = Authenticator(app[STORE], config.keys, app[CLOCK])
     listener = NotificationListener(config.database, auth.key_changed, auth.listener_reconnected)
     await listener.start()
+    auth.start()
     app[AUTH] = auth
     app[LISTENER] = listener
     yield
     await listener.stop()
-    auth.close()
+    await auth.close()
 
 
 async def _limits(app: web.Application) -> AsyncIterator[None]:

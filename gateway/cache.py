@@ -54,6 +54,10 @@ class KeyCache:
             self._entries.move_to_end(public_id)
         return entry
 
+    def peek(self, public_id: str) -> CacheEntry | None:
+        """The entry, without counting this as a use (eviction order unchanged)."""
+        return self._entries.get(public_id)
+
     def put(self, public_id: str, entry: CacheEntry) -> None:
         self._entries[public_id] = entry
         self._entries.move_to_end(public_id)

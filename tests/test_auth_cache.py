@@ -11,7 +11,8 @@ import aiohttp
 import asyncpg
 from aiohttp.test_utils import TestServer
 
-from gateway.app import LISTENER
+from gateway.app import AUTH, CONFIG, LISTENER
+from gateway.auth import REFRESH_GRACE_SECONDS
 from gateway.clock import FakeClock
 from gateway.config import Config
 
@@ -130,6 +131,75 @@ async def test_listener_reconnect_reconfirms_every_cached_key(
     assert await key_status(gateway, kept.key) == 200
     # Re-confirming a kept key is one query, not another argon2 verification.
     assert sample("gateway_argon2_verifications_total") == argon2_before
+
+
+async def quietly(db: asyncpg.Connection, statement: str, *args: object) -> None:
+    """A change whose notice no process gets (triggers off for this statement)."""
+    await db.execute("SET session_replication_role = replica")
+    try:
+        await db.execute(statement, *args)
+    finally:
+        await db.execute("RESET session_replication_role")
+
+
+async def test_keys_past_their_ttl_are_reconfirmed_in_one_background_query(
+    start_gateway: GatewayFactory, config: Config, seed: Seed, db: asyncpg.Connection
+) -> None:
+    """Past the TTL a key is used as it is and the next batch asks Postgres for every key
+    due at once: no request waits for a query, and a change whose notice was lost still
+    reaches the cache."""
+    clock = FakeClock(start=dt.datetime.now(dt.UTC).timestamp())
+    gateway = await start_gateway(
+        make_config(config.database.url, config.proxy.upstream, keys={"cache_ttl_seconds": 60}),
+        clock=clock,
+    )
+    account = await seed.account()
+    kept, disabled, deleted = [await seed.key(account, name=n) for n in ("k", "x", "d")]
+    for key in (kept, disabled, deleted):
+        assert await key_status(gateway, key.key) == 200
+    await quietly(db, "UPDATE api_keys SET enabled = false WHERE id = $1", disabled.id)
+    await quietly(
+        db, "UPDATE api_keys SET deleted_at = now(), secret_hash = NULL WHERE id = $1", deleted.id
+    )
+    clock.advance(61)
+    lookups = sample("gateway_key_lookups_total")
+    for key in (kept, disabled, deleted):
+        assert await key_status(gateway, key.key) == 200  # due: used as cached
+    assert sample("gateway_key_lookups_total") == lookups
+    await gateway.app[AUTH].refresh()
+    assert sample("gateway_key_lookups_total") == lookups + 1  # one query for all three
+    assert await key_status(gateway, kept.key) == 200
+    assert await key_status(gateway, disabled.key) == 401
+    assert sample("gateway_key_lookups_total") == lookups + 1  # both fresh from the batch
+    assert await key_status(gateway, deleted.key) == 401  # dropped: verified from scratch
+
+
+async def test_a_key_no_batch_reconfirmed_is_confirmed_before_use(
+    start_gateway: GatewayFactory, config: Config, seed: Seed, db: asyncpg.Connection
+) -> None:
+    clock = FakeClock(start=dt.datetime.now(dt.UTC).timestamp())
+    gateway = await start_gateway(
+        make_config(config.database.url, config.proxy.upstream, keys={"cache_ttl_seconds": 60}),
+        clock=clock,
+    )
+    key = await seed.key()
+    assert await key_status(gateway, key.key) == 200
+    await quietly(db, "UPDATE api_keys SET enabled = false WHERE id = $1", key.id)
+    clock.advance(60 + REFRESH_GRACE_SECONDS)
+    assert await key_status(gateway, key.key) == 401
+
+
+async def test_the_background_batches_run_by_themselves(
+    gateway: TestServer, seed: Seed, db: asyncpg.Connection
+) -> None:
+    """With the real clock and the default TTL, a due key is picked up within a second."""
+    key = await seed.key()
+    assert await key_status(gateway, key.key) == 200
+    auth = gateway.app[AUTH]
+    auth.cache.peek(key.public_id).confirmed_at -= gateway.app[CONFIG].keys.cache_ttl_seconds
+    await quietly(db, "UPDATE api_keys SET enabled = false WHERE id = $1", key.id)
+    assert await key_status(gateway, key.key) == 200  # due
+    await wait_for(lambda: _is(gateway, key.key, 401), timeout=5)
 
 
 async def test_cached_keys_survive_a_database_outage_uncached_get_503(
