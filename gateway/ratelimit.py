@@ -360,17 +360,22 @@ class SlidingWindowLimiter:
             windows.advance(second, batch.day)
             minute_delta = 0
             start, n_start = 0, 0  # the bucket being summed (seconds only increase)
-            for entry in windows.seconds:
+            # Counts land only on the last second (or a new one) and a sync takes them all
+            # (a failed one gives back the same suffix): what is unwritten is a suffix.
+            seconds = windows.seconds
+            first = len(seconds)
+            while first and seconds[first - 1][1] != seconds[first - 1][2]:
+                first -= 1
+            for entry in seconds[first:]:
                 n = entry[1] - entry[2]
-                if n:
-                    if entry[0] - entry[0] % BUCKET != start:
-                        if n_start:
-                            batch.deltas.append((key_id, "minute", start, n_start))
-                        start, n_start = entry[0] - entry[0] % BUCKET, 0
-                    n_start += n
-                    batch.minute_marks.append((entry, n))
-                    entry[2] = entry[1]
-                    minute_delta += n
+                if entry[0] - entry[0] % BUCKET != start:
+                    if n_start:
+                        batch.deltas.append((key_id, "minute", start, n_start))
+                    start, n_start = entry[0] - entry[0] % BUCKET, 0
+                n_start += n
+                batch.minute_marks.append((entry, n))
+                entry[2] = entry[1]
+                minute_delta += n
             if n_start:
                 batch.deltas.append((key_id, "minute", start, n_start))
             day_delta = windows.own_day - windows.synced_day
