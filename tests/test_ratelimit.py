@@ -408,6 +408,11 @@ async def test_one_sync_is_one_statement_for_every_key(
     )
 
 
+async def statuses(gateway: TestServer, key: str, n: int) -> list[int]:
+    """The statuses of `n` requests in a row with `key`."""
+    return [(await get(gateway, key)).status for _ in range(n)]
+
+
 async def test_two_gateways_on_one_database_share_the_budget(
     start_gateway: GatewayFactory, config: Config, seed: Seed
 ) -> None:
@@ -418,26 +423,23 @@ async def test_two_gateways_on_one_database_share_the_budget(
     first, second = await start_gateway(slow, clock), await start_gateway(slow, clock)
     key = await seed.key(rate_limit_per_minute=10)
 
-    async def statuses(gateway: TestServer, n: int) -> list[int]:
-        return [(await get(gateway, key.key)).status for _ in range(n)]
-
     async def sync(gateway: TestServer) -> None:
         assert await gateway.app[LIMITER].sync()
 
-    assert await statuses(second, 1) == [200]
-    assert await statuses(first, 6) == [200] * 6
+    assert await statuses(second, key.key, 1) == [200]
+    assert await statuses(first, key.key, 6) == [200] * 6
     await sync(first)
     await sync(second)  # writes its 1, learns the first's 6
-    assert await statuses(second, 5) == [200] * 3 + [429] * 2  # 10 in all
+    assert await statuses(second, key.key, 5) == [200] * 3 + [429] * 2  # 10 in all
     await sync(second)
     await sync(first)  # served nothing since its last sync: reads nothing back
     # Taking the key up again, the first still sees 6 of 10: one interval of its own
     # admissions is the overshoot (README "Rate limits": limit + P x R x T at worst).
-    assert await statuses(first, 1) == [200]
+    assert await statuses(first, key.key, 1) == [200]
     await sync(first)  # learns the second's 4
-    assert await statuses(first, 3) == [429] * 3
+    assert await statuses(first, key.key, 3) == [429] * 3
     await sync(second)  # learns the first's 7
-    assert await statuses(second, 1) == [429]
+    assert await statuses(second, key.key, 1) == [429]
 
 
 async def test_one_process_stays_exact_when_a_read_bucket_holds_older_requests(
@@ -450,15 +452,12 @@ async def test_one_process_stays_exact_when_a_read_bucket_holds_older_requests(
     gateway = await start_gateway(limits_config(config, sync_interval_seconds=3600), clock)
     key = await seed.key(rate_limit_per_minute=5)
 
-    async def statuses(n: int) -> list[int]:
-        return [(await get(gateway, key.key)).status for _ in range(n)]
-
-    assert await statuses(6) == [200] * 5 + [429]
+    assert await statuses(gateway, key.key, 6) == [200] * 5 + [429]
     assert await gateway.app[LIMITER].sync()
     clock.advance(60)  # those five left the minute; their bucket (1230-1239) is still read
-    assert await statuses(1) == [200]
+    assert await statuses(gateway, key.key, 1) == [200]
     assert await gateway.app[LIMITER].sync()  # reads back 5 + 1, all this process's
-    assert await statuses(5) == [200] * 4 + [429]
+    assert await statuses(gateway, key.key, 5) == [200] * 4 + [429]
 
 
 async def test_another_process_counts_fully_once_older_buckets_are_no_longer_read(
@@ -471,17 +470,14 @@ async def test_another_process_counts_fully_once_older_buckets_are_no_longer_rea
     first, second = await start_gateway(slow, clock), await start_gateway(slow, clock)
     key = await seed.key(rate_limit_per_minute=5)
 
-    async def statuses(gateway: TestServer, n: int) -> list[int]:
-        return [(await get(gateway, key.key)).status for _ in range(n)]
-
-    assert await statuses(first, 5) == [200] * 5
+    assert await statuses(first, key.key, 5) == [200] * 5
     assert await first.app[LIMITER].sync()
     clock.advance(70)  # the bucket of those five is no longer read
-    assert await statuses(second, 3) == [200] * 3
+    assert await statuses(second, key.key, 3) == [200] * 3
     assert await second.app[LIMITER].sync()
-    assert await statuses(first, 1) == [200]
+    assert await statuses(first, key.key, 1) == [200]
     assert await first.app[LIMITER].sync()  # learns the second's 3
-    assert await statuses(first, 2) == [200, 429]
+    assert await statuses(first, key.key, 2) == [200, 429]
 
 
 async def test_day_count_survives_a_gateway_restart(
