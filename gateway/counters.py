@@ -4,10 +4,10 @@ One row per key, window and window start: the day rows start at 00:00 UTC, the m
 rows are 10-second buckets (`BUCKET`): a sync adds a key's requests of each second to the
 bucket that second falls in, and reads back the buckets that hold any of the last 60
 seconds (`minute_from`), so Postgres holds and reads 6-7 rows per key in use rather than
-one per second with requests. A process never
-writes per request: `sync` adds everything it counted since its last sync in one
-statement, and in the same statement reads back the totals of the keys it is serving.
-`CounterStore` is the seam for another backend; `PostgresCounters` is the one we ship.
+one per second with requests. A process never writes per request: `sync` adds everything
+it counted since its last sync in one statement, and in the same statement reads back the
+totals of the keys it is serving. `CounterStore` is the seam for another backend;
+`PostgresCounters` is the one we ship.
 """
 
 from __future__ import annotations
