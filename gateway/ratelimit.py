@@ -48,7 +48,7 @@ import asyncpg
 from . import metrics
 from .clock import Clock
 from .config import RateLimitConfig
-from .counters import BUCKET, DAY, MINUTE, CounterStore, Delta, Totals, minute_from
+from .counters import DAY, MINUTE, CounterStore, Delta, Totals, bucket, minute_from
 from .db import UNAVAILABLE
 from .keys import KeyRecord
 from .throttle import UNTHROTTLED, AuthAttempt, FailedAuthThrottle
@@ -141,12 +141,12 @@ class _Windows:
             self.left += seconds[:gone]
             del seconds[:gone]
         left = self.left
-        if left and left[0][0] < minute_from(second):
+        if left:
             first = minute_from(second)
-            kept = 0
-            while kept < len(left) and left[kept][0] < first:
-                kept += 1
-            del left[:kept]
+            unread = 0
+            while unread < len(left) and left[unread][0] < first:
+                unread += 1
+            del left[:unread]
         if self.others_minute and second >= self.others_second + MINUTE:
             self.others_minute = 0
         if day > self.day:
@@ -368,10 +368,10 @@ class SlidingWindowLimiter:
                 first -= 1
             for entry in seconds[first:]:
                 n = entry[1] - entry[2]
-                if entry[0] - entry[0] % BUCKET != start:
+                if bucket(entry[0]) != start:
                     if n_start:
                         batch.deltas.append((key_id, "minute", start, n_start))
-                    start, n_start = entry[0] - entry[0] % BUCKET, 0
+                    start, n_start = bucket(entry[0]), 0
                 n_start += n
                 batch.minute_marks.append((entry, n))
                 entry[2] = entry[1]

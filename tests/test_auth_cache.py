@@ -104,6 +104,15 @@ async def test_deleted_key_is_refused_at_once(gateway: TestServer, seed: Seed) -
     await wait_for(lambda: _is(gateway, key.key, 401), timeout=1.0)
 
 
+async def quietly(db: asyncpg.Connection, statement: str, *args: object) -> None:
+    """A change whose notice no process gets (triggers off for this statement)."""
+    await db.execute("SET session_replication_role = replica")
+    try:
+        await db.execute(statement, *args)
+    finally:
+        await db.execute("RESET session_replication_role")
+
+
 async def test_listener_reconnect_reconfirms_every_cached_key(
     gateway: TestServer, seed: Seed, db: asyncpg.Connection
 ) -> None:
@@ -115,13 +124,10 @@ async def test_listener_reconnect_reconfirms_every_cached_key(
     listener = gateway.app[LISTENER]
     reconnects = sample("gateway_listener_reconnects_total")
     old_pid = listener.backend_pid
-    # A change whose notice this process never gets (triggers off for this session),
-    # then the listener's connection is cut.
-    await db.execute("SET session_replication_role = replica")
-    await db.execute(
-        "UPDATE api_keys SET deleted_at = now(), secret_hash = NULL WHERE id = $1", deleted.id
+    # A change whose notice this process never gets, then the listener's connection is cut.
+    await quietly(
+        db, "UPDATE api_keys SET deleted_at = now(), secret_hash = NULL WHERE id = $1", deleted.id
     )
-    await db.execute("RESET session_replication_role")
     assert await key_status(gateway, deleted.key) == 200  # the cache has not heard of it
     await db.execute("SELECT pg_terminate_backend($1)", old_pid)
     await wait_for(lambda: sample("gateway_listener_reconnects_total") > reconnects)
@@ -131,15 +137,6 @@ async def test_listener_reconnect_reconfirms_every_cached_key(
     assert await key_status(gateway, kept.key) == 200
     # Re-confirming a kept key is one query, not another argon2 verification.
     assert sample("gateway_argon2_verifications_total") == argon2_before
-
-
-async def quietly(db: asyncpg.Connection, statement: str, *args: object) -> None:
-    """A change whose notice no process gets (triggers off for this statement)."""
-    await db.execute("SET session_replication_role = replica")
-    try:
-        await db.execute(statement, *args)
-    finally:
-        await db.execute("RESET session_replication_role")
 
 
 async def test_keys_past_their_ttl_are_reconfirmed_in_one_background_query(

@@ -140,11 +140,7 @@ def test_a_fold_exports_what_observing_one_by_one_would() -> None:
         ]
 
     assert samples(folded) == samples(one_by_one)
-    assert value_of(samples(folded), "h_count") == len(amounts)
-
-
-def value_of(samples: list[tuple[str, dict[str, str], float]], name: str) -> float:
-    return next(v for n, _, v in samples if n == name)
+    assert next(v for n, _, v in samples(folded) if n == "h_count") == len(amounts)
 
 
 async def test_no_label_carries_a_key_a_key_id_or_a_path(
