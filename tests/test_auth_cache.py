@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import os
 import threading
 
@@ -12,7 +13,7 @@ import asyncpg
 from aiohttp.test_utils import TestServer
 
 from gateway.app import AUTH, CONFIG, LISTENER
-from gateway.auth import REFRESH_GRACE_SECONDS
+from gateway.auth import REFRESH_GRACE_SECONDS, settle_argon2_thread
 from gateway.clock import FakeClock
 from gateway.config import Config
 
@@ -227,15 +228,37 @@ async def test_cached_keys_survive_a_database_outage_uncached_get_503(
     assert await key_status(gateway, uncached.key) == 200
 
 
-async def test_argon2_runs_in_idle_class_threads_and_the_loop_does_not(
+async def test_argon2_runs_in_idle_class_threads_pinned_and_the_loop_does_not(
     gateway: TestServer, seed: Seed
 ) -> None:
-    """Verifications get only CPU time the event loop does not want (SCHED_IDLE)."""
+    """Verifications get only CPU time the event loop does not want (SCHED_IDLE), on one
+    CPU; the loop's thread is left as it is."""
     key = await seed.key()
     assert await key_status(gateway, key.key) == 200  # a miss: one argon2 verification
-    workers = [t for t in threading.enumerate() if t.name.startswith("argon2")]
+    workers = [t.native_id for t in threading.enumerate() if t.name.startswith("argon2")]
     assert workers
-    for thread in workers:
-        assert thread.native_id is not None
-        assert os.sched_getscheduler(thread.native_id) == os.SCHED_IDLE
+    for native_id in workers:
+        assert native_id is not None
+        assert os.sched_getscheduler(native_id) == os.SCHED_IDLE
+        assert len(os.sched_getaffinity(native_id)) == 1
     assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE
+    assert os.sched_getaffinity(threading.get_native_id()) == os.sched_getaffinity(0)
+
+
+def test_argon2_threads_are_pinned_to_cpus_of_their_own() -> None:
+    """The pool's n-th thread takes the n-th CPU from the last, so verifications running
+    at once spread over the CPUs the process may use."""
+    cpus = sorted(os.sched_getaffinity(0))
+    threads = itertools.count()
+    pinned: list[set[int]] = []
+
+    def settle() -> None:
+        settle_argon2_thread(threads)
+        pinned.append(os.sched_getaffinity(0))
+
+    for _ in range(len(cpus) + 1):
+        thread = threading.Thread(target=settle)
+        thread.start()
+        thread.join()
+    expected = [cpus[-1 - n % len(cpus)] for n in range(len(cpus) + 1)]
+    assert pinned == [{cpu} for cpu in expected]
