@@ -172,6 +172,32 @@ async def test_keys_past_their_ttl_are_reconfirmed_in_one_background_query(
     assert await key_status(gateway, deleted.key) == 401  # dropped: verified from scratch
 
 
+async def test_a_large_batch_is_asked_for_in_chunks(
+    start_gateway: GatewayFactory, config: Config, seed: Seed, db: asyncpg.Connection
+) -> None:
+    """Many due keys take several bounded queries (the loop reads each one's rows into
+    records in one stretch), and every key is re-confirmed by its chunk."""
+    clock = FakeClock(start=dt.datetime.now(dt.UTC).timestamp())
+    gateway = await start_gateway(
+        make_config(config.database.url, config.proxy.upstream, keys={"cache_ttl_seconds": 60}),
+        clock=clock,
+    )
+    auth = gateway.app[AUTH]
+    auth.refresh_chunk = 2
+    keys = [await seed.key() for _ in range(5)]
+    for key in keys:
+        assert await key_status(gateway, key.key) == 200
+    await quietly(db, "UPDATE api_keys SET enabled = false WHERE id = $1", keys[-1].id)
+    clock.advance(61)
+    for key in keys:
+        assert await key_status(gateway, key.key) == 200  # due: used as cached
+    lookups = sample("gateway_key_lookups_total")
+    await auth.refresh()
+    assert sample("gateway_key_lookups_total") == lookups + 3  # 2 + 2 + 1
+    assert [await key_status(gateway, key.key) for key in keys] == [200, 200, 200, 200, 401]
+    assert sample("gateway_key_lookups_total") == lookups + 3  # all fresh from the chunks
+
+
 async def test_a_key_no_batch_reconfirmed_is_confirmed_before_use(
     start_gateway: GatewayFactory, config: Config, seed: Seed, db: asyncpg.Connection
 ) -> None:
