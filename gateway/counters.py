@@ -12,6 +12,7 @@ totals of the keys it is serving. `CounterStore` is the seam for another backend
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from typing import Protocol
@@ -34,8 +35,29 @@ def minute_from(second: int) -> int:
     return bucket(second - MINUTE + 1)
 
 
-# A count to add: key id, window name ("minute" or "day"), window start (epoch seconds), n.
-Delta = tuple[uuid.UUID, str, int, int]
+@dataclasses.dataclass(slots=True)
+class Deltas:
+    """Counts to add, in the columns Postgres receives them: (key, bucket start, n) for
+    the minute's buckets, (key, n) for the day of the sync. Columns rather than one tuple
+    per count: a sync of a few thousand keys is sent without a tuple or a window name a
+    count, and asyncpg checks every array element it encodes."""
+
+    minute_keys: list[uuid.UUID] = dataclasses.field(default_factory=list)
+    minute_starts: list[int] = dataclasses.field(default_factory=list)
+    minute_counts: list[int] = dataclasses.field(default_factory=list)
+    day_keys: list[uuid.UUID] = dataclasses.field(default_factory=list)
+    day_counts: list[int] = dataclasses.field(default_factory=list)
+
+    def add_minute(self, key_id: uuid.UUID, start: int, n: int) -> None:
+        self.minute_keys.append(key_id)
+        self.minute_starts.append(start)
+        self.minute_counts.append(n)
+
+    def add_day(self, key_id: uuid.UUID, n: int) -> None:
+        self.day_keys.append(key_id)
+        self.day_counts.append(n)
+
+
 # What Postgres holds for a key: requests in the buckets from `minute_from(second)` to
 # `second`, and that day.
 Totals = dict[uuid.UUID, tuple[int, int]]
@@ -43,9 +65,10 @@ Totals = dict[uuid.UUID, tuple[int, int]]
 
 class CounterStore(Protocol):
     async def sync(
-        self, deltas: Sequence[Delta], keys: Sequence[uuid.UUID], second: int, day: int
+        self, deltas: Deltas, keys: Sequence[uuid.UUID], second: int, day: int
     ) -> Totals:
-        """Add `deltas`; return the totals of `keys` as they were just before."""
+        """Add `deltas` (the day ones to `day`); return the totals of `keys` as they were
+        just before."""
 
     async def load(self, second: int, day: int) -> Totals:
         """The totals of every key with counts in the buckets of the minute ending at
@@ -60,9 +83,11 @@ class CounterStore(Protocol):
 # Rows are written in one order in every process, so two syncs never deadlock.
 _SYNC = """
 WITH delta AS (
-    SELECT d.key_id, d.window_name, to_timestamp(d.window_start) AS window_start, d.count
-      FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[])
-           AS d(key_id, window_name, window_start, count)
+    SELECT m.key_id, 'minute' AS window_name, to_timestamp(m.start) AS window_start, m.count
+      FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS m(key_id, start, count)
+    UNION ALL
+    SELECT d.key_id, 'day', to_timestamp($9::bigint), d.count
+      FROM unnest($4::uuid[], $5::bigint[]) AS d(key_id, count)
 ), written AS (
     INSERT INTO rate_limit_counters AS c (key_id, window_name, window_start, count)
     SELECT key_id, window_name, window_start, count FROM delta
@@ -74,10 +99,10 @@ SELECT key_id,
        coalesce(sum(count) FILTER (WHERE window_name = 'minute'), 0)::bigint AS minute,
        coalesce(sum(count) FILTER (WHERE window_name = 'day'), 0)::bigint AS day
   FROM rate_limit_counters
- WHERE key_id = ANY($5::uuid[])
+ WHERE key_id = ANY($6::uuid[])
    AND ((window_name = 'minute'
-         AND window_start BETWEEN to_timestamp($6::bigint) AND to_timestamp($7::bigint))
-        OR (window_name = 'day' AND window_start = to_timestamp($8::bigint)))
+         AND window_start BETWEEN to_timestamp($7::bigint) AND to_timestamp($8::bigint))
+        OR (window_name = 'day' AND window_start = to_timestamp($9::bigint)))
  GROUP BY key_id
 """
 
@@ -104,15 +129,16 @@ class PostgresCounters:
         self._pool = pool
 
     async def sync(
-        self, deltas: Sequence[Delta], keys: Sequence[uuid.UUID], second: int, day: int
+        self, deltas: Deltas, keys: Sequence[uuid.UUID], second: int, day: int
     ) -> Totals:
         rows = await self._pool.fetch(
             _SYNC,
-            [d[0] for d in deltas],
-            [d[1] for d in deltas],
-            [d[2] for d in deltas],
-            [d[3] for d in deltas],
-            list(keys),
+            deltas.minute_keys,
+            deltas.minute_starts,
+            deltas.minute_counts,
+            deltas.day_keys,
+            deltas.day_counts,
+            keys,
             minute_from(second),
             second,
             day,

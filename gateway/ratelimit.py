@@ -48,7 +48,7 @@ import asyncpg
 from . import metrics
 from .clock import Clock
 from .config import RateLimitConfig
-from .counters import DAY, MINUTE, CounterStore, Delta, Totals, bucket, minute_from
+from .counters import DAY, MINUTE, CounterStore, Deltas, Totals, bucket, minute_from
 from .db import UNAVAILABLE
 from .keys import KeyRecord
 from .throttle import UNTHROTTLED, AuthAttempt, FailedAuthThrottle
@@ -195,7 +195,7 @@ class _Batch:
 
     second: int
     day: int
-    deltas: list[Delta] = dataclasses.field(default_factory=list)
+    deltas: Deltas = dataclasses.field(default_factory=Deltas)
     minute_marks: list[tuple[list[int], int]] = dataclasses.field(default_factory=list)
     day_marks: list[tuple[_Windows, int, int]] = dataclasses.field(default_factory=list)
     # key id → own count in the minute's buckets, own day count, and this batch's minute
@@ -352,6 +352,7 @@ class SlidingWindowLimiter:
     def _take(self) -> _Batch:
         second = math.floor(self._clock.time())
         batch = _Batch(second, second - second % DAY)
+        deltas = batch.deltas
         touched, self._touched = self._touched, set()
         for key_id in touched:
             windows = self._keys.get(key_id)
@@ -370,18 +371,22 @@ class SlidingWindowLimiter:
                 n = entry[1] - entry[2]
                 if bucket(entry[0]) != start:
                     if n_start:
-                        batch.deltas.append((key_id, "minute", start, n_start))
+                        deltas.add_minute(key_id, start, n_start)
                     start, n_start = bucket(entry[0]), 0
                 n_start += n
                 batch.minute_marks.append((entry, n))
                 entry[2] = entry[1]
                 minute_delta += n
             if n_start:
-                batch.deltas.append((key_id, "minute", start, n_start))
+                deltas.add_minute(key_id, start, n_start)
             day_delta = windows.own_day - windows.synced_day
+            if windows.day != batch.day:  # the clock stepped back over midnight
+                if day_delta:
+                    self._touched.add(key_id)  # written once the clock is back on its day
+                day_delta = 0
             if day_delta:
-                batch.deltas.append((key_id, "day", windows.day, day_delta))
-                batch.day_marks.append((windows, windows.day, day_delta))
+                deltas.add_day(key_id, day_delta)
+                batch.day_marks.append((windows, batch.day, day_delta))
                 windows.synced_day = windows.own_day
             batch.keys[key_id] = (
                 windows.own_in_buckets(),

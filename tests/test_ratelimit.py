@@ -408,6 +408,35 @@ async def test_one_sync_is_one_statement_for_every_key(
     )
 
 
+async def test_a_day_the_clock_stepped_back_from_is_written_to_that_day(
+    start_gateway: GatewayFactory, config: Config, seed: Seed, db: asyncpg.Connection
+) -> None:
+    """Requests counted on a day the clock then stepped back from (over midnight) wait
+    for the clock to reach that day again; they never land on the day before."""
+    clock = FakeClock(MIDNIGHT + 5.5)  # 00:00:05
+    gateway = await start_gateway(limits_config(config, sync_interval_seconds=3600), clock)
+    limiter = gateway.app[LIMITER]
+    key = await seed.key()
+
+    async def day_rows() -> list[tuple[float, int]]:
+        rows = await db.fetch(
+            "SELECT extract(epoch FROM window_start)::float8 AS day, count"
+            " FROM rate_limit_counters WHERE key_id = $1 AND window_name = 'day'",
+            key.id,
+        )
+        return [(r["day"], r["count"]) for r in rows]
+
+    assert await statuses(gateway, key.key, 3) == [200] * 3
+    clock.advance(-10)  # 23:59:55 the day before
+    assert await limiter.sync()
+    assert await day_rows() == []
+    assert limiter.pending == 3
+    clock.advance(10)
+    assert await limiter.sync()
+    assert await day_rows() == [(MIDNIGHT, 3)]
+    assert limiter.pending == 0
+
+
 async def statuses(gateway: TestServer, key: str, n: int) -> list[int]:
     """The statuses of `n` requests in a row with `key`."""
     return [(await get(gateway, key)).status for _ in range(n)]
