@@ -2,9 +2,9 @@
 
 Starts Postgres (embedded unless DATABASE_URL), the demo upstream, the bare aiohttp proxy
 (bench/bare_proxy.py) and the gateway, and measures in turn. The servers compared with
-each other run side by side and every round measures each once, each right after its
-baseline: the machine's speed drifts by 10-20% within a minute, so a ratio is the median
-over the rounds of pairs measured seconds apart.
+each other run side by side and every round measures each once, next to its baseline
+(first in every other round): the machine's speed drifts by 10-20% within a minute, so a
+ratio is the median over the rounds of pairs measured seconds apart.
 
 
 - throughput and server CPU per request, gateway hot path against the bare proxy, and a
@@ -559,15 +559,14 @@ asyncio.run(main())
 
 
 def machine() -> dict[str, Any]:
-    import aiohttp as _aiohttp
-    import uvloop
+    from importlib.metadata import version
 
     return {
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "aiohttp": _aiohttp.__version__,
-        "uvloop": uvloop.__version__,
+        "aiohttp": version("aiohttp"),
+        "uvloop": version("uvloop"),
         "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0],
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
@@ -648,22 +647,25 @@ def main() -> None:
             wrk(gw_url, warm, connections, key=data["hot"])
             wrk(gw_url, warm, connections, script=script)
             wrk(plain_url, warm, connections, key=data["hot"])
-            for _ in range(rounds):
-                rows["bare"].append(measured(bare.pid, bare_url, seconds, connections))
-                rows["hot"].append(
-                    measured(gateway.pid, gw_url, seconds, connections, key=data["hot"])
-                )
-                # The same rotating-key script as the mix: wrk's Lua costs CPU on the
-                # same two cores, so the mix is compared with the bare proxy under it.
-                rows["bare_mix"].append(
-                    measured(bare.pid, bare_url, seconds, connections, script=script)
-                )
-                rows["mix"].append(
-                    measured(gateway.pid, gw_url, seconds, connections, script=script)
-                )
-                rows["hot_asyncio"].append(
-                    measured(plain.pid, plain_url, seconds, connections, key=data["hot"])
-                )
+            # The same rotating-key script for the mix and its baseline: wrk's Lua costs
+            # CPU on the same two cores, so the mix is compared with the bare proxy under it.
+            pairs = [
+                (
+                    ("bare", bare.pid, bare_url, {}),
+                    ("hot", gateway.pid, gw_url, {"key": data["hot"]}),
+                ),
+                (
+                    ("bare_mix", bare.pid, bare_url, {"script": script}),
+                    ("mix", gateway.pid, gw_url, {"script": script}),
+                ),
+                (("hot_asyncio", plain.pid, plain_url, {"key": data["hot"]}),),
+            ]
+            for index in range(rounds):
+                for pair in pairs:
+                    # Odd rounds measure the pair the other way round: a drift of the
+                    # machine within a pair does not always favour the same side.
+                    for name, pid, target, load in pair[:: -1 if index % 2 else 1]:
+                        rows[name].append(measured(pid, target, seconds, connections, **load))
             for process in (plain, gateway, bare):
                 servers.stop(process)
             figures["throughput"] = rows
@@ -728,8 +730,9 @@ def main() -> None:
             }
             for _, wport, _ in started.values():
                 wrk(f"http://127.0.0.1:{wport}/v1/customers", warm, connections, key=data["hot"])
-            for _ in range(rounds):
-                for name, (process, wport, _) in started.items():
+            for index in range(rounds):
+                order = list(started.items())[:: -1 if index % 2 else 1]  # as above
+                for name, (process, wport, _) in order:
                     workers[name].append(
                         measured(
                             process.pid,
@@ -790,8 +793,10 @@ def report(figures: dict[str, Any]) -> None:
     def paired(runs: str, baseline: str, field: str) -> float:
         """The median over rounds of run ÷ baseline, each pair measured back to back:
         steadier than a ratio of medians when the machine's speed drifts between rounds."""
-        return statistics.median(
-            r[field] / b[field] for r, b in zip(t[runs], t[baseline], strict=True)
+        return float(
+            statistics.median(
+                r[field] / b[field] for r, b in zip(t[runs], t[baseline], strict=True)
+            )
         )
 
     hot_rps, hot_cpu = _median(t["hot"], "rps"), _median(t["hot"], "cpu_us_per_request")
