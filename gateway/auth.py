@@ -129,10 +129,11 @@ def settle_argon2_thread(threads: Iterator[int]) -> None:
 
     An idle-class thread that may run anywhere is moved from core to core as the loop,
     the upstream and Postgres wake up, and takes its 19 MiB of hash memory through each
-    core's caches. Pinned (the n-th thread of the pool to the n-th CPU from the last one
-    the process may use, so concurrent verifications still spread), the hot path's p99
-    at concurrency 1 under 20 new keys a second fell from ~2.8 to ~1.8 ms (the bench's
-    cold-load step, pinned and not in 4 alternating rounds; alone ~1.2 ms).
+    core's caches. Pinned, the hot path's p99 at concurrency 1 under 20 new keys a second
+    fell from ~2.8 to ~1.8 ms (the bench's cold-load step, pinned and not in 4 alternating
+    rounds; alone ~1.2 ms). The pool's threads take successive CPUs of those the process
+    may use, so concurrent verifications still spread; the first is picked by the process
+    id, so that `--workers` processes do not all start on the same one.
     """
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
@@ -155,7 +156,7 @@ class Authenticator:
             max_workers=config.verify_concurrency,
             thread_name_prefix="argon2",
             initializer=settle_argon2_thread,
-            initargs=(itertools.count(),),
+            initargs=(itertools.count(os.getpid()),),
         )
         self._slots = asyncio.Semaphore(config.verify_concurrency)
         self._inflight: dict[bytes, asyncio.Future[KeyRecord]] = {}

@@ -272,8 +272,9 @@ async def test_argon2_runs_in_idle_class_threads_pinned_and_the_loop_does_not(
 
 
 def test_argon2_threads_are_pinned_to_cpus_of_their_own() -> None:
-    """The pool's n-th thread takes the n-th CPU from the last, so verifications running
-    at once spread over the CPUs the process may use."""
+    """Successive threads of the pool take successive CPUs (counting down from the one the
+    pool's counter starts at), so verifications running at once spread over the CPUs the
+    process may use."""
     cpus = sorted(os.sched_getaffinity(0))
     threads = itertools.count()
     pinned: list[set[int]] = []
