@@ -197,7 +197,7 @@ class _Batch:
     day: int
     deltas: Deltas = dataclasses.field(default_factory=Deltas)
     minute_marks: list[tuple[list[int], int]] = dataclasses.field(default_factory=list)
-    day_marks: list[tuple[_Windows, int, int]] = dataclasses.field(default_factory=list)
+    day_marks: list[tuple[_Windows, int]] = dataclasses.field(default_factory=list)
     # key id → own count in the minute's buckets, own day count, and this batch's minute
     # and day deltas
     keys: dict[uuid.UUID, tuple[int, int, int, int]] = dataclasses.field(default_factory=dict)
@@ -334,9 +334,7 @@ class SlidingWindowLimiter:
             except UNAVAILABLE as exc:
                 self._restore(batch)
                 metrics.FLUSH_FAILURES.labels("rate_limits").inc()
-                metrics.FLUSH_PENDING.labels("rate_limits").set(
-                    sum(n for _, _, n in batch.day_marks)
-                )
+                metrics.FLUSH_PENDING.labels("rate_limits").set(sum(n for _, n in batch.day_marks))
                 log.warning("rate-limit sync failed, counts kept for the next one: %s", exc)
                 return False
             except asyncpg.PostgresError:
@@ -368,11 +366,11 @@ class SlidingWindowLimiter:
             while first and seconds[first - 1][1] != seconds[first - 1][2]:
                 first -= 1
             for entry in seconds[first:]:
-                n = entry[1] - entry[2]
-                if bucket(entry[0]) != start:
+                n, at = entry[1] - entry[2], bucket(entry[0])
+                if at != start:
                     if n_start:
                         deltas.add_minute(key_id, start, n_start)
-                    start, n_start = bucket(entry[0]), 0
+                    start, n_start = at, 0
                 n_start += n
                 batch.minute_marks.append((entry, n))
                 entry[2] = entry[1]
@@ -380,13 +378,12 @@ class SlidingWindowLimiter:
             if n_start:
                 deltas.add_minute(key_id, start, n_start)
             day_delta = windows.own_day - windows.synced_day
-            if windows.day != batch.day:  # the clock stepped back over midnight
-                if day_delta:
-                    self._touched.add(key_id)  # written once the clock is back on its day
+            if day_delta and windows.day != batch.day:  # the clock stepped back over midnight
+                self._touched.add(key_id)  # written once the clock is back on its day
                 day_delta = 0
             if day_delta:
                 deltas.add_day(key_id, day_delta)
-                batch.day_marks.append((windows, batch.day, day_delta))
+                batch.day_marks.append((windows, day_delta))
                 windows.synced_day = windows.own_day
             batch.keys[key_id] = (
                 windows.own_in_buckets(),
@@ -399,8 +396,8 @@ class SlidingWindowLimiter:
     def _restore(self, batch: _Batch) -> None:
         for entry, n in batch.minute_marks:
             entry[2] -= n
-        for windows, day, n in batch.day_marks:
-            if windows.day == day:
+        for windows, n in batch.day_marks:
+            if windows.day == batch.day:
                 windows.synced_day -= n
         self._touched.update(batch.keys)  # the next sync writes their counts
 
