@@ -5,8 +5,8 @@ authenticated request; the answer carries the headers for the response, or a 429
 `check` is synchronous and touches only memory: each key's own requests per second over
 the last minute, its own count for the day, and what the other processes had counted at
 the last sync. Every `rate_limits.sync_interval_seconds` one statement
-(`counters.PostgresCounters.sync`) adds this process's new counts and reads back the totals
-of the keys it is serving; the other processes' share is folded into the next decisions.
+(`counters.PostgresCounters.sync`) adds this process's new counts and reads back what the
+other processes counted of the keys it is serving, folded into the next decisions.
 
 The sliding minute: a request made during second `s` counts until second `s + 60`, so no
 60 seconds admit more than the limit (no double burst at a minute boundary), and a 429's
@@ -198,9 +198,8 @@ class _Batch:
     deltas: Deltas = dataclasses.field(default_factory=Deltas)
     minute_marks: list[tuple[list[int], int]] = dataclasses.field(default_factory=list)
     day_marks: list[tuple[_Windows, int]] = dataclasses.field(default_factory=list)
-    # key id → own count in the minute's buckets, own day count, and this batch's minute
-    # and day deltas
-    keys: dict[uuid.UUID, tuple[int, int, int, int]] = dataclasses.field(default_factory=dict)
+    # Keys that held other processes' counts: zero unless the sync returns them again.
+    others: list[tuple[uuid.UUID, _Windows]] = dataclasses.field(default_factory=list)
 
 
 class SlidingWindowLimiter:
@@ -324,13 +323,11 @@ class SlidingWindowLimiter:
         assert self._store is not None, "start() first"
         async with self._lock:
             batch = self._take()
-            if not batch.keys:
+            if not batch.deltas.keys:
                 return True
             started = time.perf_counter()
             try:
-                totals = await self._store.sync(
-                    batch.deltas, list(batch.keys), batch.second, batch.day
-                )
+                others = await self._store.sync(batch.deltas, batch.second, batch.day)
             except UNAVAILABLE as exc:
                 self._restore(batch)
                 metrics.FLUSH_FAILURES.labels("rate_limits").inc()
@@ -344,7 +341,7 @@ class SlidingWindowLimiter:
                 return True
             metrics.FLUSH_DURATION.labels("rate_limits").observe(time.perf_counter() - started)
             metrics.FLUSH_PENDING.labels("rate_limits").set(0)
-            self._apply(batch, totals)
+            self._apply(batch, others)
             return True
 
     def _take(self) -> _Batch:
@@ -382,15 +379,18 @@ class SlidingWindowLimiter:
                 self._touched.add(key_id)  # written once the clock is back on its day
                 day_delta = 0
             if day_delta:
-                deltas.add_day(key_id, day_delta)
                 batch.day_marks.append((windows, day_delta))
                 windows.synced_day = windows.own_day
-            batch.keys[key_id] = (
-                windows.own_in_buckets(),
-                windows.own_day,
-                minute_delta,
+            # Postgres holds this process's counts from before this batch (its buckets
+            # and the day), and subtracts them: what is left, the others counted.
+            deltas.add_key(
+                key_id,
                 day_delta,
+                windows.own_in_buckets() - minute_delta,
+                windows.own_day - day_delta,
             )
+            if windows.others_minute or windows.others_day:
+                batch.others.append((key_id, windows))
         return batch
 
     def _restore(self, batch: _Batch) -> None:
@@ -399,20 +399,22 @@ class SlidingWindowLimiter:
         for windows, n in batch.day_marks:
             if windows.day == batch.day:
                 windows.synced_day -= n
-        self._touched.update(batch.keys)  # the next sync writes their counts
+        self._touched.update(batch.deltas.keys)  # the next sync writes their counts
 
-    def _apply(self, batch: _Batch, totals: Totals) -> None:
-        # Postgres returned the totals from before this batch: before + batch − own is
-        # what everyone else counted (zero in a single process).
-        for key_id, (own_buckets, own_day, minute_delta, day_delta) in batch.keys.items():
+    def _apply(self, batch: _Batch, others: Totals) -> None:
+        for key_id, held in batch.others:
+            if key_id not in others:  # what the others counted left the read
+                held.others_minute = 0
+                if held.day == batch.day:
+                    held.others_day = 0
+        for key_id, (minute, today) in others.items():
             windows = self._keys.get(key_id)
             if windows is None:
                 continue
-            minute, today = totals.get(key_id, (0, 0))
-            windows.others_minute = max(0, minute + minute_delta - own_buckets)
+            windows.others_minute = minute
             windows.others_second = batch.second
             if windows.day == batch.day:
-                windows.others_day = max(0, today + day_delta - own_day)
+                windows.others_day = today
 
     async def _expire(self) -> None:
         assert self._store is not None

@@ -509,6 +509,32 @@ async def test_another_process_counts_fully_once_older_buckets_are_no_longer_rea
     assert await statuses(first, key.key, 2) == [200, 429]
 
 
+async def test_another_process_count_stops_binding_once_its_bucket_is_no_longer_read(
+    start_gateway: GatewayFactory, config: Config, seed: Seed
+) -> None:
+    """A sync returns only keys some other process counted, on the minute or the day. A
+    key whose others' count left the read comes back no more (over midnight, their
+    requests of the minute are not on the new day), and what this process had learnt of
+    it must go."""
+    clock = FakeClock(MIDNIGHT - 9.5)  # 23:59:50, the first second of a bucket
+    slow = limits_config(config, sync_interval_seconds=3600)
+    first, second = await start_gateway(slow, clock), await start_gateway(slow, clock)
+    key = await seed.key(rate_limit_per_minute=5)
+
+    assert await statuses(second, key.key, 3) == [200] * 3
+    assert await second.app[LIMITER].sync()
+    assert await statuses(first, key.key, 1) == [200]
+    assert await first.app[LIMITER].sync()  # learns the second's 3
+    clock.advance(20)  # 00:00:10, a new day
+    assert await statuses(first, key.key, 1) == [200]  # its own 2 and the second's 3
+    assert await first.app[LIMITER].sync()  # the second's 3 are still read
+    clock.advance(50)  # 00:01:00: their bucket (23:59:50-59) is no longer read
+    assert await statuses(first, key.key, 1) == [200]
+    assert await first.app[LIMITER].sync()  # nothing of the others comes back
+    # Its own two of the last minute (00:00:10, 00:01:00) and three more.
+    assert await statuses(first, key.key, 4) == [200] * 3 + [429]
+
+
 async def test_day_count_survives_a_gateway_restart(
     start_gateway: GatewayFactory, config: Config, seed: Seed
 ) -> None:
