@@ -39,9 +39,8 @@ def minute_from(second: int) -> int:
 class Deltas:
     """What one sync sends, in the columns Postgres receives: (key, bucket start, n) for
     the minute's buckets; and for every key the sync reads back, its count to add to the
-    day of the sync (may be 0) and this process's own counts before the sync — in the
-    buckets the read covers and on that day — which Postgres subtracts from the totals
-    to return only what other processes counted."""
+    day of the sync (may be 0), this process's own counts before the sync (in the buckets
+    the read covers, and on that day) and what it believes the others counted."""
 
     minute_keys: list[uuid.UUID] = dataclasses.field(default_factory=list)
     minute_starts: list[int] = dataclasses.field(default_factory=list)
@@ -50,17 +49,27 @@ class Deltas:
     day_counts: list[int] = dataclasses.field(default_factory=list)
     own_minute: list[int] = dataclasses.field(default_factory=list)
     own_day: list[int] = dataclasses.field(default_factory=list)
+    others_minute: list[int] = dataclasses.field(default_factory=list)
+    others_day: list[int] = dataclasses.field(default_factory=list)
 
     def add_minute(self, key_id: uuid.UUID, start: int, n: int) -> None:
         self.minute_keys.append(key_id)
         self.minute_starts.append(start)
         self.minute_counts.append(n)
 
-    def add_key(self, key_id: uuid.UUID, day_count: int, own_minute: int, own_day: int) -> None:
+    def add_key(
+        self,
+        key_id: uuid.UUID,
+        day_count: int,
+        own: tuple[int, int],
+        others: tuple[int, int],
+    ) -> None:
         self.keys.append(key_id)
         self.day_counts.append(day_count)
-        self.own_minute.append(own_minute)
-        self.own_day.append(own_day)
+        self.own_minute.append(own[0])
+        self.own_day.append(own[1])
+        self.others_minute.append(others[0])
+        self.others_day.append(others[1])
 
 
 # What other processes (and earlier runs of this one) counted for a key: requests in the
@@ -70,9 +79,11 @@ Totals = dict[uuid.UUID, tuple[int, int]]
 
 class CounterStore(Protocol):
     async def sync(self, deltas: Deltas, second: int, day: int) -> Totals:
-        """Add `deltas` (the day ones to `day`). Return, for each of `deltas.keys` that
-        other processes counted in the minute ending at `second` or on `day`, what they
-        counted as it was just before: the totals less this process's own counts."""
+        """Add `deltas` (the day ones to `day`) and return what the other processes had
+        counted just before, in the minute ending at `second` and on `day`, for each key
+        of `deltas` that they count in that minute (or the process believes they do), or
+        whose day count is not the one the process has. A key left out is as the process
+        believes: nothing in the minute, its day count unchanged."""
 
     async def load(self, second: int, day: int) -> Totals:
         """The totals of every key with counts in the buckets of the minute ending at
@@ -92,19 +103,22 @@ def _array(values: Iterable[object]) -> str:
 
 # The totals are read from the statement's snapshot, which does not include its own
 # writes: they are what was counted before the sync, and so is the own share subtracted.
-# Only keys some other process counted come back: one process alone reads back nothing.
+# A key comes back when the others count it in the minute (or the process believes they
+# do), or when their day count is not the one the process has: a process alone, or one
+# that only knows what earlier runs counted on the day, reads back nothing.
 # Rows are written in one order in every process, so two syncs never deadlock.
 _SYNC = """
 WITH batch AS (
     SELECT *
-      FROM unnest($1::text::uuid[], $2::text::bigint[], $3::text::bigint[], $4::text::bigint[])
-           AS b(key_id, day_count, own_minute, own_day)
+      FROM unnest($1::text::uuid[], $2::text::bigint[], $3::text::bigint[],
+                  $4::text::bigint[], $5::text::bigint[], $6::text::bigint[])
+           AS b(key_id, day_count, own_minute, own_day, others_minute, others_day)
 ), delta AS (
     SELECT m.key_id, 'minute' AS window_name, to_timestamp(m.start) AS window_start, m.count
-      FROM unnest($5::text::uuid[], $6::text::bigint[], $7::text::bigint[])
+      FROM unnest($7::text::uuid[], $8::text::bigint[], $9::text::bigint[])
            AS m(key_id, start, count)
     UNION ALL
-    SELECT key_id, 'day', to_timestamp($10::bigint), day_count FROM batch WHERE day_count > 0
+    SELECT key_id, 'day', to_timestamp($12::bigint), day_count FROM batch WHERE day_count > 0
 ), written AS (
     INSERT INTO rate_limit_counters AS c (key_id, window_name, window_start, count)
     SELECT key_id, window_name, window_start, count FROM delta
@@ -116,17 +130,20 @@ WITH batch AS (
            coalesce(sum(count) FILTER (WHERE window_name = 'minute'), 0) AS minute,
            coalesce(sum(count) FILTER (WHERE window_name = 'day'), 0) AS day
       FROM rate_limit_counters
-     WHERE key_id IN (SELECT key_id FROM batch)
+     WHERE key_id = ANY(ARRAY(SELECT key_id FROM batch))  -- one array: index look-ups
        AND ((window_name = 'minute'
-             AND window_start BETWEEN to_timestamp($8::bigint) AND to_timestamp($9::bigint))
-            OR (window_name = 'day' AND window_start = to_timestamp($10::bigint)))
+             AND window_start BETWEEN to_timestamp($10::bigint) AND to_timestamp($11::bigint))
+            OR (window_name = 'day' AND window_start = to_timestamp($12::bigint)))
      GROUP BY key_id
+), others AS (
+    SELECT b.key_id, b.others_minute AS believed_minute, b.others_day AS believed_day,
+           greatest(coalesce(t.minute, 0) - b.own_minute, 0)::bigint AS minute,
+           greatest(coalesce(t.day, 0) - b.own_day, 0)::bigint AS day
+      FROM batch AS b LEFT JOIN total AS t USING (key_id)
 )
-SELECT key_id,
-       greatest(t.minute - b.own_minute, 0)::bigint AS minute,
-       greatest(t.day - b.own_day, 0)::bigint AS day
-  FROM total AS t JOIN batch AS b USING (key_id)
- WHERE t.minute > b.own_minute OR t.day > b.own_day
+SELECT key_id, minute, day
+  FROM others
+ WHERE minute > 0 OR believed_minute > 0 OR day <> believed_day
 """
 
 _LOAD = """
@@ -158,6 +175,8 @@ class PostgresCounters:
             _array(deltas.day_counts),
             _array(deltas.own_minute),
             _array(deltas.own_day),
+            _array(deltas.others_minute),
+            _array(deltas.others_day),
             _array(deltas.minute_keys),
             _array(deltas.minute_starts),
             _array(deltas.minute_counts),

@@ -198,8 +198,6 @@ class _Batch:
     deltas: Deltas = dataclasses.field(default_factory=Deltas)
     minute_marks: list[tuple[list[int], int]] = dataclasses.field(default_factory=list)
     day_marks: list[tuple[_Windows, int]] = dataclasses.field(default_factory=list)
-    # Keys that held other processes' counts: zero unless the sync returns them again.
-    others: list[tuple[uuid.UUID, _Windows]] = dataclasses.field(default_factory=list)
 
 
 class SlidingWindowLimiter:
@@ -382,15 +380,13 @@ class SlidingWindowLimiter:
                 batch.day_marks.append((windows, day_delta))
                 windows.synced_day = windows.own_day
             # Postgres holds this process's counts from before this batch (its buckets
-            # and the day), and subtracts them: what is left, the others counted.
+            # and the day) and subtracts them: what is left, the others counted.
             deltas.add_key(
                 key_id,
                 day_delta,
-                windows.own_in_buckets() - minute_delta,
-                windows.own_day - day_delta,
+                (windows.own_in_buckets() - minute_delta, windows.own_day - day_delta),
+                (windows.others_minute, windows.others_day),
             )
-            if windows.others_minute or windows.others_day:
-                batch.others.append((key_id, windows))
         return batch
 
     def _restore(self, batch: _Batch) -> None:
@@ -402,11 +398,7 @@ class SlidingWindowLimiter:
         self._touched.update(batch.deltas.keys)  # the next sync writes their counts
 
     def _apply(self, batch: _Batch, others: Totals) -> None:
-        for key_id, held in batch.others:
-            if key_id not in others:  # what the others counted left the read
-                held.others_minute = 0
-                if held.day == batch.day:
-                    held.others_day = 0
+        # Keys not returned are as this process believes.
         for key_id, (minute, today) in others.items():
             windows = self._keys.get(key_id)
             if windows is None:

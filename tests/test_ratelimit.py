@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from gateway.app import LIMITER
 from gateway.clock import FakeClock
 from gateway.config import SCOPES, Config, ConfigError, RateLimitConfig
+from gateway.counters import DAY, Deltas, PostgresCounters, bucket
 from gateway.keys import KeyRecord
 from gateway.ratelimit import SlidingWindowLimiter
 
@@ -533,6 +534,58 @@ async def test_another_process_count_stops_binding_once_its_bucket_is_no_longer_
     assert await first.app[LIMITER].sync()  # nothing of the others comes back
     # Its own two of the last minute (00:00:10, 00:01:00) and three more.
     assert await statuses(first, key.key, 4) == [200] * 3 + [429]
+
+
+async def test_a_sync_returns_only_keys_whose_others_counts_it_does_not_have(
+    database_url: str,
+) -> None:
+    """The store's side of the bargain: Postgres subtracts the process's own counts and
+    returns a key only when the others count it in the minute, or the process believes
+    they do, or their day count differs from the one it has."""
+    day = int(MIDNIGHT)
+    second = day + 1234
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        store = PostgresCounters(pool)
+        minute_only, day_only, known, alone, night = (uuid.uuid4() for _ in range(5))
+
+        def deltas(
+            at: int, *keys: tuple[uuid.UUID, int, tuple[int, int], tuple[int, int]]
+        ) -> Deltas:
+            batch = Deltas()
+            for key_id, n, own, others in keys:
+                if n:
+                    batch.add_minute(key_id, bucket(at), n)
+                batch.add_key(key_id, n, own, others)
+            return batch
+
+        # Another process: 2 requests of each key in this minute, on this day.
+        other = deltas(second, *((k, 2, (0, 0), (0, 0)) for k in (minute_only, day_only, known)))
+        assert await store.sync(other, second, day) == {}
+        # This process, 70 s later: the others' bucket is no longer read.
+        later = second + 70
+        mine = deltas(
+            later,
+            (minute_only, 1, (0, 0), (2, 2)),  # believes their 2 still in the minute
+            (day_only, 1, (0, 0), (0, 0)),  # does not know their day count
+            (known, 1, (0, 0), (0, 2)),  # knows it: nothing to send back
+            (alone, 1, (0, 0), (0, 0)),  # nobody else ever counted it
+        )
+        assert await store.sync(mine, later, day) == {minute_only: (0, 2), day_only: (0, 2)}
+        # Its own counts are not the others': after its 1 of each, the same belief holds.
+        again = deltas(later, *((k, 0, (1, 1), (0, 2)) for k in (minute_only, day_only, known)))
+        assert await store.sync(again, later, day) == {}
+
+        # Over midnight: the others' requests of the minute are on the day before.
+        midnight = day + DAY
+        assert (
+            await store.sync(deltas(midnight - 5, (night, 2, (0, 0), (0, 0))), midnight - 5, day)
+            == {}
+        )
+        after = deltas(midnight + 2, (night, 1, (0, 0), (0, 0)))
+        assert await store.sync(after, midnight + 2, midnight) == {night: (2, 0)}
+    finally:
+        await pool.close()
 
 
 async def test_day_count_survives_a_gateway_restart(
