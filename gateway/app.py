@@ -21,7 +21,6 @@ from .clock import Clock, SystemClock
 from .config import Config
 from .counters import PostgresCounters
 from .db import create_pool, sample_pool
-from .headers import name_the_server
 from .keys import Hasher, KeyFormat, KeyStore
 from .logs import AccessLog
 from .proxy import Proxy
@@ -47,9 +46,9 @@ def create_app(
     clock: Clock | None = None,
     limiter: RateLimiter | None = None,
 ) -> web.Application:
-    # No middleware: Proxy.handle answers every request itself, errors included.
+    # No middleware and no response signal: Proxy.handle answers every request itself,
+    # errors included, and names each response (`headers.copy_response_headers`).
     app = web.Application()
-    app.on_response_prepare.append(name_the_server)
     app[CONFIG] = config
     app[CLOCK] = clock or SystemClock()
     app[LIMITER] = limiter or SlidingWindowLimiter(config.rate_limits, app[CLOCK])

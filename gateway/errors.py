@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .headers import SERVER_NAME
+
 log = logging.getLogger("gateway")
 
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -54,6 +56,7 @@ def error_response(
         status=status, text=body, content_type="application/json", headers=headers
     )
     response.headers["X-Request-Id"] = request_id
+    response.headers["Server"] = SERVER_NAME  # not aiohttp's versions
     return response
 
 

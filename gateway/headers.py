@@ -55,8 +55,10 @@ SERVER_NAME = "GrowPanel-Gateway"
 
 
 async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
-    """`on_response_prepare` (runs once aiohttp has filled in its defaults): our name where
-    aiohttp put its versions; an upstream's own `Server` is left as it is."""
+    """`on_response_prepare` of the admin app (runs once aiohttp has filled in its
+    defaults): our name where aiohttp put its versions. The proxy names its responses
+    itself (`copy_response_headers`, `errors.error_response`): a response signal costs
+    ~1.5% of a proxied request's CPU."""
     if response.headers.get("Server") == SERVER_SOFTWARE:
         response.headers["Server"] = SERVER_NAME
 
@@ -179,7 +181,8 @@ def upstream_request_headers(
 def copy_response_headers(
     upstream: list[tuple[str, str]], target: CIMultiDict[str], *, skip_length: bool = False
 ) -> None:
-    """The upstream's response headers, less hop-by-hop ones, onto our response.
+    """The upstream's response headers, less hop-by-hop ones, onto our response, named
+    `SERVER_NAME` unless the upstream named itself.
 
     `skip_length` leaves Content-Length to aiohttp when it sends a body it holds.
     """
@@ -191,6 +194,7 @@ def copy_response_headers(
         if skip_length and lower == "content-length":
             continue
         target.add(name, value)
+    target.setdefault("Server", SERVER_NAME)
 
 
 def identity_headers(

@@ -114,7 +114,8 @@ def test_end_to_end_headers_pass_through_unchanged() -> None:
 
 
 def test_upstream_response_headers_pass_through_unchanged() -> None:
-    """The upstream's own headers, repeated Set-Cookie included, reach the client."""
+    """The upstream's own headers, repeated Set-Cookie included, reach the client (with
+    the gateway's name, as this upstream gives none)."""
     upstream = headers(
         ("Content-Type", "application/json"),
         ("Set-Cookie", "a=1"),
@@ -122,7 +123,8 @@ def test_upstream_response_headers_pass_through_unchanged() -> None:
         ("Cache-Control", "no-store"),
         ("X-GrowPanel-Upstream", "kept"),
     )
-    assert downstream_response_headers(upstream) == CIMultiDict(upstream)
+    expected = CIMultiDict([*upstream.items(), ("Server", "GrowPanel-Gateway")])
+    assert downstream_response_headers(upstream) == expected
 
 
 @pytest.mark.parametrize("name", ["Host", "Expect", "Forwarded", "Content-Length"])

@@ -19,10 +19,12 @@ from gateway import metrics
 from gateway.clock import FakeClock, utcnow
 from gateway.config import Config
 from gateway.keys import KeyRecord
+from gateway.proxy import SMALL_BODY
 from gateway.ratelimit import Decision, Unlimited
 
 from .conftest import GatewayFactory, Seed, UpstreamFactory
 from .helpers import make_config, sample
+from .reliability import Received, answer, raw_upstream
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -491,3 +493,21 @@ async def test_the_gateway_names_itself_without_versions_and_keeps_the_upstreams
     key = await seed.key()
     _, headers, _ = await call(gateway, "/v1/named", headers=bearer(key.key))
     assert headers.getall("Server") == ["growpanel-api/7"]
+
+
+async def test_an_upstream_answer_without_a_server_name_gets_the_gateways(
+    start_gateway: GatewayFactory, config: Config, seed: Seed
+) -> None:
+    """Both ways an answer is relayed: read whole (small) and streamed (large)."""
+    big = b"x" * (SMALL_BODY + 1)
+
+    async def large(request: Received, transport: asyncio.Transport) -> None:
+        transport.write(answer(big))
+
+    async with raw_upstream({"/v1/large": large}) as upstream:
+        gateway = await start_gateway(make_config(config.database.url, upstream.url))
+        key = await seed.key()
+        for path, body in (("/v1/small", b"ok"), ("/v1/large", big)):
+            status, headers, got = await call(gateway, path, headers=bearer(key.key))
+            assert (status, got) == (200, body)
+            assert headers.getall("Server") == ["GrowPanel-Gateway"]
