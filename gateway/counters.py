@@ -96,8 +96,9 @@ class CounterStore(Protocol):
 def _array(values: Iterable[object]) -> str:
     """An array literal of uuids or integers (no element needs quoting or escaping), sent
     as one text parameter. asyncpg encodes a list element by element, checking each one
-    against three abstract base classes: for the ~15,000 elements of a sync of 2,600
-    keys that was ~4 ms of the event loop's CPU, the literal ~1 ms."""
+    against three abstract base classes: six arrays of 2,600 elements took 4.6-8.4 ms of
+    the event loop's CPU as lists, 2.2-4.0 ms as literals (Postgres parses them no
+    slower). Not for floats: their repr is slow, and so is Postgres parsing them."""
     return "{" + ",".join(map(str, values)) + "}"
 
 
