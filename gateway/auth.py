@@ -7,18 +7,21 @@ only a miss reaches Postgres (one indexed query) and argon2 (in a thread, at mos
 verification. Unknown ids also run one argon2 verification, against a dummy hash, so that
 the time of a refusal does not tell whether a key id exists.
 
-A cached key older than `keys.cache_ttl_seconds` is still used as it is, and re-confirmed
-by the next background batch: once a second every key that came due, `REFRESH_CHUNK`
-keys a query, instead of one query inside each key's request (10,000 keys in use were
-~170 such queries a second, in waves when they had been cached together). Changes still
-reach the cache at once through notifications; the batch is the safety net. A key the
-batches could not re-confirm within `REFRESH_GRACE_SECONDS` more (Postgres slow or down)
-is confirmed before use, as is a key a notification marked changed.
+Cached keys are re-confirmed by background batches once they are older than
+`keys.cache_ttl_seconds`: once a second, `REFRESH_CHUNK` keys a query, instead of one query
+inside each key's request (10,000 keys in use were ~170 such queries a second, in waves
+when they had been cached together). A batch takes every key that reached the TTL having
+been used since it was last confirmed, and every key used past the TTL; a key used past
+the TTL is served as it is meanwhile. Changes still reach the cache at once through
+notifications; the batch is the safety net. A key no batch re-confirmed within
+`REFRESH_GRACE_SECONDS` past the TTL (Postgres slow or down, or a key idle since its last
+confirmation) is confirmed before use, as is a key a notification marked changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import hashlib
@@ -166,7 +169,9 @@ class Authenticator:
         # may predate the change the notice is about: what is cached from that read stays
         # marked changed, so its next use asks Postgres again (one query, no argon2).
         self._notices = 0
-        self._due: set[str] = set()  # cached keys past their TTL, for the next batch
+        self._due: set[str] = set()  # cached keys used past their TTL, for the next batch
+        # Every confirmation in time order: where a batch finds the keys reaching the TTL.
+        self._confirmed: collections.deque[tuple[float, str]] = collections.deque()
         self.refresh_chunk = REFRESH_CHUNK
         self._refresher: asyncio.Task[None] | None = None
 
@@ -200,6 +205,7 @@ class Authenticator:
             age = self.clock.monotonic() - entry.confirmed_at
             ttl = self.config.cache_ttl_seconds
             if age < ttl and not entry.changed:
+                entry.used = True
                 record = entry.record
             elif entry.changed or age >= ttl + REFRESH_GRACE_SECONDS:
                 record = await self._reconfirm(parsed.public_id, entry, age)
@@ -252,7 +258,7 @@ class Authenticator:
             self.cache.discard(public_id)
             raise invalid_key("revoked")
         entry.record = record
-        entry.confirmed_at = self.clock.monotonic()
+        self._confirm(public_id, entry, self.clock.monotonic())
         entry.changed = self._notices != notices
         return record
 
@@ -266,10 +272,21 @@ class Authenticator:
 
     async def refresh(self) -> None:
         """Re-confirm every cached key that came due since the last batch, `REFRESH_CHUNK`
-        keys a query."""
-        due, self._due = list(self._due), set()
-        for start in range(0, len(due), self.refresh_chunk):
-            if not await self._refresh(due[start : start + self.refresh_chunk]):
+        keys a query: those that reached the TTL having been used since they were last
+        confirmed (so that a key in use is never confirmed inside a request, however its
+        uses are spaced), and those used past the TTL."""
+        due, self._due = self._due, set()
+        reached = self.clock.monotonic() - self.config.cache_ttl_seconds
+        confirmed = self._confirmed
+        while confirmed and confirmed[0][0] <= reached:
+            at, public_id = confirmed.popleft()
+            entry = self.cache.peek(public_id)
+            # Not confirmed again since (a later item stands for that), and used.
+            if entry is not None and entry.confirmed_at == at and entry.used:
+                due.add(public_id)
+        keys = list(due)
+        for start in range(0, len(keys), self.refresh_chunk):
+            if not await self._refresh(keys[start : start + self.refresh_chunk]):
                 return  # Postgres is away: the rest are queued again by their next uses
 
     async def _refresh(self, due: list[str]) -> bool:
@@ -294,9 +311,14 @@ class Authenticator:
                 self.cache.discard(public_id)  # deleted, or its secret replaced
                 continue
             entry.record = record
-            entry.confirmed_at = confirmed_at
+            self._confirm(public_id, entry, confirmed_at)
             entry.changed = changed
         return True
+
+    def _confirm(self, public_id: str, entry: CacheEntry, at: float) -> None:
+        entry.confirmed_at = at
+        entry.used = False
+        self._confirmed.append((at, public_id))
 
     async def _verify_shared(
         self,
@@ -338,10 +360,9 @@ class Authenticator:
         for secret_hash in record.candidate_hashes(utcnow(self.clock)):
             if await self._argon2(secret_hash, parsed.secret):
                 changed = self._notices != notices
-                self.cache.put(
-                    parsed.public_id,
-                    CacheEntry(digest, secret_hash, record, confirmed_at, changed),
-                )
+                entry = CacheEntry(digest, secret_hash, record, confirmed_at, changed)
+                self.cache.put(parsed.public_id, entry)
+                self._confirm(parsed.public_id, entry, confirmed_at)
                 return record
         raise invalid_key("wrong_secret", key=record)
 

@@ -36,6 +36,7 @@ class CacheEntry:
     record: KeyRecord
     confirmed_at: float  # monotonic time Postgres last confirmed the row
     changed: bool = False  # a notification (or a listener gap) says: confirm before use
+    used: bool = False  # served from the cache since it was last confirmed
 
 
 class KeyCache:

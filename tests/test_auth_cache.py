@@ -172,6 +172,34 @@ async def test_keys_past_their_ttl_are_reconfirmed_in_one_background_query(
     assert await key_status(gateway, deleted.key) == 401  # dropped: verified from scratch
 
 
+async def test_a_key_used_before_its_ttl_is_reconfirmed_by_the_batch_unasked(
+    start_gateway: GatewayFactory, config: Config, seed: Seed, db: asyncpg.Connection
+) -> None:
+    """A key in use with gaps longer than the grace between its uses (a client calling
+    every minute or so) is re-confirmed by the batch at its TTL, not inside its next
+    request: a key used since its last confirmation is taken when it reaches the TTL."""
+    clock = FakeClock(start=dt.datetime.now(dt.UTC).timestamp())
+    gateway = await start_gateway(
+        make_config(config.database.url, config.proxy.upstream, keys={"cache_ttl_seconds": 60}),
+        clock=clock,
+    )
+    used, idle = await seed.key(), await seed.key()
+    for key in (used, idle):
+        assert await key_status(gateway, key.key) == 200  # verified, confirmed at 0
+    clock.advance(30)
+    assert await key_status(gateway, used.key) == 200  # served from the cache: used
+    await quietly(db, "UPDATE api_keys SET enabled = false WHERE id = $1", used.id)
+    clock.advance(31)  # 61: both reached the TTL, with no request past it
+    lookups = sample("gateway_key_lookups_total")
+    await gateway.app[AUTH].refresh()
+    assert sample("gateway_key_lookups_total") == lookups + 1  # the used one, unasked
+    clock.advance(10)  # 71: past TTL and grace since the first confirmation
+    assert await key_status(gateway, used.key) == 401  # as the batch found it: no query
+    assert sample("gateway_key_lookups_total") == lookups + 1
+    assert await key_status(gateway, idle.key) == 200  # idle since: confirmed in its request
+    assert sample("gateway_key_lookups_total") == lookups + 2
+
+
 async def test_a_large_batch_is_asked_for_in_chunks(
     start_gateway: GatewayFactory, config: Config, seed: Seed, db: asyncpg.Connection
 ) -> None:
