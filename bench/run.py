@@ -531,22 +531,29 @@ async def main():
     per_key = (rss() - before) * 1024 / len(records)
     store = KeyStore(pool, KeyFormat("gp_"), Hasher(Argon2Config()))
     usage = UsageRecorder(store, pool, UsageConfig(), SystemClock())
+    # The first flush of a key inserts its rows (once in the key's life for last used,
+    # once an hour for usage): timed apart from the flushes every interval after it,
+    # which update them. Keys the runs before did not use come first.
+    used = {{r["key_id"] for r in await pool.fetch("SELECT key_id FROM api_key_last_used")}}
+    flushed = [r.id for r in sorted(records, key=lambda r: r.id in used)[:10000]]
     last_used, counts = [], []
-    for _ in range(5):
-        for record in records[:10000]:
-            usage.mark_used(record.id)
+    for _ in range(6):
+        for key_id in flushed:
+            usage.mark_used(key_id)
         started = time.perf_counter()
         assert await usage.flush()
         last_used.append((time.perf_counter() - started) * 1000)
-        for record in records[:10000]:
-            usage.count(record.id, "ok")
+        for key_id in flushed:
+            usage.count(key_id, "ok")
         started = time.perf_counter()
         assert await usage.flush()
         counts.append((time.perf_counter() - started) * 1000)
     await pool.close()
     print(json.dumps({{"cached_keys": len(records), "bytes_per_cached_key": per_key,
-                      "flush_10k_ms": sorted(last_used)[2],
-                      "usage_flush_10k_ms": sorted(counts)[2]}}))
+                      "first_flush_10k_ms": last_used[0],
+                      "flush_10k_ms": sorted(last_used[1:])[2],
+                      "first_usage_flush_10k_ms": counts[0],
+                      "usage_flush_10k_ms": sorted(counts[1:])[2]}}))
 
 asyncio.run(main())
 """
@@ -902,14 +909,21 @@ def report(figures: dict[str, Any]) -> None:
         m["bytes_per_cached_key"] <= 2048,
     )
     row(
-        "flush of 10,000 last-used keys",
+        "flush of 10,000 last-used keys (median of 5)",
         f"{m['flush_10k_ms']:.1f} ms",
         "≤ 50 ms",
         m["flush_10k_ms"] <= 50,
     )
+    row("  their first flush (inserts their rows)", f"{m['first_flush_10k_ms']:.1f} ms", "", None)
     row(
         "flush of 10,000 keys' hourly usage counts",
         f"{m['usage_flush_10k_ms']:.1f} ms",
+        "",
+        None,
+    )
+    row(
+        "  the first in the hour (inserts the rows)",
+        f"{m['first_usage_flush_10k_ms']:.1f} ms",
         "",
         None,
     )
