@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,6 +80,19 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     migration lock have connections of their own), and an open transaction is still rolled
     back and listeners removed by asyncpg before this runs.
     """
+
+
+def array_literal(values: Iterable[object]) -> str:
+    """An array literal of uuids, integers or plain words (no element needs quoting or
+    escaping), sent as one text parameter and cast in the statement (`$1::text::uuid[]`).
+
+    asyncpg encodes a list element by element, checking each one against three abstract
+    base classes. The rate-limit sync's six arrays of 2,600 elements took 4.6-8.4 ms of
+    the event loop's CPU as lists, 2.2-4.0 ms as literals; a usage flush of 10,000 keys
+    (four arrays) 17-24 against 7-10 ms, its statement no slower. Not for floats: their
+    repr is slow, and so is Postgres parsing them.
+    """
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 async def for_live_keys(

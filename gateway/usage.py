@@ -21,7 +21,7 @@ import asyncpg
 from . import metrics
 from .clock import Clock
 from .config import UsageConfig
-from .db import UNAVAILABLE, for_live_keys
+from .db import UNAVAILABLE, array_literal, for_live_keys
 from .keys import KeyStore
 
 log = logging.getLogger("gateway.usage")
@@ -144,8 +144,8 @@ class UsageRecorder:
             """
             INSERT INTO key_usage_hourly AS u (key_id, hour, outcome, count)
             SELECT c.key_id, to_timestamp(c.hour), c.outcome, c.count
-              FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[])
-                   AS c(key_id, hour, outcome, count)
+              FROM unnest($1::text::uuid[], $2::text::bigint[], $3::text::text[],
+                          $4::text::bigint[]) AS c(key_id, hour, outcome, count)
               {live_keys}
              -- One row order in every process and replica: concurrent flushes of the same
              -- keys wait for each other instead of deadlocking.
@@ -153,10 +153,10 @@ class UsageRecorder:
             ON CONFLICT (key_id, hour, outcome) DO UPDATE SET count = u.count + EXCLUDED.count
             """,
             "c.key_id",
-            [k[0] for k in counts],
-            [k[1] for k in counts],
-            [k[2] for k in counts],
-            list(counts.values()),
+            array_literal(k[0] for k in counts),
+            array_literal(k[1] for k in counts),
+            array_literal(k[2] for k in counts),
+            array_literal(counts.values()),
         )
 
     def _restore(self, last_used: dict[uuid.UUID, float], counts: dict[UsageKey, int]) -> None:
