@@ -89,7 +89,7 @@ def array_literal(values: Iterable[object]) -> str:
     asyncpg encodes a list element by element, checking each one against three abstract
     base classes. The rate-limit sync's six arrays of 2,600 elements took 4.6-8.4 ms of
     the event loop's CPU as lists, 2.2-4.0 ms as literals; a usage flush of 10,000 keys
-    (four arrays) 17-24 against 7-10 ms, its statement no slower. Not for floats: their
+    (four arrays) 17-25 against 7-11 ms, its statement no slower. Not for floats: their
     repr is slow, and so is Postgres parsing them.
     """
     return "{" + ",".join(map(str, values)) + "}"
