@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck check clean distclean bench bench-quick wrk soak
+.PHONY: run test lint typecheck check clean distclean bench bench-quick wrk nginx soak
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,7 +48,7 @@ distclean: clean
 	rm -rf $(VENV)
 
 ## bench: every benchmark figure as ratios from one run (under 10 minutes)
-bench: $(STAMP) wrk
+bench: $(STAMP) wrk nginx
 	$(BIN)/python bench/run.py
 
 ## bench-quick: the same, shorter runs and fewer keys (under 2 minutes)
@@ -57,3 +57,8 @@ bench-quick: $(STAMP) wrk
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || { echo "the benchmark needs wrk (apt-get install wrk)"; exit 1; }
+
+# nginx is the benchmark's optional reference (a C proxy): installed where the OS packages
+# allow, left out of the run where they do not.
+nginx:
+	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; } || echo "bench: nginx not installed, its reference figure is left out"

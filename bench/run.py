@@ -15,7 +15,8 @@ ratio is the median over the rounds of pairs measured seconds apart.
   while new keys are being verified;
 - revocation propagation through the admin API to two gateway processes;
 - Postgres transactions per second from the gateway at two request rates;
-- memory per cached key, and one flush of 10,000 distinct last-used keys.
+- memory per cached key, and one flush of 10,000 distinct last-used keys;
+- optional, full runs only: nginx as a pass-through proxy, where it is installed.
 
 Prints one table and writes bench/results/latest.json. `--quick` is the same with shorter
 runs and fewer keys (`make bench-quick`).
@@ -31,6 +32,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -117,6 +119,34 @@ def wait_http(url: str, headers: dict[str, str] | None = None, timeout: float = 
     raise SystemExit(f"bench: {url} did not answer")
 
 
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {home}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {home}/body;
+    proxy_temp_path {home}/proxy;
+    fastcgi_temp_path {home}/fastcgi;
+    uwsgi_temp_path {home}/uwsgi;
+    scgi_temp_path {home}/scgi;
+    upstream api {{
+        server {upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
 class Servers:
     """Every process the bench starts, stopped in reverse order at the end."""
 
@@ -163,6 +193,26 @@ class Servers:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+        )
+        self.running.append(process)
+        wait_http(f"http://127.0.0.1:{port}/v1/customers")
+        return process, port
+
+    def nginx(self) -> tuple[subprocess.Popen[bytes], int] | None:
+        """nginx as a pass-through proxy (one worker, keep-alive to the upstream), the
+        optional reference of a C proxy; None when nginx is not installed."""
+        binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+        if binary is None:
+            return None
+        port = free_port()
+        home = self.log_dir / "nginx"
+        home.mkdir(exist_ok=True)
+        upstream = self.upstream_url.removeprefix("http://")
+        (home / "nginx.conf").write_text(NGINX_CONF.format(home=home, upstream=upstream, port=port))
+        process = subprocess.Popen(
+            [binary, "-p", str(home), "-c", str(home / "nginx.conf"), "-e", "stderr"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(home / "error.log", "wb"),  # noqa: SIM115
         )
         self.running.append(process)
         wait_http(f"http://127.0.0.1:{port}/v1/customers")
@@ -651,6 +701,8 @@ def main() -> None:
             keyed, keyed_port, _ = servers.gateway()
             # the same hot path on asyncio's own event loop: is uvloop worth it?
             plain, plain_port, _ = servers.gateway(GATEWAY__SERVER__UVLOOP="false")
+            # where a C proxy stands (optional: full runs with nginx installed)
+            reference = None if quick else servers.nginx()
             bare_url = f"http://127.0.0.1:{bare_port}/v1/customers"
             gw_url = f"http://127.0.0.1:{port}/v1/customers"
             mix_url = f"http://127.0.0.1:{keyed_port}/v1/customers"
@@ -675,6 +727,12 @@ def main() -> None:
                 ),
                 (("hot_asyncio", plain.pid, plain_url, {"key": data["hot"]}),),
             ]
+            if reference is not None:
+                nginx, nginx_port = reference
+                nginx_url = f"http://127.0.0.1:{nginx_port}/v1/customers"
+                wrk(nginx_url, warm, connections)
+                rows["nginx"] = []
+                pairs.append((("nginx", nginx.pid, nginx_url, {}),))
             for index in range(rounds):
                 for pair in pairs:
                     # Odd rounds measure the pair the other way round: a drift of the
@@ -683,6 +741,8 @@ def main() -> None:
                         rows[name].append(measured(pid, target, seconds, connections, **load))
             for process in (plain, keyed, gateway, bare):
                 servers.stop(process)
+            if reference is not None:
+                servers.stop(reference[0])
             figures["throughput"] = rows
 
             # 2. latency at concurrency 1
@@ -864,6 +924,15 @@ def report(figures: dict[str, Any]) -> None:
         None,
     )
     row("  the mix, and the bare proxy", f"{mix_rps:.0f} and {bare_mix_rps:.0f} req/s", "", None)
+    if "nginx" in t:
+        summary["nginx_rps_ratio"] = paired("nginx", "bare", "rps")
+        nginx_cpu = _median(t["nginx"], "cpu_us_per_request")
+        row(
+            "reference: nginx pass-through req/s ÷ bare",
+            f"{summary['nginx_rps_ratio']:.2f} ({nginx_cpu:.0f} µs CPU/req)",
+            "",
+            None,
+        )
     lat = figures["latency_c1"]
     added50, added99 = (
         statistics.median(
