@@ -107,6 +107,21 @@ async def test_migrate_creates_the_product_tables(conn: asyncpg.Connection) -> N
     assert await public_tables(conn) == TABLES | {"schema_migrations"}
 
 
+async def test_the_tables_flushes_update_leave_room_for_hot_updates(
+    conn: asyncpg.Connection,
+) -> None:
+    """Every flush rewrites its rows in place: their pages keep free room (0004)."""
+    await migrate(conn)
+    rows = await conn.fetch(
+        "SELECT relname, reloptions FROM pg_class"
+        " WHERE relname IN ('api_key_last_used', 'key_usage_hourly')"
+    )
+    assert {r["relname"]: r["reloptions"] for r in rows} == {
+        "api_key_last_used": ["fillfactor=50"],
+        "key_usage_hourly": ["fillfactor=70"],
+    }
+
+
 async def test_second_migrate_applies_nothing(conn: asyncpg.Connection) -> None:
     """Running migrate again on an up-to-date database is a no-op."""
     await migrate(conn)
