@@ -55,12 +55,18 @@ def create_app(
     app.cleanup_ctx.extend(
         [_metrics, _database, _authentication, _limits, _usage, _upstream, _proxy]
     )
-    app.router.add_route("*", "/{path:.*}", _handle)
+    # `expect_handler`: aiohttp's default answers `Expect: 100-continue` before the handler
+    # runs; the proxy sends its 100 only once the request is authorised (SPEC §10).
+    app.router.add_route("*", "/{path:.*}", _handle, expect_handler=_decide_later)
     return app
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     return await request.app[PROXY].handle(request)
+
+
+async def _decide_later(request: web.Request) -> None:
+    return None
 
 
 async def _metrics(app: web.Application) -> AsyncIterator[None]:

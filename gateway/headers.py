@@ -42,6 +42,23 @@ _REPLACED_ON_REQUEST = frozenset(
         "forwarded",
     }
 )
+# What a client may claim about itself or the hops before us. Passed on only from a peer
+# in `proxy.trusted_proxies` (which set them); from anyone else they are dropped, and
+# `X-Forwarded-For`, `-Proto` and `-Host` are always written by the gateway itself.
+_CLIENT_CLAIMS = frozenset(
+    {
+        "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-cluster-client-ip",
+        "x-originating-ip",
+        "x-original-forwarded-for",
+    }
+)
+_FORWARDED_PREFIX = "x-forwarded-"
 _DROP_FORWARDING_AUTHORIZATION = HOP_BY_HOP | _REPLACED_ON_REQUEST
 _DROP = _DROP_FORWARDING_AUTHORIZATION | {"authorization"}
 IDENTITY_PREFIX = "x-growpanel-"
@@ -158,16 +175,27 @@ def upstream_request_headers(
     """The headers to send upstream, as (name, value) pairs in the client's order.
 
     Host and the body framing (Content-Length / Transfer-Encoding) are the upstream
-    client's to write; everything hop-by-hop or claiming an identity is dropped here.
+    client's to write; everything hop-by-hop or claiming an identity is dropped here, and
+    so is what an untrusted client claims about its address (`_CLIENT_CLAIMS`).
     """
     drop = _DROP_FORWARDING_AUTHORIZATION if forward_authorization else _DROP
     if named := _connection_named(incoming):
         drop = drop | named
-    headers = [
-        (name, value)
-        for name, value in incoming.items()
-        if (lower := name.lower()) not in drop and not lower.startswith(IDENTITY_PREFIX)
-    ]
+    if client.peer_trusted:
+        headers = [
+            (name, value)
+            for name, value in incoming.items()
+            if (lower := name.lower()) not in drop and not lower.startswith(IDENTITY_PREFIX)
+        ]
+    else:
+        drop = drop | _CLIENT_CLAIMS
+        headers = [
+            (name, value)
+            for name, value in incoming.items()
+            if (lower := name.lower()) not in drop
+            and not lower.startswith(IDENTITY_PREFIX)
+            and not lower.startswith(_FORWARDED_PREFIX)
+        ]
     headers.extend(identity)
     headers.append(("X-Request-Id", request_id))
     if client.forwarded_for:

@@ -35,6 +35,7 @@ from .logs import AccessLog
 from .ratelimit import RateLimiter
 from .throttle import ABANDONED
 from .upstream import (
+    UnsafeRequest,
     UpstreamBodyError,
     UpstreamError,
     UpstreamPool,
@@ -114,6 +115,10 @@ class Proxy:
             call.outcome = _outcome_of(exc)
             response = render(request, exc)
             response.headers.update(call.extra_headers)
+            if _expects_continue(request):
+                # Refused before any 100 Continue: the client keeps its body, so this
+                # connection has none to skip to the next request.
+                response.force_close()
         except ConnectionError:
             raise  # the client is gone: nobody to answer
         except Exception:
@@ -137,6 +142,9 @@ class Proxy:
             raise GatewayError(
                 431, "request_header_fields_too_large", "The request headers are too large."
             )
+        expect = request.headers.get("Expect")
+        if expect is not None and expect.strip().lower() != "100-continue":
+            raise GatewayError(417, "expectation_failed", "Only 'Expect: 100-continue' is known.")
         header = request.headers.get("Authorization")
         parsed = parse_authorization(header, self.auth)
         assert header is not None
@@ -235,6 +243,8 @@ class Proxy:
             )
         except BodyTooLarge:
             raise body_too_large(config.max_body_bytes) from None
+        except UnsafeRequest as exc:
+            raise GatewayError(400, "invalid_request", f"The request was refused: {exc}.") from None
         except UpstreamTimeout:
             metrics.UPSTREAM_ERRORS.labels("timeout").inc()
             raise GatewayError(
@@ -312,6 +322,11 @@ class Proxy:
 
     @staticmethod
     async def _stream_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+        if _expects_continue(request):
+            # The request passed every check and the upstream wants its body: now the
+            # client may send it (aiohttp's own expect handler is disabled in app.py).
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
         seen = 0
         async for chunk in request.content.iter_chunked(_CHUNK):
             seen += len(chunk)
@@ -386,6 +401,15 @@ def _small_body_length(upstream: UpstreamResponse, method: str) -> int | None:
     return None
 
 
+def _expects_continue(request: web.Request) -> bool:
+    expect = request.headers.get("Expect")
+    return (
+        expect is not None
+        and expect.strip().lower() == "100-continue"
+        and request.version >= (1, 1)
+    )
+
+
 def _outcome_of_status(status: int) -> str:
     if status >= 500:
         return "upstream_5xx"
@@ -407,6 +431,6 @@ def _outcome_of(exc: GatewayError) -> str:
         return "throttled"
     if exc.status in (502, 504):
         return "upstream_5xx"
-    if exc.status in (400, 413, 431):
+    if exc.status in (400, 413, 417, 431):
         return "bad_request"
     return "denied"

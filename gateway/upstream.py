@@ -6,16 +6,32 @@ less: write one request head, stream a body, parse a response with llhttp (`http
 hand its body over chunk by chunk, and keep the connection for the next request. This
 module does only that, on plain asyncio protocols with back-pressure both ways.
 
-Framing rules (RFC 9112 §6): a response to HEAD, and a 1xx/204/304 response, has no body;
-otherwise Content-Length or chunked frames it, and without either the body runs until the
-upstream closes. A connection goes back to the pool only when the whole response was read,
-the request was fully sent and both sides allow keep-alive.
+Framing is this module's own, on both sides, because a proxy that lets any text decide
+it can be desynchronised (request smuggling, response splitting):
+
+- The request head is built from validated fields only: a method and header names that
+  are RFC 9110 tokens, a target and header values without CR, LF, NUL or other controls.
+  Anything else is refused (`UnsafeRequest`) before a byte is written. The body framing
+  (Content-Length or chunked) is the caller's decision, passed in, never read back from
+  header text, and the bytes sent must add up to the length declared.
+- A response is parsed to its end and no further (RFC 9112 §6: a response to HEAD, and a
+  1xx/204/304 response, has no body; otherwise Content-Length or chunked frames it, and
+  without either the body runs until the upstream closes). Interim 1xx answers are
+  skipped. Any byte after the final response (a second response, a body where none can
+  be, stray text), a response that starts before the request body was sent, or anything
+  llhttp refuses poisons the connection: it is closed, never reused, and the request
+  fails (`UpstreamError` before the head, `UpstreamBodyError` after) unless its answer
+  was already complete.
+
+A connection goes back to the pool only when the whole response was read, the whole
+request was sent before it began, and both sides allow keep-alive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -26,6 +42,15 @@ from yarl import URL
 
 _NO_BODY_STATUS = frozenset({204, 304})
 _HIGH_WATER = 256 * 1024  # buffered response bytes before we stop reading the socket
+
+# RFC 9110 §5.6.2 tokens (methods, header names), checked on the names joined by "\n" so
+# that one regex call covers every name and an empty name cannot hide between two others.
+_TOKENS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
+# Bytes that must never reach the head from a value: every control but HTAB (RFC 9110
+# §5.5), CR, LF and NUL included. Values are checked joined by HTAB, which is allowed.
+_UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# An origin-form target (RFC 9112 §3.2.1): visible ASCII only, no space, no controls.
+_TARGET = re.compile(r"/[!-~]*")
 
 
 class UpstreamError(Exception):
@@ -47,6 +72,14 @@ class UpstreamBodyError(Exception):
     """The upstream failed while sending the response body (after the head)."""
 
 
+class UnsafeRequest(ValueError):
+    """A request the upstream client refuses to write: a field that could change framing."""
+
+
+class _Stray(Exception):
+    """Raised from a parser callback to stop llhttp at bytes past the final response."""
+
+
 class _Connection(asyncio.Protocol):
     """One TCP connection; parses responses and buffers body chunks with back-pressure."""
 
@@ -56,6 +89,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.received_any = False
+        self.request_sent = False  # the whole request, body included, was written
+        self._final = False  # the head of the final (non-1xx) response was parsed
         self._writable = asyncio.Event()
         self._writable.set()
         self._response: UpstreamResponse | None = None
@@ -74,9 +109,8 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"invalid response from upstream: {exc}"))
-            self.close()
+        except Exception as exc:  # llhttp's errors, an upgrade, or `_Stray` from a callback
+            self._poison(f"invalid response from upstream: {exc.__context__ or exc}")
 
     def eof_received(self) -> bool | None:
         return False  # close the transport; connection_lost does the rest
@@ -99,6 +133,10 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._final:  # a second response after the one this request gets
+            raise _Stray("bytes after the end of the response")
+
     def on_status(self, status: bytes) -> None:
         assert self._response is not None
         self._response.reason = status.decode("latin-1")
@@ -115,10 +153,17 @@ class _Connection(asyncio.Protocol):
         assert response is not None and self._parser is not None
         status = self._parser.get_status_code()
         if status < 200:  # 100 Continue and friends: wait for the real response
+            if status == 101:  # we never ask to switch protocols
+                raise _Stray("unrequested 101 Switching Protocols")
             response.raw_headers.clear()
             return
+        self._final = True
         response.status = status
-        response.keep_alive = self._parser.should_keep_alive()
+        # An answer that began before the request body was all sent (handed to the
+        # kernel, not just to the transport's buffer) leaves the upstream's reading of
+        # that body unknown: the connection ends with this response.
+        sent = self.request_sent and not self._buffered()
+        response.keep_alive = sent and self._parser.should_keep_alive()
         framed = any(
             name.lower() in ("content-length", "transfer-encoding")
             for name, _ in response.raw_headers
@@ -132,6 +177,8 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         assert self._response is not None
+        if self._response.complete:  # a body after a HEAD, 204 or 304 answer
+            raise _Stray("a body where the response has none")
         self._response.feed(body)
 
     def on_message_complete(self) -> None:
@@ -143,6 +190,8 @@ class _Connection(asyncio.Protocol):
 
     def start(self, response: UpstreamResponse) -> None:
         self.received_any = False
+        self.request_sent = False
+        self._final = False
         self._response = response
         self._parser = httptools.HttpResponseParser(self)
 
@@ -170,9 +219,22 @@ class _Connection(asyncio.Protocol):
         if not self._writable.is_set():
             await self._writable.wait()
 
+    def _buffered(self) -> int:
+        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+
     def _fail(self, exc: Exception) -> None:
         if self._response is not None:
             self._response.fail(exc)
+
+    def _poison(self, reason: str) -> None:
+        """Framing doubt: fail an unfinished response, close, and stop parsing for good."""
+        self._parser = None
+        response = self._response
+        if response is not None:
+            response.keep_alive = False
+            if not response.complete:
+                self._fail(UpstreamError(reason))
+        self.close()
 
     def close(self) -> None:
         self.closed = True
@@ -355,6 +417,9 @@ class UpstreamPool:
         else:
             await self._slots.acquire()
         try:
+            # The body framing is decided here, once, from what the caller knows: the
+            # length when it has one, else chunked. Nothing downstream re-reads it.
+            chunked = body is not None and content_length is None
             head = self._head(method, target, headers, body is not None, content_length)
             for attempt in (0, 1):
                 connection = self._take_idle()
@@ -365,7 +430,9 @@ class UpstreamPool:
                 connection.start(response)
                 try:
                     remaining = deadline - loop.time()
-                    return await self._exchange(connection, response, head, body, remaining)
+                    return await self._exchange(
+                        connection, response, head, body, content_length, chunked, remaining
+                    )
                 except BaseException as exc:
                     # Whatever went wrong (a timeout, a body that was refused, a broken
                     # connection), a half-used connection is never reused.
@@ -394,6 +461,8 @@ class UpstreamPool:
         response: UpstreamResponse,
         head: bytes,
         body: AsyncIterator[bytes] | None,
+        content_length: int | None,
+        chunked: bool,
         timeout: float,
     ) -> UpstreamResponse:
         if body is None:
@@ -401,6 +470,7 @@ class UpstreamPool:
             # it whole (heads are bounded: 431 over 64 KiB), so the wait for the answer
             # needs a timer, not a cancel scope: ~10 µs less per request.
             connection.send(head)
+            connection.request_sent = True
             timer = asyncio.get_running_loop().call_later(
                 timeout, _time_out, response.head_received
             )
@@ -412,16 +482,25 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(timeout):
                 await connection.write(head)
-                chunked = b"transfer-encoding: chunked" in head.lower()
+                sent = 0
                 async for chunk in body:
+                    if response.head_received.done():
+                        break  # answered early: the rest is not wanted (and not reused)
                     if not chunk:
                         continue
+                    sent += len(chunk)
                     if chunked:
                         await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    elif sent > cast(int, content_length):
+                        raise UpstreamError("request body longer than its Content-Length")
                     else:
                         await connection.write(chunk)
-                if chunked:
-                    await connection.write(b"0\r\n\r\n")
+                else:
+                    if chunked:
+                        await connection.write(b"0\r\n\r\n")
+                    elif sent != content_length:
+                        raise UpstreamError("request body shorter than its Content-Length")
+                    connection.request_sent = not response.head_received.done()
                 await response.head_received
         except TimeoutError:
             raise UpstreamTimeout("no response from the upstream in time") from None
@@ -437,9 +516,20 @@ class UpstreamPool:
         has_body: bool,
         content_length: int | None,
     ) -> bytes:
-        lines = [f"{method} {self.base_path}{target} HTTP/1.1", f"Host: {self.host_header}"]
+        target = self.base_path + target
+        if not (_TOKENS.fullmatch(method) and _TARGET.fullmatch(target)):
+            raise UnsafeRequest("request line with characters outside HTTP's grammar")
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}"]
+        names = []
+        values = []
         for name, value in headers:
+            names.append(name)
+            values.append(value)
             lines.append(f"{name}: {value}")
+        if names and not _TOKENS.fullmatch("\n".join(names)):
+            raise UnsafeRequest("a header name outside HTTP's token grammar")
+        if _UNSAFE_VALUE.search("\t".join(values)):
+            raise UnsafeRequest("a header value with a control character")
         if has_body:
             if content_length is not None:
                 lines.append(f"Content-Length: {content_length}")

@@ -1,0 +1,288 @@
+"""HTTP framing between the client, the gateway and the upstream (SPEC §3 "Framing", §10).
+
+The two desyncs found in review, each a regression test that failed before the fix:
+header text deciding the request's body framing (finding 1), and a second response on
+an upstream connection absorbed into, or answering, the next request (finding 2). Then
+`Expect: 100-continue`, forwarding headers from untrusted peers, and the fields the
+upstream client refuses to write. The property-based differential fuzzing is in
+test_framing_fuzz.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.app import UPSTREAM
+from gateway.upstream import UnsafeRequest, UpstreamPool
+
+from .conftest import GatewayFactory, Seed
+from .helpers import make_config, wait_for
+from .reliability import Received, answer, exchange, raw_upstream, status_codes
+
+FRAMING_DECOYS = [
+    ("X-Transfer-Encoding", "chunked"),
+    ("X-Note", "transfer-encoding: chunked"),
+    ("X-Chunked", "Transfer-Encoding: chunked, content-length: 0"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), FRAMING_DECOYS)
+async def test_header_text_never_decides_request_framing(
+    start_gateway: GatewayFactory, seed: Seed, database_url: str, name: str, value: str
+) -> None:
+    """Finding 1: a header merely mentioning chunked left Content-Length: 5 on a chunked body."""
+    key = await seed.key()
+    async with raw_upstream() as upstream:
+        gateway = await start_gateway(make_config(database_url, upstream.url))
+        request = (
+            f"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key.key}\r\n"
+            f"{name}: {value}\r\nContent-Length: 5\r\n\r\nhello"
+        ).encode()
+        raw = await exchange(gateway.port, request)
+        assert status_codes(raw) == [200]
+        assert [r.body for r in upstream.received] == [b"hello"]
+        (received,) = upstream.received
+        assert received.header("Content-Length") == ["5"]
+        assert received.header("Transfer-Encoding") == []
+        assert upstream.parse_errors == 0
+        assert bytes(upstream.raw[0]).endswith(b"\r\n\r\nhello")
+
+
+async def test_chunked_client_body_is_rechunked_by_the_gateway(
+    start_gateway: GatewayFactory, seed: Seed, database_url: str
+) -> None:
+    """No length known: the gateway chunks, whatever the client's chunk extensions said."""
+    key = await seed.key()
+    async with raw_upstream() as upstream:
+        gateway = await start_gateway(make_config(database_url, upstream.url))
+        request = (
+            f"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key.key}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+            '3;ext="Content-Length: 1"\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n'
+        ).encode()
+        raw = await exchange(gateway.port, request)
+        assert status_codes(raw) == [200]
+        (received,) = upstream.received
+        assert received.body == b"abcde"
+        assert received.header("Transfer-Encoding") == ["chunked"]
+        assert received.header("Content-Length") == []
+        assert received.header("X-Trailer") == []
+        assert b"ext=" not in upstream.raw[0]
+
+
+async def second_response(request: Received, transport: asyncio.Transport) -> None:
+    transport.write(answer(b"ok") + answer(b"smuggled", "400 Bad Request"))
+
+
+async def head_with_body(request: Received, transport: asyncio.Transport) -> None:
+    transport.write(answer(b"body-of-a-head"))  # Content-Length 14, and the 14 bytes
+
+
+async def no_content_with_body(request: Received, transport: asyncio.Transport) -> None:
+    transport.write(b"HTTP/1.1 204 No Content\r\n\r\n" + answer(b"smuggled", "400 Bad Request"))
+
+
+async def stray_text(request: Received, transport: asyncio.Transport) -> None:
+    transport.write(answer(b"ok") + b"garbage")
+
+
+POISONERS = {
+    "/v1/two": ("GET", second_response, 200, b"ok"),
+    "/v1/head": ("HEAD", head_with_body, 200, b""),
+    "/v1/no-content": ("GET", no_content_with_body, 204, b""),
+    "/v1/stray": ("GET", stray_text, 200, b"ok"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(POISONERS))
+async def test_bytes_after_a_response_never_reach_the_next_request(
+    start_gateway: GatewayFactory, seed: Seed, database_url: str, path: str
+) -> None:
+    """Finding 2: bytes after the end of a response poison the connection; the next
+    request gets its own answer on a new one."""
+    method, behaviour, status, body = POISONERS[path]
+    key = await seed.key()
+    async with raw_upstream({path: behaviour}) as upstream:
+        gateway = await start_gateway(make_config(database_url, upstream.url))
+        headers = {"Authorization": f"Bearer {key.key}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.request(method, gateway.make_url(path), headers=headers) as r:
+                assert (r.status, await r.read()) == (status, body)
+            async with session.get(gateway.make_url("/v1/after"), headers=headers) as r:
+                assert (r.status, await r.read()) == (200, b"ok")
+        assert [r.connection for r in upstream.received] == [0, 1]
+        assert upstream.accepted == 2
+
+
+async def test_an_answer_before_the_request_body_ends_the_connection(
+    start_gateway: GatewayFactory, seed: Seed, database_url: str
+) -> None:
+    """An upstream that answers before reading the body leaves its framing unknown: the
+    client gets that answer, and the upstream connection is closed, not pooled."""
+    key = await seed.key()
+    answered = asyncio.Event()
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer(b"early", "413 Content Too Large"))
+        answered.set()
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass  # whatever still comes, until the gateway closes
+        writer.close()
+
+    server = await asyncio.start_server(early, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gateway = await start_gateway(make_config(database_url, f"http://127.0.0.1:{port}"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(
+            f"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key.key}\r\n"
+            "Content-Length: 100000\r\n\r\n".encode()
+            + b"x" * 10
+        )
+        await asyncio.wait_for(answered.wait(), 10)
+        writer.write(b"y" * (100000 - 10))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 413")
+        writer.close()
+        pool = gateway.app[UPSTREAM]
+        await wait_for(lambda: pool.open_connections == 0)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# -- Expect: 100-continue ---------------------------------------------------------------
+
+
+async def test_refused_request_gets_its_final_status_without_100_continue(
+    gateway: TestServer,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer gp_nope\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 401 ")
+    assert b"connection: close" in head.lower()
+    writer.close()
+
+
+async def test_authorised_request_gets_100_continue_then_its_answer(
+    start_gateway: GatewayFactory, seed: Seed, database_url: str
+) -> None:
+    key = await seed.key()
+    async with raw_upstream() as upstream:
+        gateway = await start_gateway(make_config(database_url, upstream.url))
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(
+            f"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key.key}\r\n"
+            "Expect: 100-continue\r\nContent-Length: 5\r\n\r\n".encode()
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert upstream.received == []  # nothing forwarded before the body came
+        writer.write(b"hello")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        writer.close()
+        (received,) = upstream.received
+        assert received.body == b"hello"
+        assert received.header("Expect") == []
+
+
+async def test_unknown_expectation_is_refused(gateway: TestServer) -> None:
+    raw = await exchange(
+        gateway.port, b"GET /v1/customers HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"
+    )
+    assert status_codes(raw) == [417]
+
+
+# -- forwarding headers -----------------------------------------------------------------
+
+CLIENT_CLAIMS = {
+    "X-Real-IP": "10.9.9.9",
+    "True-Client-IP": "10.9.9.9",
+    "Forwarded": "for=10.9.9.9;host=evil.example",
+    "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Port": "1",
+    "X-Forwarded-Prefix": "/admin",
+    "X-Forwarded-Server": "evil",
+}
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+async def test_forwarding_headers_pass_only_from_trusted_proxies(
+    start_gateway: GatewayFactory, seed: Seed, database_url: str, trusted: bool
+) -> None:
+    key = await seed.key()
+    async with raw_upstream() as upstream:
+        proxy = {"trusted_proxies": ["127.0.0.1/32"] if trusted else []}
+        gateway = await start_gateway(make_config(database_url, upstream.url, proxy=proxy))
+        headers = {"Authorization": f"Bearer {key.key}", **CLIENT_CLAIMS}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(gateway.make_url("/v1/customers"), headers=headers) as r:
+                assert r.status == 200
+        (received,) = upstream.received
+        for name in CLIENT_CLAIMS:
+            if name in ("Forwarded", "X-Forwarded-Host"):
+                continue  # re-derived by the gateway either way: below
+            assert received.header(name) == ([CLIENT_CLAIMS[name]] if trusted else []), name
+        assert received.header("Forwarded") == []
+        expected_host = "evil.example" if trusted else f"127.0.0.1:{gateway.port}"
+        assert received.header("X-Forwarded-Host") == [expected_host]
+
+
+# -- what the upstream client refuses to write ----------------------------------------------
+
+UNSAFE = [
+    ("GET", "/x", [("X-A", "a\r\nX-Injected: 1")]),
+    ("GET", "/x", [("X-A", "a\nb")]),
+    ("GET", "/x", [("X-A", "a\x00b")]),
+    ("GET", "/x", [("X-A: b\r\nX-B", "c")]),
+    ("GET", "/x", [("Content-Length: 5\tX", "c")]),
+    ("GET", "/x", [("", "empty name")]),
+    ("GET", "/x", [("X A", "space in name")]),
+    ("GET", "/x HTTP/1.1\r\nX-Injected: 1\r\n\r\nGET /y", []),
+    ("GET", "/a b", []),
+    ("GET", "/caf\u00e9", []),
+    ("GET /x HTTP/1.1\r\n", "/y", []),
+    ("G ET", "/x", []),
+]
+
+
+@pytest.mark.parametrize(("method", "target", "headers"), UNSAFE)
+async def test_upstream_client_refuses_fields_that_could_change_framing(
+    method: str, target: str, headers: list[tuple[str, str]]
+) -> None:
+    async with raw_upstream() as upstream:
+        pool = UpstreamPool(upstream.url, limit=1, connect_timeout=2)
+        try:
+            with pytest.raises(UnsafeRequest):
+                await pool.request(method, target, headers, timeout=5)
+            # The slot was given back, and a sound request still goes through.
+            response = await pool.request("GET", "/ok", [("X-A", "caf\u00e9\tok")], timeout=5)
+            assert response.status == 200
+            response.release()
+        finally:
+            await pool.close()
+        assert [r.target for r in upstream.received] == ["/ok"]
+
+
+async def test_gateway_answers_400_for_a_request_it_will_not_forward(
+    start_gateway: GatewayFactory, seed: Seed, database_url: str
+) -> None:
+    key = await seed.key()
+    async with raw_upstream() as upstream:
+        gateway = await start_gateway(make_config(database_url, upstream.url))
+        request = f"GET /v1/caf\u00e9 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key.key}"
+        raw = await exchange(gateway.port, f"{request}\r\n\r\n".encode())
+        assert status_codes(raw) == [400]
+        assert upstream.received == []
