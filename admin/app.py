@@ -78,7 +78,12 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
     operator_token = app[_OPERATOR_TOKEN]
     if operator_token and len(operator_token) < 32:
         log.warning("%s is shorter than 32 characters: use a long random token", OPERATOR_TOKEN_ENV)
-    authenticator = AdminAuthenticator(app[POOL], app[HASHER], operator_token or None)
+    authenticator = AdminAuthenticator(
+        app[POOL],
+        app[HASHER],
+        operator_token or None,
+        failed_auth=app[CONFIG].rate_limits.failed_auth,
+    )
     app[AUTHENTICATOR] = authenticator
     yield
     authenticator.close()

@@ -9,6 +9,11 @@ a regenerated token has a new public id and a removed member has no row, so eith
 stops working at once in every process, and a role change applies to the next request,
 with no invalidation protocol to get wrong.
 
+Verifications are throttled like the proxy's (`gateway.throttle`, the same
+`rate_limits.failed_auth` budgets): an address or token id that failed too often gets
+429 `too_many_failed_attempts` before any query or argon2 work, so made-up tokens with a
+valid checksum cannot be used to burn the CPU.
+
 The operator token comes only from the environment (`GATEWAY_OPERATOR_TOKEN`) and is
 compared in constant time; when it is unset, nothing authenticates as the operator.
 
@@ -34,8 +39,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.accounts import ADMIN_TOKEN_FORMAT, Member, member_by_token_id
+from gateway.clock import Clock, SystemClock
+from gateway.config import FailedAuthConfig
 from gateway.errors import GatewayError
 from gateway.keys import Hasher
+from gateway.throttle import ABANDONED, FailedAuthThrottle
 
 log = logging.getLogger("admin.auth")
 
@@ -127,10 +135,15 @@ class AdminAuthenticator:
         hasher: Hasher,
         operator_token: str | None,
         *,
+        failed_auth: FailedAuthConfig | None = None,
+        clock: Clock | None = None,
         max_entries: int = 10_000,
         verify_concurrency: int = 2,
     ) -> None:
         self._pool = pool
+        self._throttle = FailedAuthThrottle(
+            failed_auth or FailedAuthConfig(), clock or SystemClock()
+        )
         self._hasher = hasher
         self._operator = _digest(operator_token) if operator_token else None
         self._max_entries = max_entries
@@ -144,7 +157,7 @@ class AdminAuthenticator:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def authenticate(self, header: str | None) -> Principal:
+    async def authenticate(self, header: str | None, client_ip: str = "") -> Principal:
         if header is None or not header.strip():
             raise missing_token()
         scheme, _, token = header.strip().partition(" ")
@@ -157,22 +170,32 @@ class AdminAuthenticator:
         parsed = ADMIN_TOKEN_FORMAT.parse(token)
         if parsed is None:
             raise invalid_token()
+        attempt = self._throttle.admit(client_ip, parsed.public_id)
         found = await member_by_token_id(self._pool, parsed.public_id)
-        if found is None:
-            # As long as a wrong secret, so the time does not tell which ids exist.
-            await self._argon2(await self._dummy(), parsed.secret)
-            raise invalid_token()
-        member, token_hash = found
-        cached = self._verified.get(parsed.public_id)
-        if (
-            cached is not None
-            and hmac.compare_digest(cached[0], digest)
-            and hmac.compare_digest(cached[1], token_hash)
-        ):
-            self._verified.move_to_end(parsed.public_id)
-            return Principal("member", member)
-        if not await self._argon2(token_hash, parsed.secret):
-            raise invalid_token()
+        if found is not None:
+            member, token_hash = found
+            cached = self._verified.get(parsed.public_id)
+            if (
+                cached is not None
+                and hmac.compare_digest(cached[0], digest)
+                and hmac.compare_digest(cached[1], token_hash)
+            ):
+                self._verified.move_to_end(parsed.public_id)
+                return Principal("member", member)
+        await attempt.charge()
+        failure: str | None = ABANDONED
+        try:
+            if found is None:
+                # As long as a wrong secret, so the time does not tell which ids exist.
+                await self._argon2(await self._dummy(), parsed.secret)
+                failure = "unknown"
+                raise invalid_token()
+            if not await self._argon2(token_hash, parsed.secret):
+                failure = "wrong_secret"
+                raise invalid_token()
+            failure = None
+        finally:
+            attempt.done(failure)
         self._verified[parsed.public_id] = (digest, token_hash)
         self._verified.move_to_end(parsed.public_id)
         while len(self._verified) > self._max_entries:
@@ -208,7 +231,9 @@ async def enforce_policy(request: web.Request, handler: Handler) -> web.StreamRe
     if allowed is None:
         log.error("admin route without a policy: %s %s", request.method, route)
         raise forbidden()
-    principal = await request.app[AUTHENTICATOR].authenticate(request.headers.get("Authorization"))
+    principal = await request.app[AUTHENTICATOR].authenticate(
+        request.headers.get("Authorization"), request.remote or ""
+    )
     if principal.role not in allowed:
         raise forbidden()
     request[PRINCIPAL] = principal

@@ -264,6 +264,13 @@ _RESPONSES = {
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
     },
     "Forbidden": _error("forbidden: the token's role may not do this."),
+    "TooManyFailedAttempts": {
+        **_error(
+            "too_many_failed_attempts: this address or token id failed authentication too"
+            " often (rate_limits.failed_auth); retry after Retry-After seconds."
+        ),
+        "headers": {"Retry-After": {"schema": {"type": "string"}}},
+    },
     "NotFound": _error("not_found: no such id in your account (other accounts' ids too)."),
     "Conflict": _error("The change would break a rule (last_owner, conflict)."),
     "TooLarge": _error("request_too_large: the body is over 64 KiB."),
@@ -323,6 +330,7 @@ def _operation(
         responses["404"] = {"$ref": "#/components/responses/NotFound"}
     if conflict:
         responses["409"] = {"$ref": "#/components/responses/Conflict"}
+    responses["429"] = {"$ref": "#/components/responses/TooManyFailedAttempts"}
     if body is not None:
         responses["413"] = {"$ref": "#/components/responses/TooLarge"}
         responses["415"] = {"$ref": "#/components/responses/UnsupportedMediaType"}
