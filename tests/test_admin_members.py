@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestServer
 
 from admin.app import create_admin_app
 from admin.auth import AdminAuthenticator
-from gateway.config import Config
+from gateway.accounts import ADMIN_TOKEN_FORMAT
+from gateway.config import Config, FailedAuthConfig
 from gateway.errors import GatewayError
 from gateway.keys import Hasher
 
@@ -277,3 +278,40 @@ async def test_verified_tokens_are_cached_but_follow_the_database(
     finally:
         auth.close()
         await pool.close()
+
+
+async def test_made_up_tokens_are_throttled_before_argon2(world: World, config: Config) -> None:
+    """25 made-up tokens (valid checksums) from one address: at most the per-IP budget
+    of argon2 verifications, then 429 too_many_failed_attempts with Retry-After."""
+    pool = await asyncpg.create_pool(config.database.url, min_size=1, max_size=2)
+    CountingHasher.verifications = 0
+    hasher = CountingHasher(config.keys.argon2)
+    budget = FailedAuthConfig(per_ip_per_minute=5, per_key_per_minute=5)
+    auth = AdminAuthenticator(pool, hasher, None, failed_auth=budget)
+    statuses = []
+    try:
+        for _ in range(25):
+            with pytest.raises(GatewayError) as refused:
+                await auth.authenticate(f"Bearer {ADMIN_TOKEN_FORMAT.generate()[0]}", "192.0.2.7")
+            statuses.append(refused.value.status)
+            if refused.value.status == 429:
+                assert refused.value.code == "too_many_failed_attempts"
+                assert int(refused.value.headers["Retry-After"]) >= 1
+        # Another address is not held back by this one's failures.
+        principal = await auth.authenticate(f"Bearer {world.admin}", "192.0.2.8")
+        assert principal.role == "admin"
+    finally:
+        auth.close()
+        await pool.close()
+    assert statuses == [401] * 5 + [429] * 20
+    # Five made-up tokens (one dummy hash each, plus the dummy's creation) and the admin's.
+    assert CountingHasher.verifications == 6
+
+
+async def test_admin_listener_answers_429_after_failed_tokens(world: World) -> None:
+    """Over the wire, with the default budget (30 per address per minute)."""
+    statuses = set()
+    for _ in range(40):
+        reply = await world.client.call("GET", "/v1/me", ADMIN_TOKEN_FORMAT.generate()[0])
+        statuses.add(reply.status)
+    assert statuses == {401, 429}
