@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck check clean distclean bench bench-quick wrk nginx soak
+.PHONY: run test lint typecheck check clean distclean bench bench-quick wrk nginx soak fuzz
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: $(STAMP)
 soak: $(STAMP)
 	SOAK_SECONDS=$${SOAK_SECONDS:-180} SOAK_WORKERS=$${SOAK_WORKERS:-2} \
 		$(BIN)/python -m pytest -s --timeout=0 tests/test_soak.py $(PYTEST_ARGS)
+
+## fuzz: the differential framing fuzz (tests/test_framing_fuzz.py) with fresh random
+## examples and a large budget: FRAMING_EXAMPLES per property (default 8000, ~20 minutes)
+fuzz: $(STAMP)
+	FUZZ_RANDOM=1 FRAMING_EXAMPLES=$${FRAMING_EXAMPLES:-8000} \
+		$(BIN)/python -m pytest -q --timeout=0 --hypothesis-show-statistics tests/test_framing_fuzz.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
