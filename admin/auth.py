@@ -43,7 +43,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import FailedAuthConfig
 from gateway.errors import GatewayError
 from gateway.keys import Hasher
-from gateway.throttle import ABANDONED, FailedAuthThrottle
+from gateway.throttle import FailedAuthThrottle
 
 log = logging.getLogger("admin.auth")
 
@@ -183,19 +183,17 @@ class AdminAuthenticator:
                 self._verified.move_to_end(parsed.public_id)
                 return Principal("member", member)
         await attempt.charge()
-        failure: str | None = ABANDONED
+        verified = False  # until proven: a request that leaves mid-way keeps its charge
         try:
             if found is None:
                 # As long as a wrong secret, so the time does not tell which ids exist.
                 await self._argon2(await self._dummy(), parsed.secret)
-                failure = "unknown"
                 raise invalid_token()
             if not await self._argon2(token_hash, parsed.secret):
-                failure = "wrong_secret"
                 raise invalid_token()
-            failure = None
+            verified = True
         finally:
-            attempt.done(failure)
+            attempt.settle(failed=not verified)
         self._verified[parsed.public_id] = (digest, token_hash)
         self._verified.move_to_end(parsed.public_id)
         while len(self._verified) > self._max_entries:

@@ -1,13 +1,11 @@
-"""The admin listener's request middleware: request ids, field errors, database outages.
+"""The admin listener's request middleware: request ids and database outages.
 
-`gateway.errors.error_middleware` (outermost) renders every `GatewayError`; this one sits
-inside it to add what only the admin API needs: the list of offending fields on a
-`validation_error`, and a 503 instead of a 500 when Postgres cannot be reached.
+`gateway.errors.error_middleware` (outermost) renders every `GatewayError`, a validation
+error's `fields` included; this one sits inside it to give each request its id and to
+answer 503 instead of 500 when Postgres cannot be reached.
 """
 
 from __future__ import annotations
-
-import json
 
 import asyncpg
 from aiohttp import web
@@ -16,8 +14,6 @@ from aiohttp.typedefs import Handler
 from gateway.db import UNAVAILABLE
 from gateway.errors import REQUEST_ID, GatewayError, new_request_id
 
-from .validation import ValidationError
-
 
 @web.middleware
 async def admin_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -25,21 +21,6 @@ async def admin_errors(request: web.Request, handler: Handler) -> web.StreamResp
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
-    except ValidationError as exc:
-        body = {
-            "error": {
-                "code": exc.code,
-                "message": exc.message,
-                "request_id": request_id,
-                "fields": [{"field": field, "message": message} for field, message in exc.errors],
-            }
-        }
-        return web.Response(
-            status=400,
-            text=json.dumps(body),
-            content_type="application/json",
-            headers={"X-Request-Id": request_id},
-        )
     except (*UNAVAILABLE, asyncpg.exceptions.PostgresConnectionError) as exc:
         raise GatewayError(
             503,

@@ -48,10 +48,13 @@ _EMAIL = re.compile(EMAIL_PATTERN)
 
 
 class ValidationError(GatewayError):
-    """400 `validation_error` naming every offending field (rendered by `admin.app`)."""
+    """400 `validation_error` naming every offending field in `fields`."""
 
     def __init__(self, errors: list[tuple[str, str]]) -> None:
-        super().__init__(400, "validation_error", "The request has invalid fields.")
+        fields = [{"field": field, "message": message} for field, message in errors]
+        super().__init__(
+            400, "validation_error", "The request has invalid fields.", details={"fields": fields}
+        )
         self.errors = errors
 
 

@@ -25,6 +25,7 @@ from .keys import Hasher, KeyFormat, KeyStore
 from .logs import AccessLog
 from .proxy import Proxy
 from .ratelimit import RateLimiter, SlidingWindowLimiter
+from .throttle import FailedAuthThrottle
 from .upstream import UpstreamPool
 from .usage import UsageRecorder
 
@@ -137,6 +138,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
     app[PROXY] = Proxy(
         config.proxy,
         app[AUTH],
+        FailedAuthThrottle(config.rate_limits.failed_auth, app[CLOCK]),
         app[LIMITER],
         app[USAGE],
         app[UPSTREAM],

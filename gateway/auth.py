@@ -24,6 +24,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -39,8 +40,8 @@ from .cache import CacheEntry, KeyCache
 from .clock import Clock, utcnow
 from .config import KeysConfig
 from .db import UNAVAILABLE
-from .errors import GatewayError
-from .keys import KeyRecord, KeyStore, ParsedKey
+from .errors import GatewayError, Outcome
+from .keys import KeyFormat, KeyRecord, KeyStore, ParsedKey
 
 log = logging.getLogger("gateway.auth")
 
@@ -54,7 +55,12 @@ REFRESH_CHUNK = 500
 
 
 class AuthError(GatewayError):
-    """A refused key. `key` is set when the key id was known (usage: failed_auth/denied)."""
+    """A refused key.
+
+    `key` is set when the key id was known (its usage shows the refusal); `reason` is the
+    `gateway_auth_total` label; `failed_verification` says that a secret was checked and
+    was wrong (unknown id or wrong secret): what the failed-auth throttle keeps charged.
+    """
 
     def __init__(
         self,
@@ -62,13 +68,16 @@ class AuthError(GatewayError):
         code: str,
         message: str,
         *,
-        key: KeyRecord | None = None,
         reason: str,
+        outcome: Outcome,
+        key: KeyRecord | None = None,
+        failed_verification: bool = False,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(status, code, message, headers)
+        super().__init__(status, code, message, headers, outcome=outcome)
         self.key = key
         self.reason = reason
+        self.failed_verification = failed_verification
 
 
 def missing_key() -> AuthError:
@@ -77,20 +86,31 @@ def missing_key() -> AuthError:
         "missing_api_key",
         "Send your API key as 'Authorization: Bearer <API key>'.",
         reason="missing",
+        outcome=Outcome.UNAUTHENTICATED,
         headers={"WWW-Authenticate": BEARER_REALM},
     )
 
 
-def invalid_key(reason: str, key: KeyRecord | None = None) -> AuthError:
-    # One body for malformed, unknown, wrong-secret and deleted keys: no oracle.
+def invalid_key(
+    reason: str, key: KeyRecord | None = None, *, failed_verification: bool = False
+) -> AuthError:
+    """One body for malformed, unknown, wrong-secret and revoked keys: no oracle. `key`:
+    a wrong secret for this known key (its usage counts a failed authentication)."""
     return AuthError(
         401,
         "invalid_api_key",
         "The API key is not valid.",
-        key=key,
         reason=reason,
+        outcome=Outcome.FAILED_AUTH if key is not None else Outcome.UNAUTHENTICATED,
+        key=key,
+        failed_verification=failed_verification,
         headers={"WWW-Authenticate": f'{BEARER_REALM}, error="invalid_token"'},
     )
+
+
+def refused_key(code: str, message: str, reason: str, key: KeyRecord) -> AuthError:
+    """A key that is ours and verified, but may not be used now (disabled, expired)."""
+    return AuthError(401, code, message, reason=reason, outcome=Outcome.DENIED, key=key)
 
 
 def auth_unavailable() -> AuthError:
@@ -99,11 +119,24 @@ def auth_unavailable() -> AuthError:
         "auth_unavailable",
         "API keys cannot be verified right now; retry shortly.",
         reason="unavailable",
+        outcome=Outcome.UNAVAILABLE,
         headers={"Retry-After": "5"},
     )
 
 
-def parse_authorization(header: str | None, authenticator: Authenticator) -> ParsedKey:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Credentials:
+    """The bearer token of a request and its parts (key id, secret)."""
+
+    token: str
+    parsed: ParsedKey
+
+    @property
+    def public_id(self) -> str:
+        return self.parsed.public_id
+
+
+def parse_authorization(header: str | None, key_format: KeyFormat) -> Credentials:
     """Step 1: the header's shape and the key's checksum, without any I/O."""
     if header is None or not header.strip():
         raise missing_key()
@@ -111,10 +144,10 @@ def parse_authorization(header: str | None, authenticator: Authenticator) -> Par
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise invalid_key("malformed")
-    parsed = authenticator.key_format.parse(token)
+    parsed = key_format.parse(token)
     if parsed is None:
         raise invalid_key("malformed")
-    return parsed
+    return Credentials(token, parsed)
 
 
 def settle_argon2_thread(threads: Iterator[int]) -> None:
@@ -187,8 +220,7 @@ class Authenticator:
 
     async def authenticate(
         self,
-        token: str,
-        parsed: ParsedKey,
+        credentials: Credentials,
         *,
         before_verify: Callable[[], Awaitable[None]] | None = None,
     ) -> KeyRecord:
@@ -198,7 +230,8 @@ class Authenticator:
         that would cost a query and argon2, and may refuse it by raising (or wait for
         other verifications to be decided).
         """
-        digest = hashlib.sha256(token.encode()).digest()
+        parsed = credentials.parsed
+        digest = hashlib.sha256(credentials.token.encode()).digest()
         entry = self.cache.get(parsed.public_id)
         if entry is not None and hmac.compare_digest(entry.digest, digest):
             metrics.count(metrics.KEY_CACHE_HITS)
@@ -220,21 +253,9 @@ class Authenticator:
 
     def _check_state(self, record: KeyRecord) -> None:
         if not record.enabled:
-            raise AuthError(
-                401,
-                "disabled_api_key",
-                "This API key is disabled.",
-                key=record,
-                reason="disabled",
-            )
+            raise refused_key("disabled_api_key", "This API key is disabled.", "disabled", record)
         if record.expires_at is not None and record.expires_at <= utcnow(self.clock):
-            raise AuthError(
-                401,
-                "expired_api_key",
-                "This API key has expired.",
-                key=record,
-                reason="expired",
-            )
+            raise refused_key("expired_api_key", "This API key has expired.", "expired", record)
 
     async def _reconfirm(self, public_id: str, entry: CacheEntry, age: float) -> KeyRecord:
         """Ask Postgres whether the verified hash is still this key's; no argon2."""
@@ -355,7 +376,7 @@ class Authenticator:
             raise auth_unavailable() from None
         if record is None:
             await self._argon2(self._dummy_hash, parsed.secret)
-            raise invalid_key("unknown")
+            raise invalid_key("unknown", failed_verification=True)
         confirmed_at = self.clock.monotonic()
         for secret_hash in record.candidate_hashes(utcnow(self.clock)):
             if await self._argon2(secret_hash, parsed.secret):
@@ -364,7 +385,7 @@ class Authenticator:
                 self.cache.put(parsed.public_id, entry)
                 self._confirm(parsed.public_id, entry, confirmed_at)
                 return record
-        raise invalid_key("wrong_secret", key=record)
+        raise invalid_key("wrong_secret", key=record, failed_verification=True)
 
     async def _lookup(self, public_id: str) -> KeyRecord | None:
         metrics.KEY_LOOKUPS.inc()

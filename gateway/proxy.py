@@ -1,9 +1,11 @@
 """The request pipeline of the public listener, top to bottom (SPEC §3):
 
-    parse → authenticate → authorise → limit → record → forward
+    parse → throttle admits → authenticate → authorise → limit → record → forward
 
-Every step either passes or raises a `GatewayError`; `handle` renders it, then counts the
-request (metrics, hourly usage) and writes its access-log line, whatever happened.
+`_pipeline` reads as that list. Every step either passes or raises a `GatewayError`,
+which carries its status, code and `Outcome`; `handle` renders it (`errors.error_response`),
+then counts the request (metrics, hourly usage) and writes its access-log line, whatever
+happened.
 """
 
 from __future__ import annotations
@@ -20,9 +22,17 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from . import metrics
-from .auth import Authenticator, AuthError, parse_authorization
+from .auth import Authenticator, AuthError, Credentials, parse_authorization
 from .config import ProxyConfig
-from .errors import REQUEST_ID, GatewayError, error_response, new_request_id, render
+from .errors import (
+    REQUEST_ID,
+    USAGE_OUTCOMES,
+    GatewayError,
+    Outcome,
+    error_response,
+    internal_error,
+    new_request_id,
+)
 from .headers import (
     ClientAddress,
     Network,
@@ -33,7 +43,7 @@ from .headers import (
 from .keys import KeyRecord
 from .logs import AccessLog
 from .ratelimit import RateLimiter
-from .throttle import ABANDONED
+from .throttle import AuthAttempt, FailedAuthThrottle
 from .upstream import (
     UnsafeRequest,
     UpstreamBodyError,
@@ -42,7 +52,7 @@ from .upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from .usage import OUTCOMES, UsageRecorder
+from .usage import UsageRecorder
 
 log = logging.getLogger("gateway.proxy")
 
@@ -64,7 +74,7 @@ class Call:
     request_id: str
     client_ip: str
     key: KeyRecord | None = None
-    outcome: str = "ok"
+    outcome: Outcome = Outcome.OK
     auth_result: str = "ok"  # or the AuthError reason (gateway_auth_total)
     status: int = 0
     client_gone: bool = False
@@ -76,6 +86,7 @@ class Proxy:
         self,
         config: ProxyConfig,
         authenticator: Authenticator,
+        throttle: FailedAuthThrottle,
         limiter: RateLimiter,
         usage: UsageRecorder,
         upstream: UpstreamPool,
@@ -84,6 +95,8 @@ class Proxy:
     ) -> None:
         self.config = config
         self.auth = authenticator
+        self.key_format = authenticator.key_format
+        self.throttle = throttle
         self.limiter = limiter
         self.usage = usage
         self.upstream = upstream
@@ -112,8 +125,8 @@ class Proxy:
                 call.auth_result = exc.reason
                 if exc.key is not None:
                     call.key = exc.key  # a known key id: its usage shows the refusal
-            call.outcome = _outcome_of(exc)
-            response = render(request, exc)
+            call.outcome = exc.outcome
+            response = error_response(request, exc)
             response.headers.update(call.extra_headers)
             if _expects_continue(request):
                 # Refused before any 100 Continue: the client keeps its body, so this
@@ -125,8 +138,8 @@ class Proxy:
             # A bug: the client gets the JSON error shape, the log the traceback, and the
             # request is counted and logged like any other.
             log.exception("unhandled error", extra={"request_id": call.request_id})
-            call.outcome = "internal_error"
-            response = error_response(request, 500, "internal_error", "Internal error.")
+            call.outcome = Outcome.INTERNAL_ERROR
+            response = error_response(request, internal_error())
         finally:
             # A response we could not finish (client gone, upstream died mid-body) is
             # logged with the status that had been sent, or 499 when none was.
@@ -137,37 +150,55 @@ class Proxy:
     async def _pipeline(
         self, request: web.Request, call: Call, client: ClientAddress
     ) -> web.StreamResponse:
-        if sum(len(k) + len(v) for k, v in request.raw_headers) > MAX_HEADER_BYTES:
-            # aiohttp bounds each line and the number of lines, not their total.
-            raise GatewayError(
-                431, "request_header_fields_too_large", "The request headers are too large."
-            )
-        expect = request.headers.get("Expect")
-        if expect is not None and expect.strip().lower() != "100-continue":
-            raise GatewayError(417, "expectation_failed", "Only 'Expect: 100-continue' is known.")
-        header = request.headers.get("Authorization")
-        parsed = parse_authorization(header, self.auth)
-        assert header is not None
-        # Step 2: an IP that failed too often is refused before any database or argon2
-        # work; the attempt charges each verification to the IP and the key id.
-        attempt = self.limiter.auth_attempt(call.client_ip, parsed.public_id)
-        token = header.strip().partition(" ")[2].strip()
+        _check_head(request)
+        credentials = parse_authorization(request.headers.get("Authorization"), self.key_format)
+        attempt = self.throttle.admit(call.client_ip, credentials.public_id)
+        call.key = key = await self._authenticate(credentials, attempt)
+        self._authorise(request, key, call)
+        self._limit(key, call)
+        self.usage.mark_used(key.id)
+        return await self._forward(request, call, client, key)
+
+    # -- authenticate -------------------------------------------------------------------
+
+    async def _authenticate(self, credentials: Credentials, attempt: AuthAttempt) -> KeyRecord:
+        """Step 3, with step 2's attempt: each verification is charged to the client IP
+        and the key id before it starts, and refunded unless it failed."""
         try:
-            key = await self.auth.authenticate(token, parsed, before_verify=attempt.charge)
+            key = await self.auth.authenticate(credentials, before_verify=attempt.charge)
         except AuthError as exc:
-            attempt.done(exc.reason)
+            attempt.settle(failed=exc.failed_verification)
             raise
         except BaseException:
-            attempt.done(ABANDONED)  # cancelled (client gone) or a bug: the charge stays
+            attempt.settle(failed=True)  # cancelled (client gone) or a bug: the charge stays
             raise
-        attempt.done(None)
-        call.key = key
+        attempt.settle(failed=False)
+        return key
+
+    # -- authorise ----------------------------------------------------------------------
+
+    def _authorise(self, request: web.Request, key: KeyRecord, call: Call) -> None:
+        """Step 4: the key's IP allowlist and the route's scope. A refusal is not counted
+        against the limits, but the client sees its budget."""
         try:
-            self._authorise(request, key, call.client_ip)
+            path = _normalised_path(request.rel_url.raw_path)
+            if key.ip_allowlist and not _allowed(call.client_ip, key):
+                raise GatewayError(
+                    403, "ip_not_allowed", "This API key may not be used from this address."
+                )
+            scope = self._scope_for(path)
+            if scope is not None and scope not in key.scopes:
+                raise GatewayError(
+                    403,
+                    "insufficient_scope",
+                    f"This API key lacks the '{scope}' scope needed for this route.",
+                )
         except GatewayError:
-            # Refused before the limit step: not counted, but the client sees its budget.
             call.extra_headers = self.limiter.headers(key)
             raise
+
+    def _limit(self, key: KeyRecord, call: Call) -> None:
+        """Step 5: count the request against the key's windows, or refuse it."""
         decision = self.limiter.check(key)
         call.extra_headers = decision.headers
         if not decision.allowed:
@@ -176,29 +207,7 @@ class Proxy:
                 "rate_limited",
                 f"Rate limit exceeded for the {decision.window} window.",
                 {"Retry-After": str(decision.retry_after)},
-            )
-        self.usage.mark_used(key.id)
-        return await self._forward(request, call, client, key)
-
-    # -- authorise ----------------------------------------------------------------------
-
-    def _authorise(self, request: web.Request, key: KeyRecord, client_ip: str) -> None:
-        path = _normalised_path(request.rel_url.raw_path)
-        if key.ip_allowlist:
-            try:
-                ip = ipaddress.ip_address(client_ip)
-            except ValueError:
-                ip = None
-            if ip is None or not any(ip in net for net in key.ip_allowlist):
-                raise GatewayError(
-                    403, "ip_not_allowed", "This API key may not be used from this address."
-                )
-        scope = self._scope_for(path)
-        if scope is not None and scope not in key.scopes:
-            raise GatewayError(
-                403,
-                "insufficient_scope",
-                f"This API key lacks the '{scope}' scope needed for this route.",
+                outcome=Outcome.RATE_LIMITED,
             )
 
     def _scope_for(self, path: str) -> str | None:
@@ -257,7 +266,7 @@ class Proxy:
             ) from None
         metrics.upstream_duration.observe(time.perf_counter() - started)
         try:
-            call.outcome = _outcome_of_status(upstream.status)
+            call.outcome = Outcome.of_status(upstream.status)
             small = _small_body_length(upstream, request.method)
             if small is not None:
                 return await self._relay_small(upstream, call, small)
@@ -282,7 +291,7 @@ class Proxy:
             except UpstreamBodyError as exc:
                 # Headers are sent: all we can honestly do is cut the connection.
                 metrics.UPSTREAM_ERRORS.labels("protocol").inc()
-                call.outcome = "upstream_5xx"
+                call.outcome = Outcome.UPSTREAM_5XX
                 log.warning(
                     "upstream failed mid-body: %s", exc, extra={"request_id": call.request_id}
                 )
@@ -342,7 +351,8 @@ class Proxy:
         metrics.count(metrics.auth_results_by(call.auth_result))
         metrics.request_duration.observe(elapsed)
         if call.key is not None:
-            self.usage.count(call.key.id, USAGE_OUTCOMES.get(call.outcome, "denied"))
+            outcome = call.outcome if call.outcome in USAGE_OUTCOMES else Outcome.DENIED
+            self.usage.count(call.key.id, outcome)
         if self.access_log is not None:
             key = call.key
             self.access_log.write(
@@ -358,9 +368,25 @@ class Proxy:
             )
 
 
-# The outcomes kept per key and hour (SPEC §5); the rest (a 400 or 413 after
-# authentication) count as "denied" there and keep their own label in metrics and logs.
-USAGE_OUTCOMES = {o: o for o in OUTCOMES}
+def _check_head(request: web.Request) -> None:
+    """What the head must be before anything is looked up: bounded, and no expectation
+    but `100-continue` (answered only once the request is authorised: `_stream_body`)."""
+    if sum(len(k) + len(v) for k, v in request.raw_headers) > MAX_HEADER_BYTES:
+        # aiohttp bounds each line and the number of lines, not their total.
+        raise GatewayError(
+            431, "request_header_fields_too_large", "The request headers are too large."
+        )
+    expect = request.headers.get("Expect")
+    if expect is not None and expect.strip().lower() != "100-continue":
+        raise GatewayError(417, "expectation_failed", "Only 'Expect: 100-continue' is known.")
+
+
+def _allowed(client_ip: str, key: KeyRecord) -> bool:
+    try:
+        ip = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    return any(ip in net for net in key.ip_allowlist)
 
 
 def _normalised_path(raw_path: str) -> str:
@@ -408,29 +434,3 @@ def _expects_continue(request: web.Request) -> bool:
         and expect.strip().lower() == "100-continue"
         and request.version >= (1, 1)
     )
-
-
-def _outcome_of_status(status: int) -> str:
-    if status >= 500:
-        return "upstream_5xx"
-    if status >= 400:
-        return "upstream_4xx"
-    return "ok"
-
-
-def _outcome_of(exc: GatewayError) -> str:
-    if isinstance(exc, AuthError):
-        if exc.reason == "wrong_secret":
-            return "failed_auth"
-        if exc.key is not None:
-            return "denied"  # disabled, expired
-        return "unauthenticated" if exc.status == 401 else "unavailable"
-    if exc.code == "rate_limited":
-        return "rate_limited"
-    if exc.code == "too_many_failed_attempts":
-        return "throttled"
-    if exc.status in (502, 504):
-        return "upstream_5xx"
-    if exc.status in (400, 413, 417, 431):
-        return "bad_request"
-    return "denied"

@@ -51,7 +51,6 @@ from .config import RateLimitConfig
 from .counters import DAY, MINUTE, CounterStore, Deltas, Totals, bucket, minute_from
 from .db import UNAVAILABLE
 from .keys import KeyRecord
-from .throttle import UNTHROTTLED, AuthAttempt, FailedAuthThrottle
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -76,9 +75,6 @@ class RateLimiter(Protocol):
     def headers(self, key: KeyRecord) -> Mapping[str, str]:
         """The rate-limit headers for `key` as things stand, counting nothing."""
 
-    def auth_attempt(self, client_ip: str, public_id: str) -> AuthAttempt:
-        """Step 2 of the pipeline: 429 for a throttled IP, else the request's attempt."""
-
     async def start(self, store: CounterStore) -> None: ...
 
     async def stop(self) -> None: ...
@@ -90,9 +86,6 @@ class Unlimited:
 
     def headers(self, key: KeyRecord) -> Mapping[str, str]:
         return {}
-
-    def auth_attempt(self, client_ip: str, public_id: str) -> AuthAttempt:
-        return UNTHROTTLED
 
     async def start(self, store: CounterStore) -> None:
         return None
@@ -209,7 +202,6 @@ class SlidingWindowLimiter:
         # left unwritten): what the next sync writes and reads back, so a sync's cost
         # follows this interval's traffic, not every key served in the last minute.
         self._touched: set[uuid.UUID] = set()
-        self.throttle = FailedAuthThrottle(config.failed_auth, clock)
         self._store: CounterStore | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -247,9 +239,6 @@ class SlidingWindowLimiter:
             windows.own_day + windows.others_day,
         )
         return headers
-
-    def auth_attempt(self, client_ip: str, public_id: str) -> AuthAttempt:
-        return self.throttle.admit(client_ip, public_id)
 
     def _windows(self, key_id: uuid.UUID, second: int) -> _Windows:
         windows = self._keys.get(key_id)

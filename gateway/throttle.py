@@ -29,15 +29,9 @@ from typing import Protocol
 from . import metrics
 from .clock import Clock
 from .config import FailedAuthConfig
-from .errors import GatewayError
+from .errors import GatewayError, Outcome
 
 MINUTE = 60.0
-# The auth refusals that are failed verifications; the rest (expired, disabled, database
-# unavailable) refund the attempt.
-FAILED_REASONS = frozenset({"unknown", "wrong_secret"})
-# An attempt whose request went away mid-verification keeps its charge: leaving early
-# must not buy verifications for free.
-ABANDONED = "abandoned"
 _EPSILON = 1e-9  # float sums of 60/N steps must not block the N-th attempt
 # How long a verification may wait for attempts ahead of it to be decided. Each is one
 # query and one argon2 hash, bounded by `keys.verify_concurrency`: well under this.
@@ -51,6 +45,7 @@ def too_many_failed_attempts(scope: str, wait: float) -> GatewayError:
         "too_many_failed_attempts",
         "Too many failed authentication attempts; retry later.",
         {"Retry-After": str(max(1, math.ceil(wait)))},
+        outcome=Outcome.THROTTLED,
     )
 
 
@@ -120,9 +115,10 @@ class AuthAttempt(Protocol):
     async def charge(self) -> None:
         """Before a verification: charge the IP and the key id, or raise a 429."""
 
-    def done(self, failure: str | None) -> None:
-        """After authentication: refund the charge unless `failure` is a failed verification
-        (or `ABANDONED`); either way, attempts waiting on this one's outcome re-check."""
+    def settle(self, *, failed: bool) -> None:
+        """After authentication: keep the charge if a verification failed (or the request
+        went away mid-verification: leaving early must not buy verifications for free),
+        else refund it; either way, attempts waiting on this one's outcome re-check."""
 
 
 class FailedAuthThrottle:
@@ -186,19 +182,7 @@ class _Attempt:
         await self._throttle.charge(self._client_ip, self._public_id)
         self._charged = True
 
-    def done(self, failure: str | None) -> None:
+    def settle(self, *, failed: bool) -> None:
         if self._charged:
-            refund = failure not in FAILED_REASONS and failure != ABANDONED
-            self._throttle.settle(self._client_ip, self._public_id, refund=refund)
+            self._throttle.settle(self._client_ip, self._public_id, refund=not failed)
         self._charged = False
-
-
-class _Unthrottled:
-    async def charge(self) -> None:
-        return None
-
-    def done(self, failure: str | None) -> None:
-        return None
-
-
-UNTHROTTLED: AuthAttempt = _Unthrottled()

@@ -22,11 +22,12 @@ from . import metrics
 from .clock import Clock
 from .config import UsageConfig
 from .db import UNAVAILABLE, array_literal, for_live_keys
+from .errors import USAGE_OUTCOMES
 from .keys import KeyStore
 
 log = logging.getLogger("gateway.usage")
 
-OUTCOMES = ("ok", "upstream_4xx", "upstream_5xx", "rate_limited", "denied", "failed_auth")
+OUTCOMES = tuple(outcome.value for outcome in USAGE_OUTCOMES)
 
 UsageKey = tuple[uuid.UUID, int, str]  # key id, hour (epoch seconds), outcome
 

@@ -23,7 +23,7 @@ from gateway.proxy import SMALL_BODY
 from gateway.ratelimit import Decision, Unlimited
 
 from .conftest import GatewayFactory, Seed, UpstreamFactory
-from .helpers import make_config, sample
+from .helpers import key_status, make_config, sample, wait_for
 from .reliability import Received, answer, raw_upstream
 
 
@@ -134,11 +134,17 @@ async def test_disabled_key_is_401_disabled_until_reenabled(
     key = await seed.key(account)
     assert (await call(gateway, headers=bearer(key.key)))[0] == 200
     await seed.store.set_enabled(account.account_id, key.id, False)
+
+    async def status_is(expected: int) -> bool:
+        return await key_status(gateway, key.key) == expected
+
+    # The change reaches the gateway's cache by notification: within moments, not
+    # necessarily before the next request.
+    await wait_for(lambda: status_is(401))
     status, headers, body = await call(gateway, headers=bearer(key.key))
-    assert status == 401
     assert_error(status, headers, body, "disabled_api_key")
     await seed.store.set_enabled(account.account_id, key.id, True)
-    assert (await call(gateway, headers=bearer(key.key)))[0] == 200
+    await wait_for(lambda: status_is(200))
 
 
 async def test_ip_outside_allowlist_is_403(gateway: TestServer, seed: Seed) -> None:
