@@ -8,14 +8,13 @@ document in `openapi.py`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
+from gateway.background import running
 from gateway.config import Config
 from gateway.db import create_pool, sample_pool
 from gateway.errors import error_middleware
@@ -66,11 +65,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = pool
     app[HASHER] = Hasher(app[CONFIG].keys.argon2)
     app[STORE] = KeyStore(pool, KeyFormat(app[CONFIG].keys.prefix), app[HASHER])
-    sampler = asyncio.create_task(sample_pool(pool, "admin"), name="admin-pool-gauges")
-    yield
-    sampler.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sampler
+    async with running(sample_pool(pool, "admin"), "admin-pool-gauges"):
+        yield
     await pool.close()
 
 

@@ -7,8 +7,6 @@ finished, so the final usage flush still has its database pool.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -16,6 +14,7 @@ from aiohttp import web
 
 from . import metrics
 from .auth import Authenticator
+from .background import running
 from .cache import NotificationListener
 from .clock import Clock, SystemClock
 from .config import Config
@@ -72,11 +71,8 @@ async def _decide_later(request: web.Request) -> None:
 
 async def _metrics(app: web.Application) -> AsyncIterator[None]:
     # First set up, so last torn down: the final fold follows the last request.
-    folder = asyncio.create_task(metrics.fold_every(), name="metrics-fold")
-    yield
-    folder.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await folder
+    async with running(metrics.fold_every(), "metrics-fold"):
+        yield
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -84,11 +80,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     pool = await create_pool(config.database)
     app[POOL] = pool
     app[STORE] = KeyStore(pool, KeyFormat(config.keys.prefix), Hasher(config.keys.argon2))
-    sampler = asyncio.create_task(sample_pool(pool, "proxy"), name="pool-gauges")
-    yield
-    sampler.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sampler
+    async with running(sample_pool(pool, "proxy"), "pool-gauges"):
+        yield
     await pool.close()
 
 

@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 
 from . import metrics
+from .background import cancel
 from .cache import CacheEntry, KeyCache
 from .clock import Clock, utcnow
 from .config import KeysConfig
@@ -212,10 +213,7 @@ class Authenticator:
         self._refresher = asyncio.create_task(self._refresh_every(), name="key-refresh")
 
     async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        await cancel(self._refresher)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def authenticate(

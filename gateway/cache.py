@@ -20,6 +20,7 @@ from collections.abc import Callable
 import asyncpg
 
 from . import metrics
+from .background import cancel
 from .config import DatabaseConfig
 from .db import UNAVAILABLE, connect
 from .keys import KeyRecord
@@ -107,10 +108,7 @@ class NotificationListener:
         self._task = asyncio.create_task(self._run(), name="notification-listener")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         self.connected.clear()
         metrics.LISTENER_CONNECTED.set(0)
         if self._conn is not None and not self._conn.is_closed():

@@ -33,12 +33,10 @@ a bucket can count here up to 9 seconds beyond its minute — never too few.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
 import math
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Protocol
@@ -46,6 +44,7 @@ from typing import Protocol
 import asyncpg
 
 from . import metrics
+from .background import Written, cancel, drain, every, write_batch
 from .clock import Clock
 from .config import RateLimitConfig
 from .counters import DAY, MINUTE, CounterStore, Deltas, Totals, bucket, minute_from
@@ -205,6 +204,7 @@ class SlidingWindowLimiter:
         self._store: CounterStore | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._next_expiry = 0.0
 
     # -- the request path -------------------------------------------------------------
 
@@ -270,40 +270,25 @@ class SlidingWindowLimiter:
                 windows = self._windows(key_id, second)
                 windows.others_minute, windows.others_second = minute, second
                 windows.others_day = today
-        self._task = asyncio.create_task(self._run(), name="rate-limit-sync")
+        self._next_expiry = asyncio.get_running_loop().time() + EXPIRE_EVERY
+        interval = self._config.sync_interval_seconds
+        self._task = asyncio.create_task(
+            every(interval, self._sync_and_expire, "rate-limit sync"), name="rate-limit-sync"
+        )
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop the periodic sync, then write what is left, retrying for `timeout`."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._store is None:
-            return
-        deadline = time.monotonic() + timeout
-        while not await self.sync():
-            if time.monotonic() >= deadline:
-                log.error("could not write rate-limit counts before exit: %d", self.pending)
-                return
-            await asyncio.sleep(0.5)
+        await cancel(self._task)
+        self._task = None
+        if self._store is not None and not await drain(self.sync, timeout):
+            log.error("could not write rate-limit counts before exit: %d", self.pending)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self._config.sync_interval_seconds
-        next_sync = loop.time() + interval
-        next_expiry = loop.time() + EXPIRE_EVERY
-        while True:
-            # A fixed cadence, not "interval after the last one": the bound relies on it.
-            await asyncio.sleep(max(0.0, next_sync - loop.time()))
-            next_sync = max(next_sync + interval, loop.time())
-            try:
-                await self.sync()
-                if loop.time() >= next_expiry:
-                    next_expiry = loop.time() + EXPIRE_EVERY
-                    await self._expire()
-            except Exception:  # the loop must outlive any one bad sync
-                log.exception("rate-limit sync failed")
+    async def _sync_and_expire(self) -> None:
+        await self.sync()
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_expiry:
+            self._next_expiry = now + EXPIRE_EVERY
+            await self._expire()
 
     async def sync(self) -> bool:
         """One statement: write the new counts, read the totals back. False: kept for later."""
@@ -312,23 +297,15 @@ class SlidingWindowLimiter:
             batch = self._take()
             if not batch.deltas.keys:
                 return True
-            started = time.perf_counter()
-            try:
-                others = await self._store.sync(batch.deltas, batch.second, batch.day)
-            except UNAVAILABLE as exc:
+            write = self._store.sync(batch.deltas, batch.second, batch.day)
+            written, others = await write_batch("rate_limits", write)
+            if written is Written.KEPT:
                 self._restore(batch)
-                metrics.FLUSH_FAILURES.labels("rate_limits").inc()
                 metrics.FLUSH_PENDING.labels("rate_limits").set(sum(n for _, n in batch.day_marks))
-                log.warning("rate-limit sync failed, counts kept for the next one: %s", exc)
                 return False
-            except asyncpg.PostgresError:
-                # A batch Postgres refuses would block every later sync behind it.
-                metrics.FLUSH_FAILURES.labels("rate_limits").inc()
-                log.exception("rate-limit sync refused by Postgres; batch dropped")
-                return True
-            metrics.FLUSH_DURATION.labels("rate_limits").observe(time.perf_counter() - started)
             metrics.FLUSH_PENDING.labels("rate_limits").set(0)
-            self._apply(batch, others)
+            if others is not None:
+                self._apply(batch, others)
             return True
 
     def _take(self) -> _Batch:

@@ -9,19 +9,17 @@ an outage loses nothing; the final flush on shutdown retries for a bounded time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import Coroutine
 
 import asyncpg
 
 from . import metrics
+from .background import Written, cancel, drain, every, write_batch
 from .clock import Clock
 from .config import UsageConfig
-from .db import UNAVAILABLE, array_literal, for_live_keys
+from .db import array_literal, for_live_keys
 from .errors import USAGE_OUTCOMES
 from .keys import KeyStore
 
@@ -68,34 +66,18 @@ class UsageRecorder:
     # -- flushing ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="usage-flusher")
+        interval = self._config.flush_interval_seconds
+        self._task = asyncio.create_task(every(interval, self.flush, "usage flush"), name="usage")
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop the periodic flush, then flush what is left, retrying for `timeout`."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        deadline = time.monotonic() + timeout
-        while True:
-            if await self.flush():
-                return
-            if time.monotonic() >= deadline:
-                last_used, counts = self.pending
-                log.error(
-                    "could not write usage before exit",
-                    extra={"pending_last_used": last_used, "pending_counts": counts},
-                )
-                return
-            await asyncio.sleep(0.5)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._config.flush_interval_seconds)
-            try:
-                await self.flush()
-            except Exception:  # the loop must outlive any one bad flush
-                log.exception("usage flush failed")
+        await cancel(self._task)
+        if not await drain(self.flush, timeout):
+            last_used, counts = self.pending
+            log.error(
+                "could not write usage before exit",
+                extra={"pending_last_used": last_used, "pending_counts": counts},
+            )
 
     async def flush(self) -> bool:
         """Write everything pending; True when nothing is left pending."""
@@ -104,36 +86,18 @@ class UsageRecorder:
             counts, self._counts = self._counts, defaultdict(int)
             if not last_used and not counts:
                 return True
-            ok = (
-                await self._write("last_used", self._write_last_used(last_used))
-                if last_used
-                else True
-            )
+            ok = True
+            if last_used:
+                written, _ = await write_batch("last_used", self._write_last_used(last_used))
+                ok = written is not Written.KEPT
             if ok and counts:
-                ok = await self._write("usage", self._write_counts(counts))
+                written, _ = await write_batch("usage", self._write_counts(counts))
+                ok = written is not Written.KEPT
             if not ok:
                 self._restore(last_used, counts)
             metrics.FLUSH_PENDING.labels("last_used").set(len(self._last_used))
             metrics.FLUSH_PENDING.labels("usage").set(len(self._counts))
             return ok
-
-    async def _write(self, kind: str, write: Coroutine[None, None, None]) -> bool:
-        started = time.perf_counter()
-        try:
-            await write
-        except (*UNAVAILABLE, asyncpg.exceptions.TransactionRollbackError) as exc:
-            # An outage, or a deadlock or serialization failure (class 40): both pass.
-            metrics.FLUSH_FAILURES.labels(kind).inc()
-            log.warning("%s flush failed, kept for the next one: %s", kind, exc)
-            return False
-        except asyncpg.PostgresError:
-            # Not an outage but a batch Postgres refuses: retrying would block every
-            # later flush behind it, so it is logged and dropped.
-            metrics.FLUSH_FAILURES.labels(kind).inc()
-            log.exception("%s flush refused by Postgres; batch dropped", kind)
-            return True
-        metrics.FLUSH_DURATION.labels(kind).observe(time.perf_counter() - started)
-        return True
 
     async def _write_last_used(self, last_used: dict[uuid.UUID, float]) -> None:
         await self._store.record_last_used(last_used)
