@@ -1,11 +1,10 @@
-"""Authentication of API keys: parse, then cache, then Postgres and argon2 (SPEC §3 steps 1, 3).
+"""Authentication of API keys (SPEC §3 steps 1 and 3): the refusals, the header parse, and
+the verified-key cache with its re-confirmation (`Authenticator`).
 
 The order is chosen so that cheap checks shield expensive ones: a malformed key or a bad
 checksum is refused with no I/O; a cached key costs a SHA-256 and a constant-time compare;
-only a miss reaches Postgres (one indexed query) and argon2 (in a thread, at most
-`keys.verify_concurrency` at a time). Concurrent misses for the same key share one
-verification. Unknown ids also run one argon2 verification, against a dummy hash, so that
-the time of a refusal does not tell whether a key id exists.
+only a miss reaches `verify.KeyVerifier` (one indexed query, then argon2 in a thread).
+Concurrent misses for the same key share one verification.
 
 Cached keys are re-confirmed by background batches once they are older than
 `keys.cache_ttl_seconds`: once a second, `REFRESH_CHUNK` keys a query, instead of one query
@@ -22,18 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
-import contextlib
 import dataclasses
 import hashlib
 import hmac
-import itertools
 import logging
-import os
-import threading
-import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 from . import metrics
 from .background import cancel
@@ -42,7 +34,8 @@ from .clock import Clock, utcnow
 from .config import KeysConfig
 from .db import UNAVAILABLE
 from .errors import GatewayError, Outcome
-from .keys import KeyFormat, KeyRecord, KeyStore, ParsedKey
+from .keys import KeyFormat, KeyRecord, ParsedKey
+from .verify import KeySource, KeyVerifier
 
 log = logging.getLogger("gateway.auth")
 
@@ -151,53 +144,19 @@ def parse_authorization(header: str | None, key_format: KeyFormat) -> Credential
     return Credentials(token, parsed)
 
 
-def settle_argon2_thread(threads: Iterator[int]) -> None:
-    """Run this (argon2) thread only on CPU time the event loop and the host do not want,
-    and always on the same CPU.
-
-    A verification is ~45 ms of CPU; a burst of new keys would otherwise take the cores
-    the event loop needs for cached traffic. Linux schedules threads individually.
-    SCHED_IDLE makes any ordinary thread that wakes up (the loop, on a request) take the
-    core at once; a mere niceness does not, as the scheduler lets the running thread
-    finish its slice (~3 ms) first. Measured with 20 new keys a second (`make bench`):
-    the hot path's p99 grew 1.5-1.7x with SCHED_IDLE, 2.4-2.9x at niceness 10. With the
-    cores saturated by cached traffic, a first request still took ~180 ms, as before:
-    there are always gaps for idle-class threads, so verifications are slowed, not starved.
-
-    An idle-class thread that may run anywhere is moved from core to core as the loop,
-    the upstream and Postgres wake up, and takes its 19 MiB of hash memory through each
-    core's caches. Pinned, the hot path's p99 at concurrency 1 under 20 new keys a second
-    fell from ~2.8 to ~1.8 ms (the bench's cold-load step, pinned and not in 4 alternating
-    rounds; alone ~1.2 ms). The pool's threads take successive CPUs of those the process
-    may use, so concurrent verifications still spread; the first is picked by the process
-    id, so that `--workers` processes do not all start on the same one.
-    """
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
-    except (OSError, AttributeError):  # not Linux: a lower priority is the next best
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    with contextlib.suppress(OSError, AttributeError):
-        cpus = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpus[-1 - next(threads) % len(cpus)]})
-
-
 class Authenticator:
-    def __init__(self, store: KeyStore, config: KeysConfig, clock: Clock) -> None:
-        self.store = store
+    """The verified-key cache and its policy: what a request may take from the cache,
+    when a cached key is asked about again (one query, no argon2), the batches that
+    re-confirm keys in use, and the notices that mark keys changed. A miss goes to the
+    `KeyVerifier`; concurrent misses for the same key share one verification."""
+
+    def __init__(self, store: KeySource, config: KeysConfig, clock: Clock) -> None:
+        self.verifier = KeyVerifier(store, config.verify_concurrency)
         self.key_format = store.format
         self.config = config
         self.clock = clock
         self.cache = KeyCache(config.cache_max_entries)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.verify_concurrency,
-            thread_name_prefix="argon2",
-            initializer=settle_argon2_thread,
-            initargs=(itertools.count(os.getpid()),),
-        )
-        self._slots = asyncio.Semaphore(config.verify_concurrency)
         self._inflight: dict[bytes, asyncio.Future[KeyRecord]] = {}
-        self._dummy_hash = store.hasher.hash(uuid.uuid4().hex)
         self._db_retry_at = 0.0
         # Key-change notices (and listener gaps) so far. A row read while a notice came in
         # may predate the change the notice is about: what is cached from that read stays
@@ -214,7 +173,7 @@ class Authenticator:
 
     async def close(self) -> None:
         await cancel(self._refresher)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.verifier.close()
 
     async def authenticate(
         self,
@@ -267,7 +226,7 @@ class Authenticator:
             return entry.record  # Postgres failed a moment ago: do not queue on it
         notices = self._notices
         try:
-            record = await self._lookup(public_id)
+            record = await self.verifier.lookup(public_id)
         except UNAVAILABLE:
             self._db_retry_at = self.clock.monotonic() + 1.0
             if stale_ok:
@@ -310,9 +269,8 @@ class Authenticator:
 
     async def _refresh(self, due: list[str]) -> bool:
         notices = self._notices
-        metrics.KEY_LOOKUPS.inc()
         try:
-            records = await self.store.lookup_many(due)
+            records = await self.verifier.lookup_many(due)
         except UNAVAILABLE:
             # Their next uses queue them again; past the grace they ask for themselves
             # and take the stale-if-error path.
@@ -369,36 +327,21 @@ class Authenticator:
     async def _verify(self, digest: bytes, parsed: ParsedKey) -> KeyRecord:
         notices = self._notices
         try:
-            record = await self._lookup(parsed.public_id)
+            record = await self.verifier.lookup(parsed.public_id)
         except UNAVAILABLE:
             raise auth_unavailable() from None
         if record is None:
-            await self._argon2(self._dummy_hash, parsed.secret)
+            await self.verifier.waste(parsed.secret)
             raise invalid_key("unknown", failed_verification=True)
         confirmed_at = self.clock.monotonic()
-        for secret_hash in record.candidate_hashes(utcnow(self.clock)):
-            if await self._argon2(secret_hash, parsed.secret):
-                changed = self._notices != notices
-                entry = CacheEntry(digest, secret_hash, record, confirmed_at, changed)
-                self.cache.put(parsed.public_id, entry)
-                self._confirm(parsed.public_id, entry, confirmed_at)
-                return record
-        raise invalid_key("wrong_secret", key=record, failed_verification=True)
-
-    async def _lookup(self, public_id: str) -> KeyRecord | None:
-        metrics.KEY_LOOKUPS.inc()
-        return await self.store.lookup(public_id)
-
-    async def _argon2(self, secret_hash: str, secret: str) -> bool:
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        async with self._slots:
-            metrics.ARGON2_VERIFICATIONS.inc()
-            ok = await loop.run_in_executor(
-                self._executor, self.store.hasher.verify, secret_hash, secret
-            )
-        metrics.ARGON2_DURATION.observe(time.perf_counter() - started)
-        return ok
+        secret_hash = await self.verifier.matching_hash(record, parsed.secret, utcnow(self.clock))
+        if secret_hash is None:
+            raise invalid_key("wrong_secret", key=record, failed_verification=True)
+        changed = self._notices != notices
+        entry = CacheEntry(digest, secret_hash, record, confirmed_at, changed)
+        self.cache.put(parsed.public_id, entry)
+        self._confirm(parsed.public_id, entry, confirmed_at)
+        return record
 
     def key_changed(self, public_id: str) -> None:
         self._notices += 1

@@ -13,9 +13,10 @@ import asyncpg
 from aiohttp.test_utils import TestServer
 
 from gateway.app import AUTH, CONFIG, LISTENER
-from gateway.auth import REFRESH_GRACE_SECONDS, settle_argon2_thread
+from gateway.auth import REFRESH_GRACE_SECONDS
 from gateway.clock import FakeClock
 from gateway.config import Config
+from gateway.verify import settle_argon2_thread
 
 from .conftest import Cluster, GatewayFactory, Seed
 from .helpers import key_status, make_config, sample, wait_for
