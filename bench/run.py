@@ -51,6 +51,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.memory import memory_and_flush  # noqa: E402
 from gateway.accounts import create_account  # noqa: E402
 from gateway.config import Argon2Config  # noqa: E402
 from gateway.db import migrate  # noqa: E402
@@ -545,73 +546,6 @@ async def statements_per_second(
                 await conn.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
         finally:
             await conn.close()
-
-
-def memory_and_flush(url: str, count: int) -> dict[str, float]:
-    """In a fresh interpreter: RSS per cached key, and one 10,000-key last-used flush."""
-    code = f"""
-import asyncio, json, os, time, uuid, sys
-sys.path.insert(0, {str(ROOT)!r})
-import asyncpg
-from gateway.cache import CacheEntry, KeyCache
-from gateway.keys import _record, _RECORD_COLUMNS, KeyStore, KeyFormat, Hasher
-from gateway.config import Argon2Config, DatabaseConfig, UsageConfig
-from gateway.db import create_pool
-from gateway.clock import SystemClock
-from gateway.usage import UsageRecorder
-import hashlib
-
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"): return int(line.split()[1])
-
-async def main():
-    # the gateway's own pool: no reset round trip on release, inside the timed flushes
-    pool = await create_pool(DatabaseConfig(url={url!r}), min_size=1, max_size=2)
-    rows = await pool.fetch(
-        "SELECT " + _RECORD_COLUMNS + " FROM api_keys WHERE deleted_at IS NULL LIMIT {count}"
-    )
-    import gc; gc.collect()
-    before = rss()  # the rows are fetched; what follows is what the gateway keeps per key
-    records = [_record(r) for r in rows]
-    cache = KeyCache(len(records) + 1)
-    for record in records:
-        token = "gp_" + record.public_id + "x" * 34
-        cache.put(record.public_id, CacheEntry(hashlib.sha256(token.encode()).digest(),
-                                               record.secret_hash, record, time.monotonic()))
-    gc.collect()
-    per_key = (rss() - before) * 1024 / len(records)
-    store = KeyStore(pool, KeyFormat("gp_"), Hasher(Argon2Config()))
-    usage = UsageRecorder(store, pool, UsageConfig(), SystemClock())
-    # The first flush of a key inserts its rows (once in the key's life for last used,
-    # once an hour for usage): timed apart from the flushes every interval after it,
-    # which update them. Keys the runs before did not use come first.
-    used = {{r["key_id"] for r in await pool.fetch("SELECT key_id FROM api_key_last_used")}}
-    flushed = [r.id for r in sorted(records, key=lambda r: r.id in used)[:10000]]
-    last_used, counts = [], []
-    for _ in range(6):
-        for key_id in flushed:
-            usage.mark_used(key_id)
-        started = time.perf_counter()
-        assert await usage.flush()
-        last_used.append((time.perf_counter() - started) * 1000)
-        for key_id in flushed:
-            usage.count(key_id, "ok")
-        started = time.perf_counter()
-        assert await usage.flush()
-        counts.append((time.perf_counter() - started) * 1000)
-    await pool.close()
-    print(json.dumps({{"cached_keys": len(records), "bytes_per_cached_key": per_key,
-                      "first_flush_10k_ms": last_used[0],
-                      "flush_10k_ms": sorted(last_used[1:])[2],
-                      "first_usage_flush_10k_ms": counts[0],
-                      "usage_flush_10k_ms": sorted(counts[1:])[2]}}))
-
-asyncio.run(main())
-"""
-    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True)
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
 
 
 # -- the run ----------------------------------------------------------------------------
