@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import os
 import platform
 import re
@@ -52,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.memory import memory_and_flush  # noqa: E402
+from bench.report import report  # noqa: E402
 from gateway.accounts import create_account  # noqa: E402
 from gateway.config import Argon2Config  # noqa: E402
 from gateway.db import migrate  # noqa: E402
@@ -59,7 +59,6 @@ from gateway.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
 from gateway.keys import Hasher, KeyFormat, KeyStore  # noqa: E402
 
 PY = sys.executable
-RESULTS = ROOT / "bench" / "results"
 HIGH = 10**9  # rate limits that never bite: the limiter still runs on every request
 # Bulk keys are hashed with argon2's cheapest parameters so that setting up 100,000 keys
 # and warming 10,000 of them takes seconds, not an hour; the hash records its parameters,
@@ -801,176 +800,6 @@ def main() -> None:
             upstream.wait()
 
     report(figures)
-
-
-def _median(rows: list[dict[str, float]], field: str) -> float:
-    return statistics.median(r[field] for r in rows)
-
-
-def report(figures: dict[str, Any]) -> None:
-    t = figures["throughput"]
-    bare_rps, bare_cpu = _median(t["bare"], "rps"), _median(t["bare"], "cpu_us_per_request")
-    summary: dict[str, Any] = {}
-    rows = []
-
-    def row(name: str, value: str, target: str, ok: bool | None) -> None:
-        mark = "" if ok is None else ("yes" if ok else "NO")
-        rows.append((name, value, target, mark))
-
-    def paired(runs: str, baseline: str, field: str) -> float:
-        """The median over rounds of run ÷ baseline, each pair measured back to back:
-        steadier than a ratio of medians when the machine's speed drifts between rounds."""
-        return float(
-            statistics.median(
-                r[field] / b[field] for r, b in zip(t[runs], t[baseline], strict=True)
-            )
-        )
-
-    hot_rps, hot_cpu = _median(t["hot"], "rps"), _median(t["hot"], "cpu_us_per_request")
-    mix_rps, bare_mix_rps = _median(t["mix"], "rps"), _median(t["bare_mix"], "rps")
-    asyncio_cpu = _median(t["hot_asyncio"], "cpu_us_per_request")
-    summary["uvloop_cpu_saving"] = 1 - hot_cpu / asyncio_cpu
-    summary["hot_rps_ratio"] = paired("hot", "bare", "rps")
-    summary["hot_cpu_ratio"] = paired("hot", "bare", "cpu_us_per_request")
-    summary["mix_rps_ratio"] = paired("mix", "bare_mix", "rps")
-    row("bare proxy (medians)", f"{bare_rps:.0f} req/s, {bare_cpu:.0f} µs CPU/req", "", None)
-    row("gateway hot path (medians)", f"{hot_rps:.0f} req/s, {hot_cpu:.0f} µs CPU/req", "", None)
-    row(
-        "hot path req/s ÷ bare",
-        f"{summary['hot_rps_ratio']:.2f}",
-        "≥ 0.90",
-        summary["hot_rps_ratio"] >= 0.9,
-    )
-    row(
-        "hot path CPU/req ÷ bare",
-        f"{summary['hot_cpu_ratio']:.2f}",
-        "≤ 1.10",
-        summary["hot_cpu_ratio"] <= 1.1,
-    )
-    row(
-        "hot path on asyncio's loop",
-        f"{asyncio_cpu:.0f} µs CPU/req (uvloop saves {summary['uvloop_cpu_saving']:.0%})",
-        "",
-        None,
-    )
-    keys = figures["settings"]
-    row(
-        f"{keys['keys_in_traffic']:,}-key mix req/s ÷ bare, same script "
-        f"({keys['keys_in_database']:,} in Postgres)",
-        f"{summary['mix_rps_ratio']:.2f}",
-        "≥ 0.85",
-        summary["mix_rps_ratio"] >= 0.85,
-    )
-    mix_cpu = _median(t["mix"], "cpu_us_per_request")
-    bare_mix_cpu = _median(t["bare_mix"], "cpu_us_per_request")
-    summary["mix_cpu_ratio"] = paired("mix", "bare_mix", "cpu_us_per_request")
-    row(
-        "  the mix's CPU/req ÷ bare, same script",
-        f"{summary['mix_cpu_ratio']:.2f} ({mix_cpu:.0f} vs {bare_mix_cpu:.0f} µs)",
-        "",
-        None,
-    )
-    row("  the mix, and the bare proxy", f"{mix_rps:.0f} and {bare_mix_rps:.0f} req/s", "", None)
-    if "nginx" in t:
-        summary["nginx_rps_ratio"] = paired("nginx", "bare", "rps")
-        nginx_cpu = _median(t["nginx"], "cpu_us_per_request")
-        row(
-            "reference: nginx pass-through req/s ÷ bare",
-            f"{summary['nginx_rps_ratio']:.2f} ({nginx_cpu:.0f} µs CPU/req)",
-            "",
-            None,
-        )
-    lat = figures["latency_c1"]
-    added50, added99 = (
-        statistics.median(
-            g[field] - b[field] for g, b in zip(lat["gateway"], lat["bare"], strict=True)
-        )
-        for field in ("p50_ms", "p99_ms")
-    )
-    summary["added_latency_p50_ms"], summary["added_latency_p99_ms"] = added50, added99
-    row("added latency p50 (c=1)", f"{added50:.3f} ms", "≤ 0.3 ms", added50 <= 0.3)
-    row("added latency p99 (c=1)", f"{added99:.3f} ms", "≤ 1 ms", added99 <= 1.0)
-    w = figures["workers"]
-    summary["workers_ratio"] = statistics.median(
-        two["rps"] / one["rps"] for one, two in zip(w["one"], w["two"], strict=True)
-    )
-    row(
-        "--workers 2 ÷ one",
-        f"{summary['workers_ratio']:.2f}",
-        "≥ 1.35",
-        summary["workers_ratio"] >= 1.35,
-    )
-    c = figures["cold"]
-    cold_ratio = statistics.median(
-        loaded / alone
-        for loaded, alone in zip(
-            c["hot_p99_under_20_new_keys_per_s_ms"], c["hot_p99_alone_ms"], strict=True
-        )
-    )
-    summary["cold_first_request_ms"] = c["first_request_p50_ms"]
-    summary["hot_p99_under_cold_load_ratio"] = cold_ratio
-    row("first request with a new key", f"{c['first_request_p50_ms']:.1f} ms (p50)", "", None)
-    row("hot p99 under 20 new keys/s ÷ alone", f"{cold_ratio:.2f}", "≤ 2", cold_ratio <= 2)
-    r = figures["revocation"]
-    summary.update({f"revocation_{k}": v for k, v in r.items()})
-    row(
-        "revocation p50 / p99 / max",
-        f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.1f} ms",
-        "p99 ≤ 100 ms",
-        r["p99_ms"] <= 100,
-    )
-    s = figures["db_transactions_per_second"]
-    low, high = s["100_rps"], s["400_rps"]
-    spread = abs(high - low) / max(low, 1e-9)
-    summary["db_tps_100"], summary["db_tps_400"] = low, high
-    row(
-        "Postgres transactions/s at 100 and 400 req/s",
-        f"{low:.1f} and {high:.1f}",
-        "within 20%",
-        spread <= 0.2,
-    )
-    m = figures["memory_and_flush"]
-    summary.update(m)
-    row(
-        "memory per cached key",
-        f"{m['bytes_per_cached_key']:.0f} B",
-        "≤ 2 KiB",
-        m["bytes_per_cached_key"] <= 2048,
-    )
-    row(
-        "flush of 10,000 last-used keys (median of 5)",
-        f"{m['flush_10k_ms']:.1f} ms",
-        "≤ 50 ms",
-        m["flush_10k_ms"] <= 50,
-    )
-    row("  their first flush (inserts their rows)", f"{m['first_flush_10k_ms']:.1f} ms", "", None)
-    row(
-        "flush of 10,000 keys' hourly usage counts",
-        f"{m['usage_flush_10k_ms']:.1f} ms",
-        "",
-        None,
-    )
-    row(
-        "  the first in the hour (inserts the rows)",
-        f"{m['first_usage_flush_10k_ms']:.1f} ms",
-        "",
-        None,
-    )
-    failed = sum(run["non_2xx"] for runs in t.values() for run in runs)
-    summary["throughput_non_2xx"] = failed
-    row("non-2xx answers in throughput runs", f"{failed:.0f}", "0", failed == 0)
-    steals = [run["steal"] for runs in t.values() for run in runs]
-    summary["max_steal"] = max(steals)
-    row("max steal share during throughput runs", f"{max(steals):.1%}", "", None)
-
-    width = max(len(n) for n, *_ in rows)
-    print(f"\n{'figure':{width}}  {'value':32}  {'target':14}  met")
-    for name, value, target, mark in rows:
-        print(f"{name:{width}}  {value:32}  {target:14}  {mark}")
-    figures["summary"] = summary
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(figures, indent=2, default=str))
-    print(f"\nwritten: {RESULTS / 'latest.json'}")
 
 
 if __name__ == "__main__":
