@@ -1,0 +1,190 @@
+"""The bench's report: the summary figures, the printed table and bench/results/latest.json.
+
+Owns how the runs become figures: a ratio is the median over the rounds of pairs
+measured back to back (steadier than a ratio of medians when the machine's speed drifts
+between rounds), an added latency the median of the rounds' differences. Each section
+below adds its rows to the table and its figures to the JSON's `summary`, in the order
+they are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Table:
+    """The printed rows (figure, value, target, met) and the summary figures beside them."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str]] = []
+        self.summary: dict[str, Any] = {}
+
+    def row(self, name: str, value: str, target: str = "", ok: bool | None = None) -> None:
+        mark = "" if ok is None else ("yes" if ok else "NO")
+        self.rows.append((name, value, target, mark))
+
+    def show(self) -> None:
+        width = max(len(n) for n, *_ in self.rows)
+        print(f"\n{'figure':{width}}  {'value':32}  {'target':14}  met")
+        for name, value, target, mark in self.rows:
+            print(f"{name:{width}}  {value:32}  {target:14}  {mark}")
+
+
+def report(figures: dict[str, Any]) -> None:
+    table = Table()
+    _throughput(table, figures["throughput"], figures["settings"])
+    _latency(table, figures["latency_c1"])
+    _workers(table, figures["workers"])
+    _cold(table, figures["cold"])
+    _revocation(table, figures["revocation"])
+    _statements(table, figures["db_transactions_per_second"])
+    _memory(table, figures["memory_and_flush"])
+    _failures(table, figures["throughput"])
+    table.show()
+    figures["summary"] = table.summary
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(figures, indent=2, default=str))
+    print(f"\nwritten: {RESULTS / 'latest.json'}")
+
+
+def _median(rows: list[dict[str, float]], field: str) -> float:
+    return statistics.median(r[field] for r in rows)
+
+
+def _paired(t: dict[str, Any], runs: str, baseline: str, field: str) -> float:
+    """The median over rounds of run ÷ baseline, each pair measured back to back."""
+    return float(
+        statistics.median(r[field] / b[field] for r, b in zip(t[runs], t[baseline], strict=True))
+    )
+
+
+def _throughput(table: Table, t: dict[str, Any], keys: dict[str, int]) -> None:
+    bare_rps, bare_cpu = _median(t["bare"], "rps"), _median(t["bare"], "cpu_us_per_request")
+    hot_rps, hot_cpu = _median(t["hot"], "rps"), _median(t["hot"], "cpu_us_per_request")
+    asyncio_cpu = _median(t["hot_asyncio"], "cpu_us_per_request")
+    s = table.summary
+    s["uvloop_cpu_saving"] = 1 - hot_cpu / asyncio_cpu
+    s["hot_rps_ratio"] = _paired(t, "hot", "bare", "rps")
+    s["hot_cpu_ratio"] = _paired(t, "hot", "bare", "cpu_us_per_request")
+    s["mix_rps_ratio"] = _paired(t, "mix", "bare_mix", "rps")
+    table.row("bare proxy (medians)", f"{bare_rps:.0f} req/s, {bare_cpu:.0f} µs CPU/req")
+    table.row("gateway hot path (medians)", f"{hot_rps:.0f} req/s, {hot_cpu:.0f} µs CPU/req")
+    ratio = s["hot_rps_ratio"]
+    table.row("hot path req/s ÷ bare", f"{ratio:.2f}", "≥ 0.90", ratio >= 0.9)
+    ratio = s["hot_cpu_ratio"]
+    table.row("hot path CPU/req ÷ bare", f"{ratio:.2f}", "≤ 1.10", ratio <= 1.1)
+    table.row(
+        "hot path on asyncio's loop",
+        f"{asyncio_cpu:.0f} µs CPU/req (uvloop saves {s['uvloop_cpu_saving']:.0%})",
+    )
+    _mix(table, t, keys)
+    if "nginx" in t:
+        s["nginx_rps_ratio"] = _paired(t, "nginx", "bare", "rps")
+        nginx_cpu = _median(t["nginx"], "cpu_us_per_request")
+        table.row(
+            "reference: nginx pass-through req/s ÷ bare",
+            f"{s['nginx_rps_ratio']:.2f} ({nginx_cpu:.0f} µs CPU/req)",
+        )
+
+
+def _mix(table: Table, t: dict[str, Any], keys: dict[str, int]) -> None:
+    s = table.summary
+    table.row(
+        f"{keys['keys_in_traffic']:,}-key mix req/s ÷ bare, same script "
+        f"({keys['keys_in_database']:,} in Postgres)",
+        f"{s['mix_rps_ratio']:.2f}",
+        "≥ 0.85",
+        s["mix_rps_ratio"] >= 0.85,
+    )
+    mix_rps, bare_mix_rps = _median(t["mix"], "rps"), _median(t["bare_mix"], "rps")
+    mix_cpu = _median(t["mix"], "cpu_us_per_request")
+    bare_mix_cpu = _median(t["bare_mix"], "cpu_us_per_request")
+    s["mix_cpu_ratio"] = _paired(t, "mix", "bare_mix", "cpu_us_per_request")
+    table.row(
+        "  the mix's CPU/req ÷ bare, same script",
+        f"{s['mix_cpu_ratio']:.2f} ({mix_cpu:.0f} vs {bare_mix_cpu:.0f} µs)",
+    )
+    table.row("  the mix, and the bare proxy", f"{mix_rps:.0f} and {bare_mix_rps:.0f} req/s")
+
+
+def _latency(table: Table, lat: dict[str, list[dict[str, float]]]) -> None:
+    added50, added99 = (
+        statistics.median(
+            g[field] - b[field] for g, b in zip(lat["gateway"], lat["bare"], strict=True)
+        )
+        for field in ("p50_ms", "p99_ms")
+    )
+    table.summary["added_latency_p50_ms"], table.summary["added_latency_p99_ms"] = added50, added99
+    table.row("added latency p50 (c=1)", f"{added50:.3f} ms", "≤ 0.3 ms", added50 <= 0.3)
+    table.row("added latency p99 (c=1)", f"{added99:.3f} ms", "≤ 1 ms", added99 <= 1.0)
+
+
+def _workers(table: Table, w: dict[str, list[dict[str, float]]]) -> None:
+    ratio = statistics.median(
+        two["rps"] / one["rps"] for one, two in zip(w["one"], w["two"], strict=True)
+    )
+    table.summary["workers_ratio"] = ratio
+    table.row("--workers 2 ÷ one", f"{ratio:.2f}", "≥ 1.35", ratio >= 1.35)
+
+
+def _cold(table: Table, c: dict[str, Any]) -> None:
+    ratio = statistics.median(
+        loaded / alone
+        for loaded, alone in zip(
+            c["hot_p99_under_20_new_keys_per_s_ms"], c["hot_p99_alone_ms"], strict=True
+        )
+    )
+    table.summary["cold_first_request_ms"] = c["first_request_p50_ms"]
+    table.summary["hot_p99_under_cold_load_ratio"] = ratio
+    table.row("first request with a new key", f"{c['first_request_p50_ms']:.1f} ms (p50)")
+    table.row("hot p99 under 20 new keys/s ÷ alone", f"{ratio:.2f}", "≤ 2", ratio <= 2)
+
+
+def _revocation(table: Table, r: dict[str, float]) -> None:
+    table.summary.update({f"revocation_{k}": v for k, v in r.items()})
+    table.row(
+        "revocation p50 / p99 / max",
+        f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.1f} ms",
+        "p99 ≤ 100 ms",
+        r["p99_ms"] <= 100,
+    )
+
+
+def _statements(table: Table, s: dict[str, float]) -> None:
+    low, high = s["100_rps"], s["400_rps"]
+    spread = abs(high - low) / max(low, 1e-9)
+    table.summary["db_tps_100"], table.summary["db_tps_400"] = low, high
+    table.row(
+        "Postgres transactions/s at 100 and 400 req/s",
+        f"{low:.1f} and {high:.1f}",
+        "within 20%",
+        spread <= 0.2,
+    )
+
+
+def _memory(table: Table, m: dict[str, float]) -> None:
+    table.summary.update(m)
+    per_key, flush = m["bytes_per_cached_key"], m["flush_10k_ms"]
+    table.row("memory per cached key", f"{per_key:.0f} B", "≤ 2 KiB", per_key <= 2048)
+    table.row(
+        "flush of 10,000 last-used keys (median of 5)", f"{flush:.1f} ms", "≤ 50 ms", flush <= 50
+    )
+    table.row("  their first flush (inserts their rows)", f"{m['first_flush_10k_ms']:.1f} ms")
+    table.row("flush of 10,000 keys' hourly usage counts", f"{m['usage_flush_10k_ms']:.1f} ms")
+    table.row(
+        "  the first in the hour (inserts the rows)", f"{m['first_usage_flush_10k_ms']:.1f} ms"
+    )
+
+
+def _failures(table: Table, t: dict[str, list[dict[str, float]]]) -> None:
+    failed = sum(run["non_2xx"] for runs in t.values() for run in runs)
+    table.summary["throughput_non_2xx"] = failed
+    table.row("non-2xx answers in throughput runs", f"{failed:.0f}", "0", failed == 0)
+    steals = [run["steal"] for runs in t.values() for run in runs]
+    table.summary["max_steal"] = max(steals)
+    table.row("max steal share during throughput runs", f"{max(steals):.1%}")
