@@ -34,7 +34,7 @@ import collections
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
 import httptools
@@ -43,12 +43,14 @@ from yarl import URL
 _NO_BODY_STATUS = frozenset({204, 304})
 _HIGH_WATER = 256 * 1024  # buffered response bytes before we stop reading the socket
 
-# RFC 9110 §5.6.2 tokens (methods, header names), checked on the names joined by "\n" so
-# that one regex call covers every name and an empty name cannot hide between two others.
-_TOKENS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
-# Bytes that must never reach the head from a value: every control but HTAB (RFC 9110
-# §5.5), CR, LF and NUL included. Values are checked joined by HTAB, which is allowed.
-_UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9110 §5.6.2: a token (a method, a header name).
+_TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_TOKEN = re.compile(_TCHAR + "+")
+# Header names joined by LF: one regex call checks them all, and an empty name cannot
+# hide between two others.
+_NAMES = re.compile(f"{_TCHAR}+(?:\n{_TCHAR}+)*")
+# Controls other than CR, LF (counted apart) and HTAB (allowed in values, RFC 9110 §5.5).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # An origin-form target (RFC 9112 §3.2.1): visible ASCII only, no space, no controls.
 _TARGET = re.compile(r"/[!-~]*")
 
@@ -393,7 +395,7 @@ class UpstreamPool:
         self,
         method: str,
         target: str,
-        headers: Iterable[tuple[str, str]],
+        headers: Sequence[tuple[str, str]],
         body: AsyncIterator[bytes] | None = None,
         *,
         content_length: int | None = None,
@@ -512,24 +514,15 @@ class UpstreamPool:
         self,
         method: str,
         target: str,
-        headers: Iterable[tuple[str, str]],
+        headers: Sequence[tuple[str, str]],
         has_body: bool,
         content_length: int | None,
     ) -> bytes:
         target = self.base_path + target
-        if not (_TOKENS.fullmatch(method) and _TARGET.fullmatch(target)):
+        if not (_TOKEN.fullmatch(method) and _TARGET.fullmatch(target)):
             raise UnsafeRequest("request line with characters outside HTTP's grammar")
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}"]
-        names = []
-        values = []
-        for name, value in headers:
-            names.append(name)
-            values.append(value)
-            lines.append(f"{name}: {value}")
-        if names and not _TOKENS.fullmatch("\n".join(names)):
-            raise UnsafeRequest("a header name outside HTTP's token grammar")
-        if _UNSAFE_VALUE.search("\t".join(values)):
-            raise UnsafeRequest("a header value with a control character")
+        lines += [f"{name}: {value}" for name, value in headers]
         if has_body:
             if content_length is not None:
                 lines.append(f"Content-Length: {content_length}")
@@ -538,4 +531,12 @@ class UpstreamPool:
         elif method in ("POST", "PUT", "PATCH"):
             lines.append("Content-Length: 0")
         lines.append("\r\n")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+        head = "\r\n".join(lines)
+        # Values are checked on the whole head at once: CR and LF only where the lines
+        # above put them, and no other control but HTAB.
+        breaks = len(lines)
+        if head.count("\n") != breaks or head.count("\r") != breaks or _CONTROL.search(head):
+            raise UnsafeRequest("a header field with a control character")
+        if headers and not _NAMES.fullmatch("\n".join([name for name, _ in headers])):
+            raise UnsafeRequest("a header name outside HTTP's token grammar")
+        return head.encode("utf-8", "surrogateescape")
