@@ -22,7 +22,7 @@ run: $(STAMP)
 # possible here); without it they skip, except under CI=true where that is a failure.
 test: $(STAMP)
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "note: could not install chromium (not root?): the web page's browser tests will skip, or fail under CI=true"
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 ## soak: keys churn through the admin API under traffic for minutes, two workers; prints
 ## the totals and the wrong-decision count (SOAK_SECONDS, SOAK_WORKERS, SOAK_CLIENTS, SOAK_KEYS)
@@ -31,9 +31,9 @@ soak: $(STAMP)
 		$(BIN)/python -m pytest -s --timeout=0 tests/test_soak.py $(PYTEST_ARGS)
 
 ## fuzz: the differential framing fuzz (tests/test_framing_fuzz.py) with fresh random
-## examples and a large budget: FRAMING_EXAMPLES per property (default 8000, ~20 minutes)
+## examples and a large budget: FRAMING_EXAMPLES per property (default 12000, about 20 minutes)
 fuzz: $(STAMP)
-	FUZZ_RANDOM=1 FRAMING_EXAMPLES=$${FRAMING_EXAMPLES:-8000} \
+	FUZZ_RANDOM=1 FRAMING_EXAMPLES=$${FRAMING_EXAMPLES:-12000} \
 		$(BIN)/python -m pytest -q --timeout=0 --hypothesis-show-statistics tests/test_framing_fuzz.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
