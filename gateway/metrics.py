@@ -76,12 +76,14 @@ ARGON2_DURATION = Histogram(
 )
 FLUSH_DURATION = Histogram(
     "gateway_flush_duration_seconds",
-    "Time of one batched write to Postgres by kind (last_used, usage).",
+    "Time of one batched write to Postgres by kind (last_used, usage, rate_limits).",
     ["kind"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
 )
 FLUSH_FAILURES = Counter(
-    "gateway_flush_failures_total", "Batched writes that failed and were kept.", ["kind"]
+    "gateway_flush_failures_total",
+    "Batched writes that failed (kept for the next one, or dropped when Postgres refused them).",
+    ["kind"],
 )
 FLUSH_PENDING = Gauge(
     "gateway_flush_pending",

@@ -18,8 +18,8 @@ with P processes, a key whose requests arrive at R per second in all and a sync 
 total admitted ≤ limit + (P − 1) × R × T while the processes keep serving the key (tested
 with two real processes). A sync reads back only the keys decided on since the last one:
 a process that takes up a key again decides on an older view until its next sync, which
-can add its own admissions of one interval: limit + P × R × T at worst (README "Rate
-limits"). While Postgres is down decisions go on from local counts; the counts wait in
+can add its own admissions of one interval: limit + P × R × T at worst
+(docs/rate-limits.md). While Postgres is down decisions go on from local counts; the counts wait in
 memory (seconds that left the minute are dropped, the day's are kept) and the first sync
 that succeeds writes them.
 

@@ -464,7 +464,7 @@ async def test_two_gateways_on_one_database_share_the_budget(
     await sync(second)
     await sync(first)  # served nothing since its last sync: reads nothing back
     # Taking the key up again, the first still sees 6 of 10: one interval of its own
-    # admissions is the overshoot (README "Rate limits": limit + P x R x T at worst).
+    # admissions is the overshoot (docs/rate-limits.md: limit + P x R x T at worst).
     assert await statuses(first, key.key, 1) == [200]
     await sync(first)  # learns the second's 4
     assert await statuses(first, key.key, 3) == [429] * 3
