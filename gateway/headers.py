@@ -9,11 +9,12 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable
-from typing import Any
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from .keys import KeyRecord
 
 # RFC 9110 §7.6.1 plus the non-standard ones proxies still meet in the wild.
 HOP_BY_HOP = frozenset(
@@ -225,13 +226,12 @@ def copy_response_headers(
     target.setdefault("Server", SERVER_NAME)
 
 
-def identity_headers(
-    account_id: Any, key_id: Any, scopes: Iterable[str]
-) -> tuple[tuple[str, str], ...]:
+def identity_headers(key: KeyRecord) -> tuple[tuple[str, str], ...]:
+    """Who is calling, for the upstream (SPEC §3 step 7)."""
     return (
-        ("X-GrowPanel-Account-Id", str(account_id)),
-        ("X-GrowPanel-Key-Id", str(key_id)),
-        _scopes_header(frozenset(scopes)),
+        ("X-GrowPanel-Account-Id", key.account_id_text),
+        ("X-GrowPanel-Key-Id", key.id_text),
+        _scopes_header(key.scopes),
     )
 
 

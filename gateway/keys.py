@@ -29,7 +29,6 @@ import asyncpg
 
 from .config import SCOPES, Argon2Config
 from .db import for_live_keys
-from .headers import identity_headers
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 PUBLIC_ID_LENGTH = 12
@@ -137,17 +136,15 @@ class KeyRecord:
     rate_limit_per_day: int | None
     expires_at: dt.datetime | None
     enabled: bool
-    # Made once per key, not per request: the ids as the access log writes them and the
-    # identity headers the upstream receives (SPEC §3 step 7).
+    # The ids as text, made once per key rather than per request (~1 µs each): the access
+    # log and the identity headers use them.
     id_text: str = dataclasses.field(init=False, repr=False, compare=False)
     account_id_text: str = dataclasses.field(init=False, repr=False, compare=False)
-    identity: tuple[tuple[str, str], ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: fields made here are set once, like the others
         set_(self, "id_text", str(self.id))
         set_(self, "account_id_text", str(self.account_id))
-        set_(self, "identity", identity_headers(self.account_id_text, self.id_text, self.scopes))
 
     def accepts_hash(self, secret_hash: str, now: dt.datetime) -> bool:
         """Is a secret verified against `secret_hash` still a valid secret of this key?"""

@@ -37,6 +37,7 @@ from .headers import (
     ClientAddress,
     Network,
     copy_response_headers,
+    identity_headers,
     parse_networks,
     upstream_request_headers,
 )
@@ -234,7 +235,7 @@ class Proxy:
             request.headers,
             client=client,
             request_id=call.request_id,
-            identity=key.identity,
+            identity=identity_headers(key),
             forward_authorization=config.forward_authorization,
         )
         target = request.rel_url.raw_path

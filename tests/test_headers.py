@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -12,9 +14,31 @@ from gateway.headers import (
     parse_networks,
     upstream_request_headers,
 )
+from gateway.keys import KeyRecord
+
+ACCOUNT_ID = uuid.UUID("6f1c2a47-0b1e-4c57-9a43-4d1c9d6a0f3e")
+KEY_ID = uuid.UUID("0b7c1f6e-2d3a-4c5b-9e8f-1a2b3c4d5e6f")
+
+
+def record(scopes: set[str]) -> KeyRecord:
+    return KeyRecord(
+        id=KEY_ID,
+        account_id=ACCOUNT_ID,
+        public_id="p",
+        secret_hash="h",
+        previous_secret_hash=None,
+        previous_secret_expires_at=None,
+        scopes=frozenset(scopes),
+        ip_allowlist=(),
+        rate_limit_per_minute=None,
+        rate_limit_per_day=None,
+        expires_at=None,
+        enabled=True,
+    )
+
 
 TRUSTED = parse_networks(["10.0.0.0/8", "2001:db8::/32"])
-IDENTITY = identity_headers("acc-1", "key-1", ["reports", "customers"])
+IDENTITY = identity_headers(record({"reports", "customers"}))
 HOP_BY_HOP = [
     "Connection",
     "Keep-Alive",
@@ -174,8 +198,8 @@ def test_incoming_growpanel_headers_are_replaced_by_the_identity(name: str) -> N
     out = forward(headers((name, "forged"), (name, "forged again")))
     assert "forged" not in out.values()
     assert "forged again" not in out.values()
-    assert out.getall("X-GrowPanel-Account-Id") == ["acc-1"]
-    assert out.getall("X-GrowPanel-Key-Id") == ["key-1"]
+    assert out.getall("X-GrowPanel-Account-Id") == [str(ACCOUNT_ID)]
+    assert out.getall("X-GrowPanel-Key-Id") == [str(KEY_ID)]
     assert out.getall("X-GrowPanel-Key-Scopes") == ["customers,reports"]
     growpanel = [k for k in out if k.lower().startswith("x-growpanel-")]
     assert sorted(growpanel) == sorted(name for name, _ in IDENTITY)
@@ -183,9 +207,9 @@ def test_incoming_growpanel_headers_are_replaced_by_the_identity(name: str) -> N
 
 def test_identity_headers_list_scopes_sorted() -> None:
     """The identity names the account, the key and its scopes in a stable order."""
-    assert identity_headers("a", "k", {"data", "account", "reports"}) == (
-        ("X-GrowPanel-Account-Id", "a"),
-        ("X-GrowPanel-Key-Id", "k"),
+    assert identity_headers(record({"data", "account", "reports"})) == (
+        ("X-GrowPanel-Account-Id", str(ACCOUNT_ID)),
+        ("X-GrowPanel-Key-Id", str(KEY_ID)),
         ("X-GrowPanel-Key-Scopes", "account,data,reports"),
     )
 
