@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from . import metrics
+from . import metrics, reserved
 from .auth import Authenticator
 from .cache import NotificationListener
 from .clock import Clock, SystemClock
@@ -55,6 +55,7 @@ def create_app(
     app.cleanup_ctx.extend(
         [_metrics, _database, _authentication, _limits, _usage, _upstream, _proxy]
     )
+    reserved.add_routes(app)  # /_gateway/...: first, so never forwarded, no key asked
     app.router.add_route("*", "/{path:.*}", _handle)
     return app
 
