@@ -18,10 +18,14 @@ run: $(STAMP)
 	$(BIN)/python -m gateway.devrun
 
 ## test: every test, against a throwaway embedded Postgres (unless DATABASE_URL)
-# The web page's browser tests drive Debian's Chromium (Playwright's own download is not
-# possible here); without it they skip, except under CI=true where that is a failure.
+# Real components come from Debian's packages (nothing is downloaded by hand): Chromium for
+# the web page's browser tests (Playwright's own download is not possible here), and
+# HAProxy, PgBouncer and Prometheus (promtool) for the production-topology tests. Without
+# them those tests skip with the reason, except under CI=true, where that is a failure.
+TEST_PROGRAMS := chromium haproxy pgbouncer prometheus promtool systemd-analyze
+TEST_PACKAGES := chromium haproxy pgbouncer prometheus systemd
 test: $(STAMP)
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "note: could not install chromium (not root?): the web page's browser tests will skip, or fail under CI=true"
+	@PATH="$$PATH:/usr/sbin:/sbin" command -v $(TEST_PROGRAMS) >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES) >/dev/null; } || echo "note: could not install $(TEST_PACKAGES) (not root?): the tests that need them will skip, or fail under CI=true"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## soak: keys churn through the admin API under traffic for minutes, two workers; prints
