@@ -228,7 +228,8 @@ async def _check_schema(config: Config, apply_migrations: bool) -> None:
 
 async def _connect(config: Config) -> asyncpg.Connection:
     try:
-        return await connect(config.database)
+        # Direct: migrations take a session advisory lock (not through PgBouncer).
+        return await connect(config.database, direct=True)
     except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
         raise Failure(f"cannot connect to the database: {exc or type(exc).__name__}") from None
 

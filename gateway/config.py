@@ -99,11 +99,27 @@ class DatabaseConfig:
     pool_max_size: int = 10
     connect_timeout_seconds: float = 5.0
     statement_timeout_seconds: float = 10.0
+    # `url` leads to PgBouncer in transaction pooling: no statement outlives a transaction.
+    pgbouncer: bool = False
+    # A direct connection to Postgres (not through a pooler) for what needs a session of
+    # its own: LISTEN and the migrations' advisory lock. Empty: `url`.
+    listen_url: str = ""
+
+    @property
+    def direct_url(self) -> str:
+        return self.listen_url or self.url
 
     def validate(self) -> None:
         url = URL(self.url)
         if url.scheme not in ("postgres", "postgresql"):
             raise ConfigError("database.url: expected a postgresql:// URL")
+        if self.listen_url and URL(self.listen_url).scheme not in ("postgres", "postgresql"):
+            raise ConfigError("database.listen_url: expected a postgresql:// URL")
+        if self.pgbouncer and not self.listen_url:
+            raise ConfigError(
+                "database.listen_url: required with database.pgbouncer: true"
+                " (LISTEN needs a direct connection to Postgres)"
+            )
         _positive("database.pool_max_size", self.pool_max_size)
         if not 0 <= self.pool_min_size <= self.pool_max_size:
             raise ConfigError("database.pool_min_size: must be between 0 and pool_max_size")

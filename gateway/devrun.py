@@ -42,7 +42,7 @@ DEMO_KEY = "Demo key"
 async def _prepare(database_url: str, config_path: str | None) -> tuple[str, str]:
     """Migrate, then return (owner token, demo key) with fresh secrets."""
     config = load_config(config_path, {**os.environ, "DATABASE_URL": database_url})
-    conn = await connect(config.database)
+    conn = await connect(config.database, direct=True)
     try:
         await migrate(conn)
     finally:
