@@ -25,6 +25,7 @@ from .keys import Hasher, KeyFormat, KeyStore
 from .logs import AccessLog
 from .proxy import Proxy
 from .ratelimit import RateLimiter, SlidingWindowLimiter
+from .tls import upstream_context
 from .upstream import UpstreamPool
 from .usage import UsageRecorder
 
@@ -120,6 +121,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         proxy.upstream,
         limit=proxy.max_upstream_connections,
         connect_timeout=proxy.connect_timeout_seconds,
+        ssl_context=upstream_context(proxy.upstream_ca) if proxy.upstream_ca else None,
     )
     app[UPSTREAM] = pool
     yield
