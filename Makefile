@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck check clean distclean bench bench-quick wrk nginx soak
+.PHONY: run test lint typecheck check clean distclean bench bench-quick wrk nginx soak image
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ test: $(STAMP)
 soak: $(STAMP)
 	SOAK_SECONDS=$${SOAK_SECONDS:-180} SOAK_WORKERS=$${SOAK_WORKERS:-2} \
 		$(BIN)/python -m pytest -s --timeout=0 tests/test_soak.py $(PYTEST_ARGS)
+
+## image: the container image from Containerfile (podman; CONTAINER_TOOL=docker works too).
+## BASE=... picks the base image (docs/deployment.md: building one where no registry is
+## reachable); GATEWAY_TEST_IMAGE=1 make test builds it and smoke-tests it.
+CONTAINER_TOOL ?= podman
+IMAGE ?= growpanel-gateway:0.1.0
+image:
+	$(CONTAINER_TOOL) build $(if $(filter podman,$(CONTAINER_TOOL)),--format docker) $(if $(BASE),--build-arg BASE=$(BASE)) -t $(IMAGE) -f Containerfile .
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
