@@ -161,15 +161,16 @@ class Pki:
 
 @pytest.fixture
 async def tls_replica(
-    database_url: str, upstream: TestServer, tmp_path: Path
+    database_url: str, upstream: TestServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[Replica, Pki]]:
+    """A `gateway serve` with TLS on both listeners (`--workers N` when parametrized)."""
     pki = Pki(tmp_path)
     env = {
         "DATABASE_URL": database_url,
         "GATEWAY__PROXY__UPSTREAM": str(upstream.make_url("")).rstrip("/"),
         **pki.env(),
     }
-    replica = Replica("tls", env, tmp_path)
+    replica = Replica("tls", env, tmp_path, workers=getattr(request, "param", 1))
     replica.scheme = "https"
     replica.start()
     try:
@@ -223,9 +224,12 @@ def peer_certificate(writer: asyncio.StreamWriter) -> bytes:
     return der
 
 
+@pytest.mark.parametrize("tls_replica", [1, 2], indirect=True, ids=["one-process", "workers-2"])
 async def test_sighup_reloads_certificates_without_dropping_connections(
     tls_replica: tuple[Replica, Pki],
 ) -> None:
+    """With `--workers 2` the supervisor passes SIGHUP on to every worker: new
+    connections, whichever worker takes them, get the new certificate."""
     replica, pki = tls_replica
     second_ca = trustme.CA()
     context = pki.client_context(pki.ca, second_ca)
@@ -251,6 +255,8 @@ async def test_sighup_reloads_certificates_without_dropping_connections(
                 writer.close()
 
         await wait_for(new_handshakes_get_the_new_certificate, timeout=10, interval=0.1)
+        for _ in range(8):  # every worker, whichever takes the connection
+            assert await new_handshakes_get_the_new_certificate()
         # The connection opened before the reload is still there, on the old certificate.
         assert await ready_over(old_reader, old_writer) == 200
         assert peer_certificate(old_writer) == old_cert
