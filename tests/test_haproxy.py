@@ -49,7 +49,11 @@ class Balanced:
 
     async def wait_state(self, server: str, state: str, timeout: float = 20) -> None:
         async def reached() -> bool:
-            return (await self.server_states()).get(server) == state
+            assert self.haproxy.alive(), self.haproxy.logs()
+            try:
+                return (await self.server_states()).get(server) == state
+            except aiohttp.ClientConnectionError:
+                return False  # still starting
 
         await wait_for(reached, timeout=timeout, interval=0.05)
 

@@ -8,7 +8,6 @@ statements of one client really do land on different server connections.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -20,13 +19,10 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
-from yarl import URL
-
-from gateway.embedded_pg import _make_traversable, _service_user, free_port
 
 from .conftest import Seed
 from .helpers import wait_for
-from .topology import Daemon, Replica, require
+from .topology import Daemon, Replica, start_pgbouncer
 
 PgBouncerFactory = Callable[[int], str]
 
@@ -35,45 +31,14 @@ PgBouncerFactory = Callable[[int], str]
 def pgbouncer(database_url: str, tmp_path: Path) -> Iterator[PgBouncerFactory]:
     """`pgbouncer(pool_size)`: a PgBouncer in transaction pooling in front of this test's
     database, with `pool_size` server connections; returns the URL through it."""
-    program = require("pgbouncer", "pgbouncer")
     started: list[Daemon] = []
-    target = URL(database_url)
 
     def start(pool_size: int) -> str:
-        directory = tmp_path / f"pgbouncer-{len(started)}"
-        directory.mkdir()
-        port = free_port()
-        server = f"host={target.host} port={target.port} user={target.user}"
-        if target.password:
-            server += f" password={target.password}"
-        (directory / "userlist.txt").write_text(f'"{target.user}" ""\n')
-        (directory / "pgbouncer.ini").write_text(
-            "[databases]\n"
-            f"* = {server}\n"
-            "[pgbouncer]\n"
-            "listen_addr = 127.0.0.1\n"
-            f"listen_port = {port}\n"
-            "unix_socket_dir =\n"
-            "auth_type = trust\n"
-            f"auth_file = {directory / 'userlist.txt'}\n"
-            "pool_mode = transaction\n"
-            f"default_pool_size = {pool_size}\n"
-            "max_client_conn = 500\n"
-        )
-        popen: dict[str, object] = {}
-        user = _service_user()  # PgBouncer refuses to run as root
-        if user is not None:
-            _make_traversable(directory)
-            for path in (directory, *directory.iterdir()):
-                os.chown(path, user.pw_uid, user.pw_gid)
-            popen = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-        daemon = Daemon(
-            [program, str(directory / "pgbouncer.ini")],
-            directory.parent / f"pgbouncer-{len(started)}.log",
-            **popen,
+        daemon, url = start_pgbouncer(
+            database_url, tmp_path / f"pgbouncer-{len(started)}", pool_size
         )
         started.append(daemon)
-        return str(target.with_host("127.0.0.1").with_port(port))
+        return url
 
     yield start
     for daemon in started:

@@ -22,8 +22,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
-from gateway.embedded_pg import free_port
+from gateway.embedded_pg import _make_traversable, _service_user, free_port
 
 from .helpers import FAST_ARGON2, REPO_ROOT, gateway_command, wait_for
 
@@ -79,6 +80,43 @@ def daemons() -> Iterator[list[Daemon]]:
     finally:
         for daemon in reversed(started):
             daemon.stop()
+
+
+def start_pgbouncer(database_url: str, directory: Path, pool_size: int) -> tuple[Daemon, str]:
+    """A PgBouncer in transaction pooling in front of `database_url`'s server, with
+    `pool_size` server connections; the daemon and the URL through it."""
+    program = require("pgbouncer", "pgbouncer")
+    target = URL(database_url)
+    directory.mkdir()
+    port = free_port()
+    server = f"host={target.host} port={target.port} user={target.user}"
+    if target.password:
+        server += f" password={target.password}"
+    (directory / "userlist.txt").write_text(f'"{target.user}" ""\n')
+    (directory / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = {server}\n"
+        "[pgbouncer]\n"
+        "listen_addr = 127.0.0.1\n"
+        f"listen_port = {port}\n"
+        "unix_socket_dir =\n"
+        "auth_type = trust\n"
+        f"auth_file = {directory / 'userlist.txt'}\n"
+        "pool_mode = transaction\n"
+        f"default_pool_size = {pool_size}\n"
+        "max_client_conn = 500\n"
+    )
+    popen: dict[str, Any] = {}
+    user = _service_user()  # PgBouncer refuses to run as root
+    if user is not None:
+        _make_traversable(directory)
+        for path in (directory, *directory.iterdir()):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        popen = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    daemon = Daemon(
+        [program, str(directory / "pgbouncer.ini")], directory.with_suffix(".log"), **popen
+    )
+    return daemon, str(target.with_host("127.0.0.1").with_port(port))
 
 
 class Replica:
