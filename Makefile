@@ -24,6 +24,11 @@ run: $(STAMP)
 # them those tests skip with the reason, except under CI=true, where that is a failure.
 TEST_PROGRAMS := chromium haproxy pgbouncer prometheus promtool systemd-analyze
 TEST_PACKAGES := chromium haproxy pgbouncer prometheus systemd
+# The opt-in image test builds with podman on a base made by mmdebstrap.
+ifeq ($(GATEWAY_TEST_IMAGE),1)
+TEST_PROGRAMS += podman mmdebstrap
+TEST_PACKAGES += podman mmdebstrap
+endif
 test: $(STAMP)
 	@PATH="$$PATH:/usr/sbin:/sbin" command -v $(TEST_PROGRAMS) >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES) >/dev/null; } || echo "note: could not install $(TEST_PACKAGES) (not root?): the tests that need them will skip, or fail under CI=true"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -36,11 +41,19 @@ soak: $(STAMP)
 
 ## image: the container image from Containerfile (podman; CONTAINER_TOOL=docker works too).
 ## BASE=... picks the base image (docs/deployment.md: building one where no registry is
-## reachable); GATEWAY_TEST_IMAGE=1 make test builds it and smoke-tests it.
+## reachable); IMAGE_BUILD_FLAGS=... adds build flags (e.g. --isolation chroot). The
+## host's PIP_INDEX_URL and PIP_CERT (a CA bundle) are passed to the build stage.
+## GATEWAY_TEST_IMAGE=1 make test builds it and smoke-tests it.
 CONTAINER_TOOL ?= podman
 IMAGE ?= growpanel-gateway:0.1.0
+IMAGE_BUILD_FLAGS ?=
+PODMAN_BUILD := $(filter podman,$(CONTAINER_TOOL))
 image:
-	$(CONTAINER_TOOL) build $(if $(filter podman,$(CONTAINER_TOOL)),--format docker) $(if $(BASE),--build-arg BASE=$(BASE)) -t $(IMAGE) -f Containerfile .
+	$(CONTAINER_TOOL) build $(if $(PODMAN_BUILD),--format docker) \
+		$(if $(BASE),--build-arg BASE=$(BASE)) \
+		$(if $(PIP_INDEX_URL),--build-arg PIP_INDEX_URL=$(PIP_INDEX_URL)) \
+		$(if $(and $(PIP_CERT),$(PODMAN_BUILD)),-v $(PIP_CERT):/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt) \
+		$(IMAGE_BUILD_FLAGS) -t $(IMAGE) -f Containerfile .
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

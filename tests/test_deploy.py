@@ -12,19 +12,24 @@ import copy
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kubernetes_validate
 import pytest
 import yaml
+from aiohttp.test_utils import TestServer
 
 from gateway.config import load_config
+from gateway.embedded_pg import free_port
 
-from .helpers import REPO_ROOT
+from .conftest import Seed
+from .helpers import REPO_ROOT, wait_for
 from .topology import DEPLOY, require
 
 UNIT = DEPLOY / "systemd" / "growpanel-gateway.service"
@@ -219,52 +224,113 @@ def test_containerfile_is_multi_stage_non_root_compiler_free_and_health_checked(
     assert any("COPY --from=" in line for line in final)
 
 
+IMAGE = "localhost/growpanel-gateway:test"
+LOCAL_BASE = "localhost/growpanel-gateway-base:bookworm"
+
+
+def local_base(podman: str, tmp_path: Path) -> str:
+    """A base image made from Debian's packages (no registry needed), kept for next time."""
+    if subprocess.run([podman, "image", "exists", LOCAL_BASE]).returncode == 0:
+        return LOCAL_BASE
+    mmdebstrap = require("mmdebstrap", "mmdebstrap")
+    rootfs = tmp_path / "rootfs.tar"
+    made = subprocess.run(
+        [
+            mmdebstrap,
+            "--variant=apt",
+            "--include=python3,python3-venv,ca-certificates",
+            "bookworm",
+            str(rootfs),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert made.returncode == 0, made.stderr[-3000:]
+    imported = subprocess.run([podman, "import", str(rootfs), LOCAL_BASE], capture_output=True)
+    assert imported.returncode == 0, imported.stderr
+    rootfs.unlink()
+    return LOCAL_BASE
+
+
 @pytest.mark.skipif(
     os.environ.get("GATEWAY_TEST_IMAGE") != "1",
-    reason="builds the container image: set GATEWAY_TEST_IMAGE=1 (needs podman and a base image)",
+    reason="builds the container image: set GATEWAY_TEST_IMAGE=1 (podman; BASE=... or mmdebstrap)",
 )
-def test_image_builds_and_its_gateway_runs(tmp_path: Path) -> None:
-    """`make image`, then the gateway inside it, run through `podman image mount` and
-    chroot (starting containers is not possible on every build machine)."""
+async def test_image_builds_and_its_gateway_serves(
+    tmp_path: Path, database_url: str, upstream: TestServer, seed: Seed
+) -> None:
+    """`make image`, then `gateway serve` from inside the image against the test Postgres,
+    run through `podman image mount` and chroot (starting containers is not possible on
+    every build machine)."""
     podman = require("podman", "podman")
-    image = "localhost/growpanel-gateway:test"
+    base = os.environ.get("BASE") or local_base(podman, tmp_path)
     build = subprocess.run(
-        [
-            "make",
-            "image",
-            f"IMAGE={image}",
-            *([f"BASE={os.environ['BASE']}"] if "BASE" in os.environ else []),
-        ],
+        ["make", "image", f"IMAGE={IMAGE}", f"BASE={base}", "IMAGE_BUILD_FLAGS=--isolation chroot"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=1800,
     )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     inspect = subprocess.run(
-        [podman, "image", "inspect", image, "--format", "{{.Config.User}} {{.Config.Healthcheck}}"],
+        [podman, "image", "inspect", IMAGE, "--format", "{{.Config.User}} {{.Config.Healthcheck}}"],
         capture_output=True,
         text=True,
     )
-    assert inspect.stdout.startswith("10001:10001"), inspect.stdout
-    mounted = subprocess.run([podman, "image", "mount", image], capture_output=True, text=True)
+    assert inspect.stdout.startswith("10001:10001 ") and "/healthz" in inspect.stdout
+    mounted = subprocess.run([podman, "image", "mount", IMAGE], capture_output=True, text=True)
     assert mounted.returncode == 0, mounted.stderr
-    root = mounted.stdout.strip()
+    root = Path(mounted.stdout.strip())
+    chroot = [
+        require("chroot", "coreutils"),
+        "--userspec=10001:10001",
+        str(root),
+        "/opt/growpanel-gateway/bin/gateway",
+    ]
     try:
-        ran = subprocess.run(
-            [
-                "chroot",
-                "--userspec=10001:10001",
-                root,
-                "/opt/growpanel-gateway/bin/gateway",
-                "--help",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert ran.returncode == 0 and "serve" in ran.stdout, ran.stderr
-        for tool in ("gcc", "cc", "make"):
-            assert not any((Path(root) / d / tool).exists() for d in ("usr/bin", "bin"))
+        for tool in ("gcc", "cc", "make", "g++"):
+            assert not (root / "usr/bin" / tool).exists(), f"{tool} in the final image"
+        helped = subprocess.run([*chroot, "--help"], capture_output=True, text=True, timeout=60)
+        assert helped.returncode == 0 and "serve" in helped.stdout, helped.stderr
+        proxy_port, admin_port = free_port(), free_port()
+        env = {
+            "PATH": "/opt/growpanel-gateway/bin:/usr/bin:/bin",
+            "GATEWAY_CONFIG": "/etc/growpanel-gateway/config.yaml",
+            "DATABASE_URL": database_url,
+            "GATEWAY__PROXY__UPSTREAM": str(upstream.make_url("")).rstrip("/"),
+            "GATEWAY__PROXY__PORT": str(proxy_port),
+            "GATEWAY__ADMIN__PORT": str(admin_port),
+        }
+        log_path = tmp_path / "image-serve.log"
+        with open(log_path, "wb") as log:
+            serving = subprocess.Popen(
+                [*chroot, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            key = await seed.key()
+
+            async def answers() -> bool:
+                assert serving.poll() is None, log_path.read_text()
+                try:
+                    async with aiohttp.ClientSession() as session:
+                        async with session.get(
+                            f"http://127.0.0.1:{proxy_port}/v1/customers",
+                            headers={"Authorization": f"Bearer {key.key}"},
+                        ) as response:
+                            return response.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_for(answers, timeout=60, interval=0.2)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{admin_port}/healthz") as response:
+                    assert response.status == 200
+            serving.send_signal(signal.SIGTERM)
+            assert serving.wait(60) == 0, log_path.read_text()
+        finally:
+            if serving.poll() is None:
+                serving.kill()
+                serving.wait()
     finally:
-        subprocess.run([podman, "image", "unmount", image], capture_output=True)
+        subprocess.run([podman, "image", "unmount", IMAGE], capture_output=True)
