@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck check clean distclean bench bench-quick wrk nginx soak fuzz
+.PHONY: run test lint typecheck check clean distclean bench bench-quick wrk nginx soak fuzz image
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,19 @@ run: $(STAMP)
 	$(BIN)/python -m gateway.devrun
 
 ## test: every test, against a throwaway embedded Postgres (unless DATABASE_URL)
-# The web page's browser tests drive Debian's Chromium (Playwright's own download is not
-# possible here); without it they skip, except under CI=true where that is a failure.
+# Real components come from Debian's packages (nothing is downloaded by hand): Chromium for
+# the web page's browser tests (Playwright's own download is not possible here), and
+# HAProxy, PgBouncer and Prometheus (promtool) for the production-topology tests. Without
+# them those tests skip with the reason, except under CI=true, where that is a failure.
+TEST_PROGRAMS := chromium haproxy pgbouncer prometheus promtool systemd-analyze
+TEST_PACKAGES := chromium haproxy pgbouncer prometheus systemd
+# The opt-in image test builds with podman on a base made by mmdebstrap.
+ifeq ($(GATEWAY_TEST_IMAGE),1)
+TEST_PROGRAMS += podman mmdebstrap
+TEST_PACKAGES += podman mmdebstrap
+endif
 test: $(STAMP)
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "note: could not install chromium (not root?): the web page's browser tests will skip, or fail under CI=true"
+	@PATH="$$PATH:/usr/sbin:/sbin" command -v $(TEST_PROGRAMS) >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES) >/dev/null; } || echo "note: could not install $(TEST_PACKAGES) (not root?): the tests that need them will skip, or fail under CI=true"
 	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 ## soak: keys churn through the admin API under traffic for minutes, two workers; prints
@@ -35,6 +44,22 @@ soak: $(STAMP)
 fuzz: $(STAMP)
 	FUZZ_RANDOM=1 FRAMING_EXAMPLES=$${FRAMING_EXAMPLES:-12000} \
 		$(BIN)/python -m pytest -q --timeout=0 --hypothesis-show-statistics tests/test_framing_fuzz.py $(PYTEST_ARGS)
+
+## image: the container image from Containerfile (podman; CONTAINER_TOOL=docker works too).
+## BASE=... picks the base image (docs/deployment.md: building one where no registry is
+## reachable); IMAGE_BUILD_FLAGS=... adds build flags (e.g. --isolation chroot). The
+## host's PIP_INDEX_URL and PIP_CERT (a CA bundle) are passed to the build stage.
+## GATEWAY_TEST_IMAGE=1 make test builds it and smoke-tests it.
+CONTAINER_TOOL ?= podman
+IMAGE ?= growpanel-gateway:0.1.0
+IMAGE_BUILD_FLAGS ?=
+PODMAN_BUILD := $(filter podman,$(CONTAINER_TOOL))
+image:
+	$(CONTAINER_TOOL) build $(if $(PODMAN_BUILD),--format docker) \
+		$(if $(BASE),--build-arg BASE=$(BASE)) \
+		$(if $(PIP_INDEX_URL),--build-arg PIP_INDEX_URL=$(PIP_INDEX_URL)) \
+		$(if $(and $(PIP_CERT),$(PODMAN_BUILD)),-v $(PIP_CERT):/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt) \
+		$(IMAGE_BUILD_FLAGS) -t $(IMAGE) -f Containerfile .
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from . import metrics
+from . import metrics, reserved
 from .auth import Authenticator
 from .background import running
 from .cache import NotificationListener
@@ -25,6 +25,7 @@ from .logs import AccessLog
 from .proxy import Proxy
 from .ratelimit import RateLimiter, SlidingWindowLimiter
 from .throttle import FailedAuthThrottle
+from .tls import upstream_context
 from .upstream import UpstreamPool
 from .usage import UsageRecorder
 
@@ -55,6 +56,8 @@ def create_app(
     app.cleanup_ctx.extend(
         [_metrics, _database, _authentication, _limits, _usage, _upstream, _proxy]
     )
+    # /_gateway/...: first, so never forwarded, no key asked.
+    reserved.add_routes(app)
     # `expect_handler`: aiohttp's default answers `Expect: 100-continue` before the handler
     # runs; the proxy sends its 100 only once the request is authorised (SPEC §10).
     app.router.add_route("*", "/{path:.*}", _handle, expect_handler=_decide_later)
@@ -119,6 +122,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         proxy.upstream,
         limit=proxy.max_upstream_connections,
         connect_timeout=proxy.connect_timeout_seconds,
+        ssl_context=upstream_context(proxy.upstream_ca) if proxy.upstream_ca else None,
     )
     app[UPSTREAM] = pool
     yield

@@ -119,7 +119,7 @@ class NotificationListener:
         return None if self._conn is None else self._conn.get_server_pid()
 
     async def _attach(self) -> None:
-        conn = await connect(self._config)
+        conn = await connect(self._config, direct=True)
         self._lost.clear()
         conn.add_termination_listener(lambda _conn: self._lost.set())
         await conn.add_listener(KEYS_CHANNEL, self._notified)

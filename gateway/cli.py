@@ -15,8 +15,9 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import asyncpg
@@ -25,6 +26,8 @@ from aiohttp import web
 from .config import Config, ConfigError, ServerConfig, config_path, load_config
 from .db import UNAVAILABLE, MigrationError, connect, migrate, pending_migrations
 from .logs import configure_logging
+from .tls import Reloader
+from .tls import check as check_tls
 
 log = logging.getLogger("gateway")
 
@@ -97,6 +100,11 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
+def _on_sighup(reload: Callable[[], object]) -> None:
+    """SIGHUP reloads the TLS certificate files (renewed certificates, no restart)."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
 async def _start_listener(
     name: str,
     app: web.Application,
@@ -104,6 +112,7 @@ async def _start_listener(
     port: int,
     server: ServerConfig,
     reuse_port: bool,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> web.AppRunner:
     # aiohttp's keep-alive timer runs from the connection's start (and from each response)
     # until a whole request head has arrived, so it bounds slow heads as well as idle
@@ -116,11 +125,14 @@ async def _start_listener(
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+        await web.TCPSite(
+            runner, host, port, reuse_port=reuse_port or None, ssl_context=ssl_context
+        ).start()
     except BaseException:
         await runner.cleanup()
         raise
-    log.info("listening", extra={"listener": name, "url": f"http://{host}:{port}"})
+    scheme = "https" if ssl_context is not None else "http"
+    log.info("listening", extra={"listener": name, "url": f"{scheme}://{host}:{port}"})
     return runner
 
 
@@ -132,6 +144,10 @@ async def _serve_one(config: Config, *, worker: bool) -> None:
     from .app import LISTENER, create_app
 
     stop = _stop_event()
+    tls = Reloader()
+    proxy_tls = tls.server_context(config.proxy.tls, "proxy.tls")
+    admin_tls = None if worker else tls.server_context(config.admin.tls, "admin.tls")
+    _on_sighup(tls.reload)
     runners: list[web.AppRunner] = []
     try:
         proxy_app = None
@@ -139,7 +155,13 @@ async def _serve_one(config: Config, *, worker: bool) -> None:
             proxy_app = create_app(config)
             runners.append(
                 await _start_listener(
-                    "proxy", proxy_app, config.proxy.host, config.proxy.port, config.server, worker
+                    "proxy",
+                    proxy_app,
+                    config.proxy.host,
+                    config.proxy.port,
+                    config.server,
+                    worker,
+                    proxy_tls,
                 )
             )
         if config.admin.enabled and not worker:
@@ -151,7 +173,13 @@ async def _serve_one(config: Config, *, worker: bool) -> None:
                 )
             runners.append(
                 await _start_listener(
-                    "admin", admin_app, config.admin.host, config.admin.port, config.server, False
+                    "admin",
+                    admin_app,
+                    config.admin.host,
+                    config.admin.port,
+                    config.server,
+                    False,
+                    admin_tls,
                 )
             )
         _tune_gc()
@@ -176,6 +204,14 @@ async def _serve_supervised(config: Config, workers: int, config_path: str | Non
     timeout = config.server.shutdown_timeout_seconds
     child_args = [*(["--config", config_path] if config_path else []), "serve", "--worker"]
     supervisor = Supervisor(workers, child_args, timeout)
+    tls = Reloader()
+    admin_tls = tls.server_context(config.admin.tls, "admin.tls")
+
+    def reload() -> None:
+        tls.reload()
+        supervisor.signal(signal.SIGHUP)  # each worker reloads the proxy's files
+
+    _on_sighup(reload)
     runner: web.AppRunner | None = None
     log.info("starting workers", extra={"workers": workers, "metrics_dir": str(directory)})
     try:
@@ -197,7 +233,13 @@ async def _serve_supervised(config: Config, workers: int, config_path: str | Non
 
             admin_app[LISTENER_CHECK] = listeners_connected
             runner = await _start_listener(
-                "admin", admin_app, config.admin.host, config.admin.port, config.server, False
+                "admin",
+                admin_app,
+                config.admin.host,
+                config.admin.port,
+                config.server,
+                False,
+                admin_tls,
             )
         await stop.wait()
         log.info("shutting down: stopping workers, which finish requests and flush")
@@ -228,7 +270,8 @@ async def _check_schema(config: Config, apply_migrations: bool) -> None:
 
 async def _connect(config: Config) -> asyncpg.Connection:
     try:
-        return await connect(config.database)
+        # Direct: migrations take a session advisory lock (not through PgBouncer).
+        return await connect(config.database, direct=True)
     except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
         raise Failure(f"cannot connect to the database: {exc or type(exc).__name__}") from None
 
@@ -348,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             if not 1 <= args.workers <= 64:
                 raise ConfigError("--workers: a number from 1 to 64")
+            check_tls(config)  # before the database: a bad file is a config error
             _run(
                 serve(
                     config,

@@ -30,6 +30,31 @@ class ConfigError(Exception):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """TLS on a listener: off unless `certificate` and `key` are set."""
+
+    certificate: str = ""  # PEM: the certificate, then any intermediates
+    key: str = ""  # PEM: its private key
+    client_ca: str = ""  # PEM: CAs whose client certificate every client must show (mTLS)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.certificate)
+
+    def validate(self, where: str) -> None:
+        if self.certificate and not self.key:
+            raise ConfigError(f"{where}.key: required with {where}.certificate")
+        if self.key and not self.certificate:
+            raise ConfigError(f"{where}.certificate: required with {where}.key")
+        if self.client_ca and not self.certificate:
+            raise ConfigError(f"{where}.client_ca: needs {where}.certificate and {where}.key")
+        for name in ("certificate", "key", "client_ca"):
+            path = getattr(self, name)
+            if path:
+                _readable_file(f"{where}.{name}", path)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ProxyConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -41,6 +66,10 @@ class ProxyConfig:
     max_upstream_connections: int = 200
     forward_authorization: bool = False
     trusted_proxies: tuple[str, ...] = ()
+    tls: TLSConfig = dataclasses.field(default_factory=TLSConfig)
+    # PEM file of the CA(s) that sign an https upstream's certificate (a private CA);
+    # empty: the system's CA store.
+    upstream_ca: str = ""
     # Path prefix -> scope needed to call it. Paths under no prefix need no scope.
     scopes: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: types.MappingProxyType(
@@ -61,6 +90,11 @@ class ProxyConfig:
             )
         if url.query_string or url.fragment:
             raise ConfigError("proxy.upstream: must not carry a query or fragment")
+        if self.upstream_ca:
+            if url.scheme != "https":
+                raise ConfigError("proxy.upstream_ca: only used with an https:// upstream")
+            _readable_file("proxy.upstream_ca", self.upstream_ca)
+        self.tls.validate("proxy.tls")
         for i, cidr in enumerate(self.trusted_proxies):
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -87,9 +121,11 @@ class AdminConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8081
+    tls: TLSConfig = dataclasses.field(default_factory=TLSConfig)
 
     def validate(self) -> None:
         _port("admin.port", self.port)
+        self.tls.validate("admin.tls")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,11 +135,27 @@ class DatabaseConfig:
     pool_max_size: int = 10
     connect_timeout_seconds: float = 5.0
     statement_timeout_seconds: float = 10.0
+    # `url` leads to PgBouncer in transaction pooling: no statement outlives a transaction.
+    pgbouncer: bool = False
+    # A direct connection to Postgres (not through a pooler) for what needs a session of
+    # its own: LISTEN and the migrations' advisory lock. Empty: `url`.
+    listen_url: str = ""
+
+    @property
+    def direct_url(self) -> str:
+        return self.listen_url or self.url
 
     def validate(self) -> None:
         url = URL(self.url)
         if url.scheme not in ("postgres", "postgresql"):
             raise ConfigError("database.url: expected a postgresql:// URL")
+        if self.listen_url and URL(self.listen_url).scheme not in ("postgres", "postgresql"):
+            raise ConfigError("database.listen_url: expected a postgresql:// URL")
+        if self.pgbouncer and not self.listen_url:
+            raise ConfigError(
+                "database.listen_url: required with database.pgbouncer: true"
+                " (LISTEN needs a direct connection to Postgres)"
+            )
         _positive("database.pool_max_size", self.pool_max_size)
         if not 0 <= self.pool_min_size <= self.pool_max_size:
             raise ConfigError("database.pool_min_size: must be between 0 and pool_max_size")
@@ -379,6 +431,14 @@ def _kind(value: Any) -> str:
 def _positive(name: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
+
+
+def _readable_file(name: str, path: str) -> None:
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror or exc}") from None
 
 
 def _port(name: str, value: int) -> None:

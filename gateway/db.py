@@ -65,9 +65,18 @@ async def create_pool(config: DatabaseConfig, **overrides: Any) -> asyncpg.Pool:
         # Connections that sat idle are recycled so a restarted Postgres is noticed.
         "max_inactive_connection_lifetime": 60.0,
         "reset": _keep_session,
+        **_pooler_options(config),
     }
     options.update(overrides)
     return await asyncpg.create_pool(config.url, **options)
+
+
+def _pooler_options(config: DatabaseConfig) -> dict[str, Any]:
+    """Through PgBouncer in transaction pooling, consecutive statements of a connection
+    may run on different server connections, so no named prepared statement may be kept.
+    With its statement cache off, asyncpg (0.29+) prepares each statement unnamed and
+    re-sends it with its Bind, in one exchange that PgBouncer keeps on one server."""
+    return {"statement_cache_size": 0} if config.pgbouncer else {}
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
@@ -127,8 +136,15 @@ async def sample_pool(pool: asyncpg.Pool, name: str, interval: float = 1.0) -> N
         metrics.DB_POOL_IN_USE.labels(name).set(0)
 
 
-async def connect(config: DatabaseConfig) -> asyncpg.Connection:
-    return await asyncpg.connect(config.url, timeout=config.connect_timeout_seconds)
+async def connect(config: DatabaseConfig, *, direct: bool = False) -> asyncpg.Connection:
+    """One connection outside the pool. `direct`: to Postgres itself
+    (`database.listen_url` when set), for what needs a session of its own, which a
+    transaction-pooling PgBouncer cannot give: LISTEN, the migrations' advisory lock."""
+    if direct:
+        return await asyncpg.connect(config.direct_url, timeout=config.connect_timeout_seconds)
+    return await asyncpg.connect(
+        config.url, timeout=config.connect_timeout_seconds, **_pooler_options(config)
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,14 +4,22 @@ Starts an embedded Postgres under `.data/pg` unless DATABASE_URL is set, applies
 migrations, creates a demo account and key on the first run (and on later runs issues them
 new secrets, since secrets are never stored to be shown again), starts the demo upstream
 unless GATEWAY__PROXY__UPSTREAM is set, then the gateway, and prints how to call it.
-Ctrl-C stops everything it started.
+Ctrl-C stops everything it started, and nothing else.
+
+A second `make run` while one is up must change nothing: issuing new secrets would
+invalidate the ones the first run printed, and stopping "its" Postgres would stop the
+first run's. So before anything else it takes a lock in `.data/` and checks that the
+listener ports are free, and it only ever stops a Postgres it started itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from .accounts import create_account, regenerate_member_token
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .db import connect, create_pool, migrate
 from .embedded_pg import EmbeddedPostgres, free_port
 from .keys import Hasher, KeyFormat, KeyStore
@@ -34,7 +42,7 @@ DEMO_KEY = "Demo key"
 async def _prepare(database_url: str, config_path: str | None) -> tuple[str, str]:
     """Migrate, then return (owner token, demo key) with fresh secrets."""
     config = load_config(config_path, {**os.environ, "DATABASE_URL": database_url})
-    conn = await connect(config.database)
+    conn = await connect(config.database, direct=True)
     try:
         await migrate(conn)
     finally:
@@ -99,6 +107,47 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _take_lock(path: Path) -> int | None:
+    """An exclusive lock held until this process exits (the kernel drops it even after a
+    kill -9); None when another `make run` holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+def busy_ports(config: Config) -> list[str]:
+    """The listeners whose address is taken, as 'name host:port'."""
+    wanted = []
+    if config.proxy.enabled:
+        wanted.append(("proxy", config.proxy.host, config.proxy.port))
+    if config.admin.enabled:
+        wanted.append(("admin", config.admin.host, config.admin.port))
+    busy = []
+    for name, host, port in wanted:
+        try:
+            # SO_REUSEADDR, as the gateway's own listeners: only a listening socket
+            # (not a closed connection in TIME_WAIT) makes the port busy.
+            with socket.create_server((host, port)):
+                pass
+        except OSError:
+            busy.append(f"{name} {host}:{port}")
+    return busy
+
+
 def main() -> int:
     # SIGTERM (from a supervisor, or `timeout`) stops everything like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -108,16 +157,48 @@ def main() -> int:
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return 2
+    lock_path = DATA_DIR / "run.lock"
+    if _take_lock(lock_path) is None:
+        print(
+            f"make run: another `make run` is already running from this folder"
+            f" (pid {_holder(lock_path)}); stop it first (Ctrl-C in its terminal)."
+            " Nothing was changed.",
+            file=sys.stderr,
+        )
+        return 1
+    busy = busy_ports(config)
+    if busy:
+        print(
+            f"make run: address already in use: {', '.join(busy)} (another gateway?)."
+            " Stop it or choose other ports (GATEWAY__PROXY__PORT, GATEWAY__ADMIN__PORT)."
+            " Nothing was changed.",
+            file=sys.stderr,
+        )
+        return 1
     env = dict(os.environ)
+    # The operator may create and list accounts (README); a local run makes one up unless
+    # the environment already has one.
+    operator_token = env.get("GATEWAY_OPERATOR_TOKEN", "")
+    operator_line = "  operator token: GATEWAY_OPERATOR_TOKEN from your environment\n\n"
+    if not operator_token:
+        operator_token = env["GATEWAY_OPERATOR_TOKEN"] = secrets.token_urlsafe(32)
+        operator_line = (
+            f"  operator token: {operator_token}\n"
+            "  (for this run only; set GATEWAY_OPERATOR_TOKEN to choose your own)\n\n"
+            "As the operator (create and list accounts):\n"
+            f"  export GATEWAY_OPERATOR_TOKEN={operator_token}\n"
+        )
     children: list[subprocess.Popen[bytes]] = []
     pg: EmbeddedPostgres | None = None
+    pg_started = False
     gateway_cmd = [sys.executable, "-m", "gateway.cli"]
     try:
         if not env.get("DATABASE_URL"):
             pg = EmbeddedPostgres(DATA_DIR / "pg")
-            pg.start()
+            pg_started = pg.start()
             env["DATABASE_URL"] = pg.create_database("growpanel")
-            print(f"embedded Postgres: {env['DATABASE_URL']} (data in {pg.data_dir})")
+            how = "started" if pg_started else "already running, left running at exit"
+            print(f"embedded Postgres ({how}): {env['DATABASE_URL']} (data in {pg.data_dir})")
         if not env.get("GATEWAY__PROXY__UPSTREAM"):
             port = free_port()
             upstream = subprocess.Popen([*gateway_cmd, "demo-upstream", "--port", str(port)])
@@ -140,9 +221,12 @@ def main() -> int:
             f"  upstream:     {env['GATEWAY__PROXY__UPSTREAM']}\n"
             f"  owner token:  {token}\n"
             f"  demo API key: {key}\n"
-            "  (both were issued just now and are shown only here)\n\n"
+            "  (both were issued just now and are shown only here)\n"
+            f"{operator_line}"
+            f'  curl -H "Authorization: Bearer $GATEWAY_OPERATOR_TOKEN" {admin_url}/v1/accounts\n\n'
             "Try:\n"
-            f"  curl -H 'Authorization: Bearer {key}' {proxy_url}/v1/reports/mrr\n",
+            f"  curl -H 'Authorization: Bearer {key}' {proxy_url}/v1/reports/mrr\n"
+            "The `gateway` command is .venv/bin/gateway (or `source .venv/bin/activate`).\n",
             flush=True,
         )
         gateway.wait()
@@ -161,7 +245,7 @@ def main() -> int:
                 child.wait(timeout=35)
             except subprocess.TimeoutExpired:
                 child.kill()
-        if pg is not None:
+        if pg is not None and pg_started:
             pg.stop()
             print("embedded Postgres stopped")
 

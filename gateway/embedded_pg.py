@@ -167,12 +167,17 @@ class EmbeddedPostgres:
             pass  # alive, owned by the service user
         return port
 
-    def start(self, port: int | None = None) -> None:
+    def start(self, port: int | None = None) -> bool:
+        """Start the cluster, or attach to one already running on this folder.
+
+        Returns True when this call started the server, so that only its starter stops it
+        (a second `make run` must not stop the server the first one is using).
+        """
         self.init()
         already = self.running_port()
         if already is not None:
             self.port = already
-            return
+            return False
         self.port = port or self.port or free_port()
         if self._user is not None and not self.log_file.exists():
             self.log_file.touch()
@@ -191,6 +196,7 @@ class EmbeddedPostgres:
             f"-p {self.port}",
         )
         self._wait_ready()
+        return True
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

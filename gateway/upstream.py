@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import math
 import re
 import ssl
 import time
@@ -39,6 +41,8 @@ from typing import cast
 
 import httptools
 from yarl import URL
+
+log = logging.getLogger("gateway.upstream")
 
 _NO_BODY_STATUS = frozenset({204, 304})
 _HIGH_WATER = 256 * 1024  # buffered response bytes before we stop reading the socket
@@ -330,14 +334,19 @@ class UpstreamPool:
         limit: int,
         connect_timeout: float,
         idle_timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         url = URL(base_url)
         if url.scheme not in ("http", "https"):
             raise ValueError(f"unsupported upstream scheme: {url.scheme!r}")
         self.host = url.host or "127.0.0.1"
         self.port = url.port or (443 if url.scheme == "https" else 80)
-        # TLS to an https upstream, verified against the system's CA store.
-        self.ssl = ssl.create_default_context() if url.scheme == "https" else None
+        # TLS to an https upstream, verified (hostname included) against the system's CA
+        # store, or the context given (proxy.upstream_ca: a private CA).
+        self.ssl = None
+        if url.scheme == "https":
+            self.ssl = ssl_context or ssl.create_default_context()
+        self._tls_logged_at = -math.inf
         self.base_path = url.raw_path.rstrip("/")
         self.host_header = url.raw_host or self.host
         if not url.is_default_port():
@@ -366,6 +375,16 @@ class UpstreamPool:
                 )
         except TimeoutError:
             raise UpstreamError("timed out connecting to the upstream", "connect") from None
+        except ssl.SSLError as exc:
+            # A misconfiguration rather than an outage: say what was refused, in the log
+            # (at most every 10 s: each request tries again).
+            reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            message = f"TLS with the upstream {self.host}:{self.port} failed: {reason}"
+            now = time.monotonic()
+            if now - self._tls_logged_at >= 10:
+                self._tls_logged_at = now
+                log.error(message)
+            raise UpstreamError(message, "tls") from None
         except OSError as exc:
             message = f"cannot connect to the upstream: {exc.strerror or exc}"
             raise UpstreamError(message, "connect") from None

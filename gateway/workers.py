@@ -88,6 +88,12 @@ class Supervisor:
             await self._spawn(slot)
             self.restarts += 1
 
+    def signal(self, sig: signal.Signals) -> None:
+        """Pass `sig` on to every live worker (SIGHUP: reload the TLS files)."""
+        for process in self.children.values():
+            if process.returncode is None:
+                process.send_signal(sig)
+
     def alive(self) -> int:
         return sum(1 for p in self.children.values() if p.returncode is None)
 

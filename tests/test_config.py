@@ -211,6 +211,9 @@ def test_config_is_frozen() -> None:
         ({"proxy": {"upstream": "growpanel.example"}}, "proxy.upstream"),
         ({"proxy": {"upstream": "http://up.example/?a=1"}}, "proxy.upstream"),
         ({"database": {"url": "mysql://localhost/growpanel"}}, "database.url"),
+        ({"database": {"listen_url": "http://db.example/"}}, "database.listen_url"),
+        ({"database": {"pgbouncer": True}}, "database.listen_url"),
+        ({"database": {"pgbouncer": "yes"}}, "database.pgbouncer"),
         # bad addresses and scopes
         ({"proxy": {"trusted_proxies": ["10.0.0.0/8", "not-an-ip"]}}, "proxy.trusted_proxies[1]"),
         ({"proxy": {"trusted_proxies": ["10.0.0.0/33"]}}, "proxy.trusted_proxies[0]"),
