@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.config import SCOPES, Config
+from gateway.errors import GatewayError
 from gateway.keys import KeyInfo, NewKey
 
 from . import validation as v
@@ -55,6 +56,8 @@ def key_object(info: KeyInfo, config: Config, now: dt.datetime | None = None) ->
         "ip_allowlist": list(info.ip_allowlist),
         "rotation_due": rotation_due,
         "status": key_status(info, now),
+        "leaked_at": v.rfc3339(info.leaked_at),
+        "leak_url": info.leak_url,
     }
 
 
@@ -161,6 +164,10 @@ async def update_key(request: web.Request) -> web.Response:
     fields.check()
     store = request.app[STORE]
     async with request.app[POOL].acquire() as conn, conn.transaction():
+        if changes.get("enabled") is True:
+            exists, leaked_at = await store.leaked_at(conn, who.account_id, key_id)
+            if exists and leaked_at is not None:
+                raise leaked("it cannot be enabled again")
         info = await store.update(who.account_id, key_id, changes, conn=conn)
         if info is None:
             raise v.not_found("key")
@@ -174,6 +181,15 @@ async def update_key(request: web.Request) -> web.Response:
         )
     metrics.KEY_LIFECYCLE.labels("updated").inc()
     return web.json_response(key_object(info, request.app[CONFIG]))
+
+
+def leaked(action: str) -> GatewayError:
+    return GatewayError(
+        409,
+        "key_leaked",
+        f"This key's secret was found leaked: {action}. Regenerate it (without grace_seconds)"
+        " to get a new secret; the leaked one never works again.",
+    )
 
 
 def _loggable(value: Any) -> Any:
@@ -191,6 +207,10 @@ async def regenerate_key(request: web.Request) -> web.Response:
     fields.check()
     store = request.app[STORE]
     async with request.app[POOL].acquire() as conn, conn.transaction():
+        if grace:
+            exists, leaked_at = await store.leaked_at(conn, who.account_id, key_id)
+            if exists and leaked_at is not None:
+                raise leaked("its old secret may not be kept valid")
         new = await store.regenerate(who.account_id, key_id, grace_seconds=grace or 0, conn=conn)
         if new is None:
             raise v.not_found("key")

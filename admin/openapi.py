@@ -111,6 +111,16 @@ def _schemas() -> dict[str, Any]:
             "description": "The secret is older than keys.rotation_days.",
         },
         "status": {"type": "string", "enum": ["active", "expired", "disabled"]},
+        "leaked_at": {
+            **_nullable(_TIME),
+            "description": "When secret scanning first found the key's current secret in "
+            "public (null: never). A leaked key cannot be enabled again; regenerate it "
+            "(which clears leaked_at and leak_url).",
+        },
+        "leak_url": {
+            "type": ["string", "null"],
+            "description": "Where the leak was found (an http(s) URL), when known.",
+        },
     }
     account = {"id": _UUID, "name": {"type": "string"}, "created_at": _TIME}
     cursor = {"type": ["string", "null"], "description": "Pass as ?cursor= for the next page."}
@@ -265,7 +275,7 @@ _RESPONSES = {
     },
     "Forbidden": _error("forbidden: the token's role may not do this."),
     "NotFound": _error("not_found: no such id in your account (other accounts' ids too)."),
-    "Conflict": _error("The change would break a rule (last_owner, conflict)."),
+    "Conflict": _error("The change would break a rule (last_owner, conflict, key_leaked)."),
     "TooLarge": _error("request_too_large: the body is over 64 KiB."),
     "UnsupportedMediaType": _error("unsupported_media_type: send application/json."),
 }
@@ -412,9 +422,11 @@ def _paths() -> dict[str, Any]:
         _operation(
             "patch",
             "/v1/keys/{id}",
-            "Change a key's name, scopes, limits, allowlist, expiry or enabled",
+            "Change a key's name, scopes, limits, allowlist, expiry or enabled (a leaked "
+            "key cannot be enabled again: 409 key_leaked)",
             ok=(200, "Key", "Changed."),
             body="KeyUpdate",
+            conflict=True,
         ),
         _operation(
             "post",
@@ -424,6 +436,7 @@ def _paths() -> dict[str, Any]:
             ok=(200, "KeyWithSecret", "The new key."),
             body="KeyRegenerate",
             body_required=False,
+            conflict=True,
         ),
         _operation(
             "delete",
