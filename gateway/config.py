@@ -203,6 +203,30 @@ class ServerConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SecretScanningConfig:
+    enabled: bool = True
+    action: Literal["disable", "revoke", "report"] = "disable"
+    public_keys_url: str = "https://api.github.com/meta/public_keys/secret_scanning"
+    max_tokens: int = 100
+    max_body_bytes: int = 256 * 1024
+    refresh_min_interval_seconds: float = 60.0
+    fetch_timeout_seconds: float = 5.0
+
+    def validate(self) -> None:
+        url = URL(self.public_keys_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(
+                "secret_scanning.public_keys_url: expected an http:// or https:// URL,"
+                f" got {self.public_keys_url!r}"
+            )
+        _positive("secret_scanning.max_tokens", self.max_tokens)
+        _positive("secret_scanning.max_body_bytes", self.max_body_bytes)
+        if self.refresh_min_interval_seconds < 0:
+            raise ConfigError("secret_scanning.refresh_min_interval_seconds: must be 0 or more")
+        _positive("secret_scanning.fetch_timeout_seconds", self.fetch_timeout_seconds)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     proxy: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)
     admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
@@ -212,6 +236,7 @@ class Config:
     usage: UsageConfig = dataclasses.field(default_factory=UsageConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    secret_scanning: SecretScanningConfig = dataclasses.field(default_factory=SecretScanningConfig)
 
     def validate(self) -> None:
         for field in dataclasses.fields(self):

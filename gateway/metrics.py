@@ -134,6 +134,25 @@ FAILED_AUTH_THROTTLED = Counter(
     ["scope"],
 )
 
+SECRET_SCANNING_ALERTS = Counter(
+    "gateway_secret_scanning_alerts_total",
+    "Secret-scanning alerts received, by result (ok or the error code answered).",
+    ["result"],
+)
+SECRET_SCANNING_TOKENS = Counter(
+    "gateway_secret_scanning_tokens_total",
+    "Tokens in verified alerts, by finding (malformed, unknown, wrong_secret, leaked).",
+    ["result"],
+)
+SECRET_SCANNING_LOOKUPS = Counter(
+    "gateway_secret_scanning_lookups_total",
+    "Key rows looked up for secret-scanning alerts (tokens that passed the checksum).",
+)
+SECRET_SCANNING_KEY_FETCHES = Counter(
+    "gateway_secret_scanning_key_fetches_total",
+    "Fetches of the secret-scanning public-keys document, by result (ok, failed).",
+    ["result"],
+)
 
 # The proxy's per-request counters by their labels. `labels()` validates and looks the
 # child up under a lock (~2.5 µs); the label values come from small fixed sets, so the
@@ -234,6 +253,10 @@ def _precreate() -> None:
         FAILED_AUTH_THROTTLED.labels(scope)
     for event in ("created", "regenerated", "updated", "deleted"):
         KEY_LIFECYCLE.labels(event)
+    for result in ("malformed", "unknown", "wrong_secret", "leaked"):
+        SECRET_SCANNING_TOKENS.labels(result)
+    for result in ("ok", "failed"):
+        SECRET_SCANNING_KEY_FETCHES.labels(result)
 
 
 _precreate()
