@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.accounts import ROLES
 from gateway.config import SCOPES
 from gateway.usage import OUTCOMES
+from gateway.webhooks import EVENTS, URL_MAX
 
 from . import validation as v
 from .auth import OPERATOR, POLICY
@@ -73,6 +74,20 @@ _CIDRS = {
     "host bits must be zero. Empty: any address.",
 }
 _ROLE = {"type": "string", "enum": list(ROLES)}
+_URL_IN = {
+    "type": "string",
+    "format": "uri",
+    "pattern": "^https?://",
+    "maxLength": URL_MAX,
+    "description": "http(s) URL, no credentials. Unless webhooks.allow_private_targets, it "
+    "must resolve to public addresses only (400 otherwise).",
+}
+_EVENTS_IN = {
+    "type": "array",
+    "minItems": 1,
+    "uniqueItems": True,
+    "items": {"type": "string", "enum": list(EVENTS)},
+}
 
 
 def _schemas() -> dict[str, Any]:
@@ -123,6 +138,15 @@ def _schemas() -> dict[str, Any]:
         },
     }
     account = {"id": _UUID, "name": {"type": "string"}, "created_at": _TIME}
+    webhook = {
+        "id": _UUID,
+        "url": {"type": "string"},
+        "events": {"type": "array", "items": {"type": "string", "enum": list(EVENTS)}},
+        "enabled": {"type": "boolean"},
+        "created_at": _TIME,
+        "created_by": _nullable(_UUID),
+        "secret_created_at": _TIME,
+    }
     cursor = {"type": ["string", "null"], "description": "Pass as ?cursor= for the next page."}
     rate_limit_in = _nullable(
         _obj(
@@ -255,6 +279,69 @@ def _schemas() -> dict[str, Any]:
                 "details": {"type": "object"},
             }
         ),
+        "Webhook": _obj(webhook),
+        "WebhookWithSecret": _obj(
+            {
+                **webhook,
+                "secret": {
+                    "type": "string",
+                    "description": "The signing secret (whsec_…): in this response only.",
+                },
+            }
+        ),
+        "WebhookList": _obj(
+            {"items": {"type": "array", "items": _ref("Webhook")}, "next_cursor": cursor}
+        ),
+        "WebhookCreate": _obj(
+            {"url": _URL_IN, "events": _EVENTS_IN, "enabled": {"type": "boolean"}},
+            required=["url", "events"],
+        ),
+        "WebhookUpdate": _obj(
+            {"url": _URL_IN, "events": _EVENTS_IN, "enabled": {"type": "boolean"}},
+            required=[],
+            minProperties=1,
+        ),
+        "WebhookRotate": _obj(
+            {
+                "grace_seconds": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": v.MAX_GRACE_SECONDS,
+                    "description": "Sign with the old secret too for this long (default 0).",
+                }
+            },
+            required=[],
+        ),
+        "Delivery": _obj(
+            {
+                "id": {"type": "string"},
+                "webhook_id": {
+                    "type": "string",
+                    "description": "The message id (webhook-id header): the same on every "
+                    "attempt and resend, for receivers to drop duplicates.",
+                },
+                "event_type": {"type": "string", "enum": list(EVENTS)},
+                "status": {"type": "string", "enum": ["pending", "succeeded", "failed"]},
+                "attempts": {"type": "integer", "minimum": 0},
+                "response_status": {"type": ["integer", "null"]},
+                "response_body": {
+                    "type": ["string", "null"],
+                    "description": "The first 1 KiB of the last answer.",
+                },
+                "last_error": {"type": ["string", "null"]},
+                "latency_ms": {"type": ["number", "null"]},
+                "created_at": _TIME,
+                "last_attempt_at": _nullable(_TIME),
+                "next_attempt_at": {
+                    **_nullable(_TIME),
+                    "description": "When a pending delivery is tried next.",
+                },
+                "delivered_at": _nullable(_TIME),
+            }
+        ),
+        "DeliveryList": _obj(
+            {"items": {"type": "array", "items": _ref("Delivery")}, "next_cursor": cursor}
+        ),
         "AuditLog": _obj(
             {"items": {"type": "array", "items": _ref("AuditEvent")}, "next_cursor": cursor}
         ),
@@ -298,6 +385,12 @@ _PARAMETERS = {
         "in": "query",
         "schema": _TIME,
         "description": "RFC 3339; default: 24 hours before `to`.",
+    },
+    "DeliveryId": {
+        "name": "delivery_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,17}$"},
     },
     "To": {
         "name": "to",
@@ -343,6 +436,7 @@ def _operation(
         "operationId": f"{method}_{path}".replace("/v1/", "")
         .replace("/", "_")
         .replace("{id}", "by_id")
+        .replace("{delivery_id}", "by_delivery_id")
         .replace("-", "_"),
         "security": [{scheme: []}],
         "x-roles": roles,
@@ -450,6 +544,57 @@ def _paths() -> dict[str, Any]:
             "Hourly request counts by outcome",
             ok=(200, "Usage", "Counts."),
             params=("From", "To"),
+        ),
+        _operation(
+            "get",
+            "/v1/webhooks",
+            "List webhook endpoints",
+            ok=(200, "WebhookList", "A page."),
+            params=page,
+        ),
+        _operation(
+            "post",
+            "/v1/webhooks",
+            "Add a webhook endpoint (its signing secret, once)",
+            ok=(201, "WebhookWithSecret", "Created."),
+            body="WebhookCreate",
+            conflict=True,
+        ),
+        _operation("get", "/v1/webhooks/{id}", "One webhook endpoint", ok=(200, "Webhook", "It.")),
+        _operation(
+            "patch",
+            "/v1/webhooks/{id}",
+            "Change an endpoint's URL, events or enabled",
+            ok=(200, "Webhook", "Changed."),
+            body="WebhookUpdate",
+        ),
+        _operation(
+            "delete",
+            "/v1/webhooks/{id}",
+            "Remove an endpoint and its delivery log",
+            ok=(204, None, "Removed."),
+        ),
+        _operation(
+            "post",
+            "/v1/webhooks/{id}/rotate-secret",
+            "New signing secret (once); the old one signs too for grace_seconds",
+            ok=(200, "WebhookWithSecret", "The new secret."),
+            body="WebhookRotate",
+            body_required=False,
+        ),
+        _operation(
+            "get",
+            "/v1/webhooks/{id}/deliveries",
+            "The endpoint's delivery log, newest first",
+            ok=(200, "DeliveryList", "A page."),
+            params=page,
+        ),
+        _operation(
+            "post",
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/resend",
+            "Send a delivery's message again (same webhook-id), as a new delivery",
+            ok=(202, "Delivery", "Queued."),
+            params=("DeliveryId",),
         ),
         _operation(
             "get",

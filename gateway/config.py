@@ -227,6 +227,31 @@ class SecretScanningConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    deliver: bool = True
+    allow_private_targets: bool = False
+    timeout_seconds: float = 5.0
+    concurrency: int = 4
+    retry_base_seconds: float = 5.0
+    retry_max_interval_seconds: float = 3600.0
+    give_up_after_seconds: float = 86400.0
+    poll_interval_seconds: float = 1.0
+    scan_interval_seconds: float = 60.0
+
+    def validate(self) -> None:
+        _positive("webhooks.timeout_seconds", self.timeout_seconds)
+        _positive("webhooks.concurrency", self.concurrency)
+        _positive("webhooks.retry_base_seconds", self.retry_base_seconds)
+        if self.retry_max_interval_seconds < self.retry_base_seconds:
+            raise ConfigError(
+                "webhooks.retry_max_interval_seconds: must be at least retry_base_seconds"
+            )
+        _positive("webhooks.give_up_after_seconds", self.give_up_after_seconds)
+        _positive("webhooks.poll_interval_seconds", self.poll_interval_seconds)
+        _positive("webhooks.scan_interval_seconds", self.scan_interval_seconds)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     proxy: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)
     admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
@@ -237,6 +262,7 @@ class Config:
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     secret_scanning: SecretScanningConfig = dataclasses.field(default_factory=SecretScanningConfig)
+    webhooks: WebhooksConfig = dataclasses.field(default_factory=WebhooksConfig)
 
     def validate(self) -> None:
         for field in dataclasses.fields(self):
