@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from . import metrics, secret_scanning
+from . import limit_events, metrics, secret_scanning
 from .auth import Authenticator
 from .cache import NotificationListener
 from .clock import Clock, SystemClock
@@ -55,6 +55,7 @@ def create_app(
     app.cleanup_ctx.extend(
         [_metrics, _database, _authentication, _limits, _usage, _upstream, _proxy]
     )
+    limit_events.add_to(app)  # key.limit_reached webhook events
     secret_scanning.add_routes(app)  # the reserved /_gateway/ prefix, before the catch-all
     app.router.add_route("*", "/{path:.*}", _handle)
     return app

@@ -40,7 +40,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import asyncpg
@@ -213,6 +213,8 @@ class SlidingWindowLimiter:
         self._store: CounterStore | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        # Told of every refusal (key, window, time): the key.limit_reached webhook event.
+        self.on_refused: Callable[[KeyRecord, str, float], None] | None = None
 
     # -- the request path -------------------------------------------------------------
 
@@ -233,6 +235,8 @@ class SlidingWindowLimiter:
             return Decision(True, headers)
         headers, window, reset = _headers(windows, now, per_minute, minute_used, per_day, day_used)
         metrics.RATE_LIMITED.labels(window).inc()
+        if self.on_refused is not None:
+            self.on_refused(key, window, now)
         return Decision(False, headers, window, reset)
 
     def headers(self, key: KeyRecord) -> Mapping[str, str]:
