@@ -17,6 +17,7 @@ from gateway import metrics
 from gateway.config import SCOPES, Config
 from gateway.errors import GatewayError
 from gateway.keys import KeyInfo, NewKey
+from gateway.webhooks import emit, key_data
 
 from . import validation as v
 from .audit import record
@@ -111,6 +112,7 @@ async def create_key(request: web.Request) -> web.Response:
         info = await store.get(who.account_id, new.id, conn=conn)
         assert info is not None
         await record(conn, request, "key.create", "key", new.id, {"name": name})
+        await emit(conn, who.account_id, "key.created", f"key:{new.id}", {"key": key_data(info)})
     metrics.KEY_LIFECYCLE.labels("created").inc()
     return web.json_response(
         _with_secret(info, new, request.app[CONFIG]),
@@ -171,13 +173,14 @@ async def update_key(request: web.Request) -> web.Response:
         info = await store.update(who.account_id, key_id, changes, conn=conn)
         if info is None:
             raise v.not_found("key")
-        await record(
+        logged = {k: _loggable(val) for k, val in changes.items()}
+        await record(conn, request, "key.update", "key", key_id, {"changes": logged})
+        await emit(
             conn,
-            request,
-            "key.update",
-            "key",
-            key_id,
-            {"changes": {k: _loggable(val) for k, val in changes.items()}},
+            who.account_id,
+            "key.updated",
+            f"key:{key_id}",
+            {"key": key_data(info), "changes": sorted(logged)},
         )
     metrics.KEY_LIFECYCLE.labels("updated").inc()
     return web.json_response(key_object(info, request.app[CONFIG]))
@@ -217,6 +220,13 @@ async def regenerate_key(request: web.Request) -> web.Response:
         info = await store.get(who.account_id, key_id, conn=conn)
         assert info is not None
         await record(conn, request, "key.regenerate", "key", key_id, {"grace_seconds": grace or 0})
+        await emit(
+            conn,
+            who.account_id,
+            "key.regenerated",
+            f"key:{key_id}",
+            {"key": key_data(info), "grace_seconds": grace or 0},
+        )
     metrics.KEY_LIFECYCLE.labels("regenerated").inc()
     return web.json_response(_with_secret(info, new, request.app[CONFIG]), headers=NO_STORE)
 
@@ -224,10 +234,13 @@ async def regenerate_key(request: web.Request) -> web.Response:
 async def delete_key(request: web.Request) -> web.Response:
     who = request[PRINCIPAL]
     key_id = v.path_id(request, "key")
+    store = request.app[STORE]
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        if not await request.app[STORE].delete(who.account_id, key_id, conn=conn):
+        info = await store.get(who.account_id, key_id, conn=conn)
+        if info is None or not await store.delete(who.account_id, key_id, conn=conn):
             raise v.not_found("key")
         await record(conn, request, "key.delete", "key", key_id)
+        await emit(conn, who.account_id, "key.deleted", f"key:{key_id}", {"key": key_data(info)})
     metrics.KEY_LIFECYCLE.labels("deleted").inc()
     return web.Response(status=204)
 

@@ -43,6 +43,7 @@ from .config import SecretScanningConfig
 from .db import UNAVAILABLE
 from .errors import GatewayError, error_response, render
 from .keys import KeyStore
+from .webhooks import emit, key_data
 
 log = logging.getLogger("gateway.secret_scanning")
 
@@ -293,6 +294,13 @@ class SecretScanning:
             await audit(
                 conn, account_id, "system", None, "key.leaked", "key", key_id, details=details
             )
+            data: dict[str, Any] = {k: details[k] for k in ("url", "source", "action")}
+            info = await self.store.get(account_id, key_id, conn=conn)
+            if info is not None:  # revoked keys are described by id alone
+                data["key"] = key_data(info)
+            else:
+                data["key"] = {"id": str(key_id), "partial_key": partial}
+            await emit(conn, account_id, "key.leaked", f"key:{key_id}", data)
         log.warning(
             "leaked API key reported by GitHub secret scanning",
             extra={"key_id": str(key_id), "action": details["action"], "leak_url": url},

@@ -143,6 +143,11 @@ async def test_alert_labels_live_deleted_mistyped_and_foreign_tokens(
 ) -> None:
     gateway = await start_gateway(config=scanning_config(config, github))
     account = await seed.account()
+    await db.execute(
+        "INSERT INTO webhook_endpoints (account_id, url, events, secret)"
+        " VALUES ($1, 'http://127.0.0.1:9/hook', '{key.leaked}', 'whsec_AAAA')",
+        account.account_id,
+    )
     live, deleted, other = [await seed.key(account) for _ in range(3)]
     assert await seed.store.delete(account.account_id, deleted.id)
     wrong_secret, _ = seed.store.format.generate(other.public_id)  # valid checksum
@@ -180,6 +185,11 @@ async def test_alert_labels_live_deleted_mistyped_and_foreign_tokens(
     assert details["url"] == info.leak_url
     assert (details["source"], details["action"]) == ("content", "disabled")
     assert live.key not in events[0]["details"]
+    # The webhook event commits with the leak (docs/webhooks.md).
+    (payload,) = await db.fetch("SELECT payload FROM webhook_events WHERE type = 'key.leaked'")
+    leaked = json.loads(payload["payload"])["data"]
+    assert leaked["key"]["id"] == str(live.id) and leaked["action"] == "disabled"
+    assert leaked["url"] == info.leak_url and live.key not in payload["payload"]
 
 
 @pytest.mark.parametrize(("action", "after"), [("revoke", "invalid_api_key"), ("report", None)])
