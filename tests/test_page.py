@@ -502,6 +502,34 @@ async def test_a_readonly_member_is_told_plainly_that_keys_are_not_theirs(
     await browser.shot("read-only")
 
 
+async def test_a_leaked_key_shows_a_red_badge_linking_to_the_leak(
+    browser: Browser, acme: Acme, client: AdminClient, seed: Seed
+) -> None:
+    page = browser.page
+    leaked = await create_key(client, acme.owner, "Pasted in a gist")
+    reported = await create_key(client, acme.owner, "Reported only")
+    await create_key(client, acme.owner, "Fine")
+    async with seed.pool.acquire() as conn, conn.transaction():
+        url = "https://gist.github.com/someone/abc123"
+        assert await seed.store.mark_leaked(conn, uuid.UUID(leaked["id"]), url, "disable")
+        assert await seed.store.mark_leaked(conn, uuid.UUID(reported["id"]), None, "report")
+    await browser.sign_in(acme.owner)
+    badge = browser.row("Pasted in a gist").locator(".badge-leaked")
+    await expect(badge).to_have_text("Leaked · disabled")
+    await expect(badge).to_have_attribute("href", url)
+    await expect(badge).to_have_attribute("rel", "noopener noreferrer")
+    await expect(badge).to_have_css(
+        "color", re.compile(r"rgb\((1[5-9]\d|2\d\d), \d{1,2}, \d{1,2}\)")
+    )
+    await expect(browser.row("Pasted in a gist")).not_to_contain_text("Disabled ")
+    other = browser.row("Reported only").locator(".badge-leaked")
+    await expect(other).to_have_text("Leaked")
+    assert await other.evaluate("el => el.tagName") == "SPAN"  # no URL: nothing to link
+    await expect(browser.row("Fine").locator(".badge-leaked")).to_have_count(0)
+    await page.mouse.move(0, 0)
+    await browser.shot("keys-leaked")
+
+
 async def test_a_key_name_is_text_never_markup(
     browser: Browser, acme: Acme, client: AdminClient
 ) -> None:
