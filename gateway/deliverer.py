@@ -125,12 +125,19 @@ class Deliverer:
     # -- waking ---------------------------------------------------------------------------
 
     async def _listen(self) -> None:
+        conn: asyncpg.Connection | None = None
         try:
             conn = await connect(self.config.database)
             await conn.add_listener(CHANNEL, self._notified)
         except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            if conn is not None:
+                conn.terminate()
             log.warning("webhook deliverer cannot listen for new events (polling): %s", exc)
             return
+        except BaseException:  # cancelled (stopping) between the two awaits
+            if conn is not None:
+                conn.terminate()
+            raise
         self._listener = conn
 
     def _notified(self, *_args: object) -> None:
