@@ -320,6 +320,11 @@ def add_routes(app: web.Application) -> None:
 
     config = app[CONFIG].secret_scanning
     if not config.enabled:
+        # Turned off, the path is still reserved: never forwarded, never a key check.
+        async def off(request: web.Request) -> web.StreamResponse:
+            return error_response(request, 404, "not_found", "Not found.")
+
+        app.router.add_route("*", PATH, off)
         return
 
     async def context(app: web.Application) -> AsyncIterator[None]:

@@ -362,3 +362,13 @@ async def test_leaked_key_is_not_enabled_again_but_regenerated(world: World, see
     assert rolled.body["enabled"] is False  # enabling it again is a deliberate step
     enabled = await world.client.call("PATCH", path, world.owner, json_body={"enabled": True})
     assert enabled.status == 200 and enabled.body["status"] == "active"
+
+
+async def test_turned_off_the_path_is_404_and_never_forwarded(
+    start_gateway: GatewayFactory, config: Config, github: FakeGitHub
+) -> None:
+    gateway = await start_gateway(config=scanning_config(config, github, enabled=False))
+    body = alert("gp_x")
+    status, answer = await post(gateway, body, github.sign(body))
+    assert (status, answer["error"]["code"]) == (404, "not_found")
+    assert github.fetches == 0
