@@ -41,7 +41,8 @@ from . import metrics
 from .accounts import audit
 from .config import SecretScanningConfig
 from .db import UNAVAILABLE
-from .errors import GatewayError, error_response, render
+from .errors import REQUEST_ID, GatewayError, new_request_id
+from .headers import SERVER_NAME
 from .keys import KeyStore
 from .webhooks import emit, key_data
 
@@ -53,6 +54,17 @@ SIGNATURE_HEADER = "Github-Public-Key-Signature"
 KEYS_MAX_AGE = 3600.0  # a document older than this is fetched again (GitHub rotates keys)
 URL_MAX = 2048
 TEXT_MAX = 200
+
+
+def render(request: web.Request, exc: GatewayError) -> web.Response:
+    """The gateway's JSON error shape (SPEC §3), rendered here: this route is not part of
+    the proxy pipeline, which renders its own."""
+    request_id = request.get(REQUEST_ID) or new_request_id()
+    body = {"error": {"code": exc.code, "message": exc.message, "request_id": request_id}}
+    response = web.json_response(body, status=exc.status, headers=exc.headers)
+    response.headers["X-Request-Id"] = request_id
+    response.headers["Server"] = SERVER_NAME
+    return response
 
 
 def unauthorized(message: str) -> GatewayError:
@@ -322,7 +334,7 @@ def add_routes(app: web.Application) -> None:
     if not config.enabled:
         # Turned off, the path is still reserved: never forwarded, never a key check.
         async def off(request: web.Request) -> web.StreamResponse:
-            return error_response(request, 404, "not_found", "Not found.")
+            return render(request, GatewayError(404, "not_found", "Not found."))
 
         app.router.add_route("*", PATH, off)
         return
@@ -336,7 +348,7 @@ def add_routes(app: web.Application) -> None:
     async def handle(request: web.Request) -> web.StreamResponse:
         scanning = request.app.get(SCANNING)
         if scanning is None:  # pragma: no cover - set up before the listener opens
-            return error_response(request, 503, "unavailable", "Starting up.")
+            return render(request, GatewayError(503, "unavailable", "Starting up."))
         return await scanning.handle(request)
 
     app.cleanup_ctx.append(context)
