@@ -87,7 +87,12 @@ class Deliverer:
         self._pool: asyncpg.Pool | None = None
         self._session: aiohttp.ClientSession | None = None
         self._listener: asyncpg.Connection | None = None
-        self._wake = asyncio.Condition()
+        # Wakes every waiting worker (set, then cleared at once: the waiters are already
+        # released). A worker compares generations so that a wake while it was busy is not
+        # lost. (An asyncio.Condition under wait_for can break its lock when cancelled on
+        # Python 3.11.)
+        self._wake = asyncio.Event()
+        self._generation = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -110,17 +115,19 @@ class Deliverer:
         self._tasks.append(asyncio.create_task(self._tick(), name="webhook-tick"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._listener is not None and not self._listener.is_closed():
-            await self._listener.close(timeout=2)
-        if self._session is not None:
-            await self._session.close()
-        if self._pool is not None:
-            await self._pool.close()
+        try:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            if self._listener is not None and not self._listener.is_closed():
+                self._listener.terminate()
+            if self._session is not None:
+                await self._session.close()
+            if self._pool is not None:
+                await self._pool.close()
 
     # -- waking ---------------------------------------------------------------------------
 
@@ -144,8 +151,9 @@ class Deliverer:
         asyncio.get_running_loop().create_task(self.wake())
 
     async def wake(self) -> None:
-        async with self._wake:
-            self._wake.notify_all()
+        self._generation += 1
+        self._wake.set()
+        self._wake.clear()
 
     async def _tick(self) -> None:
         """Wake the workers every poll interval; keep the listener, gauges and scan going."""
@@ -180,6 +188,7 @@ class Deliverer:
 
     async def _work(self) -> None:
         while True:
+            generation = self._generation
             try:
                 sent = await self.deliver_one()
             except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
@@ -188,12 +197,9 @@ class Deliverer:
             except Exception:
                 log.exception("webhook delivery failed")
                 sent = False
-            if not sent:
-                async with self._wake:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._wake.wait(), self.webhooks.poll_interval_seconds
-                        )
+            if not sent and generation == self._generation:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.webhooks.poll_interval_seconds)
 
     async def deliver_one(self) -> bool:
         """Claim, send and record one due delivery; False when none is due."""
