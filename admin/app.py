@@ -17,11 +17,12 @@ from aiohttp import web
 from gateway.background import running
 from gateway.config import Config
 from gateway.db import create_pool, sample_pool
+from gateway.deliverer import Deliverer
 from gateway.errors import error_middleware
 from gateway.headers import name_the_server
 from gateway.keys import Hasher, KeyFormat, KeyStore
 
-from . import accounts, audit, health, keys, members, openapi, page, usage
+from . import accounts, audit, health, keys, members, openapi, page, usage, webhooks
 from .auth import AUTHENTICATOR, AdminAuthenticator, enforce_policy
 from .middleware import admin_errors
 from .state import CONFIG, HASHER, POOL, STORE
@@ -48,6 +49,8 @@ def create_admin_app(
     )
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_authentication)
+    if config.webhooks.deliver:
+        app.cleanup_ctx.append(_deliverer)
     health.add_routes(app)
     openapi.add_routes(app)
     accounts.add_routes(app)
@@ -55,6 +58,7 @@ def create_admin_app(
     keys.add_routes(app)
     usage.add_routes(app)
     audit.add_routes(app)
+    webhooks.add_routes(app)
     page.add_routes(app)  # the web page at / and its files under /static/
     return app
 
@@ -68,6 +72,18 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     async with running(sample_pool(pool, "admin"), "admin-pool-gauges"):
         yield
     await pool.close()
+
+
+DELIVERER = web.AppKey("deliverer", Deliverer)
+
+
+async def _deliverer(app: web.Application) -> AsyncIterator[None]:
+    """The webhook deliverer: one per admin listener, so one per replica (docs/webhooks.md)."""
+    deliverer = Deliverer(app[CONFIG], app[STORE])
+    await deliverer.start()
+    app[DELIVERER] = deliverer
+    yield
+    await deliverer.stop()
 
 
 async def _authentication(app: web.Application) -> AsyncIterator[None]:

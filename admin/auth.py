@@ -98,6 +98,16 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("DELETE", "/v1/keys/{id}"): _MANAGERS,
     ("GET", "/v1/keys/{id}/usage"): _MANAGERS,
     ("GET", "/v1/audit-log"): _MANAGERS,
+    # Webhook endpoints carry signing secrets and point the gateway at other systems:
+    # Owners only.
+    ("GET", "/v1/webhooks"): _OWNERS,
+    ("POST", "/v1/webhooks"): _OWNERS,
+    ("GET", "/v1/webhooks/{id}"): _OWNERS,
+    ("PATCH", "/v1/webhooks/{id}"): _OWNERS,
+    ("DELETE", "/v1/webhooks/{id}"): _OWNERS,
+    ("POST", "/v1/webhooks/{id}/rotate-secret"): _OWNERS,
+    ("GET", "/v1/webhooks/{id}/deliveries"): _OWNERS,
+    ("POST", "/v1/webhooks/{id}/deliveries/{delivery_id}/resend"): _OWNERS,
 }
 
 

@@ -15,7 +15,9 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.config import SCOPES, Config
+from gateway.errors import GatewayError
 from gateway.keys import KeyInfo, NewKey
+from gateway.webhooks import emit, key_data
 
 from . import validation as v
 from .audit import record
@@ -55,6 +57,8 @@ def key_object(info: KeyInfo, config: Config, now: dt.datetime | None = None) ->
         "ip_allowlist": list(info.ip_allowlist),
         "rotation_due": rotation_due,
         "status": key_status(info, now),
+        "leaked_at": v.rfc3339(info.leaked_at),
+        "leak_url": info.leak_url,
     }
 
 
@@ -108,6 +112,7 @@ async def create_key(request: web.Request) -> web.Response:
         info = await store.get(who.account_id, new.id, conn=conn)
         assert info is not None
         await record(conn, request, "key.create", "key", new.id, {"name": name})
+        await emit(conn, who.account_id, "key.created", f"key:{new.id}", {"key": key_data(info)})
     metrics.KEY_LIFECYCLE.labels("created").inc()
     return web.json_response(
         _with_secret(info, new, request.app[CONFIG]),
@@ -161,19 +166,33 @@ async def update_key(request: web.Request) -> web.Response:
     fields.check()
     store = request.app[STORE]
     async with request.app[POOL].acquire() as conn, conn.transaction():
+        if changes.get("enabled") is True:
+            exists, leaked_at = await store.leaked_at(conn, who.account_id, key_id)
+            if exists and leaked_at is not None:
+                raise leaked("it cannot be enabled again")
         info = await store.update(who.account_id, key_id, changes, conn=conn)
         if info is None:
             raise v.not_found("key")
-        await record(
+        logged = {k: _loggable(val) for k, val in changes.items()}
+        await record(conn, request, "key.update", "key", key_id, {"changes": logged})
+        await emit(
             conn,
-            request,
-            "key.update",
-            "key",
-            key_id,
-            {"changes": {k: _loggable(val) for k, val in changes.items()}},
+            who.account_id,
+            "key.updated",
+            f"key:{key_id}",
+            {"key": key_data(info), "changes": sorted(logged)},
         )
     metrics.KEY_LIFECYCLE.labels("updated").inc()
     return web.json_response(key_object(info, request.app[CONFIG]))
+
+
+def leaked(action: str) -> GatewayError:
+    return GatewayError(
+        409,
+        "key_leaked",
+        f"This key's secret was found leaked: {action}. Regenerate it (without grace_seconds)"
+        " to get a new secret; the leaked one never works again.",
+    )
 
 
 def _loggable(value: Any) -> Any:
@@ -191,12 +210,23 @@ async def regenerate_key(request: web.Request) -> web.Response:
     fields.check()
     store = request.app[STORE]
     async with request.app[POOL].acquire() as conn, conn.transaction():
+        if grace:
+            exists, leaked_at = await store.leaked_at(conn, who.account_id, key_id)
+            if exists and leaked_at is not None:
+                raise leaked("its old secret may not be kept valid")
         new = await store.regenerate(who.account_id, key_id, grace_seconds=grace or 0, conn=conn)
         if new is None:
             raise v.not_found("key")
         info = await store.get(who.account_id, key_id, conn=conn)
         assert info is not None
         await record(conn, request, "key.regenerate", "key", key_id, {"grace_seconds": grace or 0})
+        await emit(
+            conn,
+            who.account_id,
+            "key.regenerated",
+            f"key:{key_id}",
+            {"key": key_data(info), "grace_seconds": grace or 0},
+        )
     metrics.KEY_LIFECYCLE.labels("regenerated").inc()
     return web.json_response(_with_secret(info, new, request.app[CONFIG]), headers=NO_STORE)
 
@@ -204,10 +234,13 @@ async def regenerate_key(request: web.Request) -> web.Response:
 async def delete_key(request: web.Request) -> web.Response:
     who = request[PRINCIPAL]
     key_id = v.path_id(request, "key")
+    store = request.app[STORE]
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        if not await request.app[STORE].delete(who.account_id, key_id, conn=conn):
+        info = await store.get(who.account_id, key_id, conn=conn)
+        if info is None or not await store.delete(who.account_id, key_id, conn=conn):
             raise v.not_found("key")
         await record(conn, request, "key.delete", "key", key_id)
+        await emit(conn, who.account_id, "key.deleted", f"key:{key_id}", {"key": key_data(info)})
     metrics.KEY_LIFECYCLE.labels("deleted").inc()
     return web.Response(status=204)
 

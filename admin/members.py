@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway import accounts
 from gateway.accounts import Member
 from gateway.errors import GatewayError
+from gateway.webhooks import emit
 
 from . import validation as v
 from .audit import record
@@ -34,6 +35,11 @@ def member_object(member: Member) -> dict[str, Any]:
         "created_at": v.rfc3339(member.created_at),
         "token_created_at": v.rfc3339(member.token_created_at),
     }
+
+
+def member_data(member: Member) -> dict[str, Any]:
+    """A member as webhook events describe it (no token, ever)."""
+    return {"id": str(member.id), "email": member.email, "name": member.name, "role": member.role}
 
 
 def last_owner() -> GatewayError:
@@ -76,6 +82,13 @@ async def add_member(request: web.Request) -> web.Response:
             ) from None
         await record(
             conn, request, "member.create", "member", member.id, {"email": email, "role": role}
+        )
+        await emit(
+            conn,
+            who.account_id,
+            "member.added",
+            f"member:{member.id}",
+            {"member": member_data(member)},
         )
     return web.json_response(
         {**member_object(member), "token": token},
@@ -126,6 +139,14 @@ async def update_member(request: web.Request) -> web.Response:
         if name is not None and name != target.name:
             changes["name"] = name
         await record(conn, request, "member.update", "member", member_id, {"changes": changes})
+        if "role" in changes:
+            await emit(
+                conn,
+                who.account_id,
+                "member.role_changed",
+                f"member:{member_id}",
+                {"member": member_data(updated), "from": target.role, "to": updated.role},
+            )
     return web.json_response(member_object(updated))
 
 
@@ -138,6 +159,13 @@ async def remove_member(request: web.Request) -> web.Response:
             raise last_owner()
         await accounts.remove_member(conn, who.account_id, member_id)
         await record(conn, request, "member.delete", "member", member_id, {"email": target.email})
+        await emit(
+            conn,
+            who.account_id,
+            "member.removed",
+            f"member:{member_id}",
+            {"member": member_data(target)},
+        )
     return web.Response(status=204)
 
 

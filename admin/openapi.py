@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.accounts import ROLES
 from gateway.config import SCOPES
 from gateway.usage import OUTCOMES
+from gateway.webhooks import EVENTS, URL_MAX
 
 from . import validation as v
 from .auth import OPERATOR, POLICY
@@ -73,6 +74,20 @@ _CIDRS = {
     "host bits must be zero. Empty: any address.",
 }
 _ROLE = {"type": "string", "enum": list(ROLES)}
+_URL_IN = {
+    "type": "string",
+    "format": "uri",
+    "pattern": "^https?://",
+    "maxLength": URL_MAX,
+    "description": "http(s) URL, no credentials. Unless webhooks.allow_private_targets, it "
+    "must resolve to public addresses only (400 otherwise).",
+}
+_EVENTS_IN = {
+    "type": "array",
+    "minItems": 1,
+    "uniqueItems": True,
+    "items": {"type": "string", "enum": list(EVENTS)},
+}
 
 
 def _schemas() -> dict[str, Any]:
@@ -111,8 +126,27 @@ def _schemas() -> dict[str, Any]:
             "description": "The secret is older than keys.rotation_days.",
         },
         "status": {"type": "string", "enum": ["active", "expired", "disabled"]},
+        "leaked_at": {
+            **_nullable(_TIME),
+            "description": "When secret scanning first found the key's current secret in "
+            "public (null: never). A leaked key cannot be enabled again; regenerate it "
+            "(which clears leaked_at and leak_url).",
+        },
+        "leak_url": {
+            "type": ["string", "null"],
+            "description": "Where the leak was found (an http(s) URL), when known.",
+        },
     }
     account = {"id": _UUID, "name": {"type": "string"}, "created_at": _TIME}
+    webhook = {
+        "id": _UUID,
+        "url": {"type": "string"},
+        "events": {"type": "array", "items": {"type": "string", "enum": list(EVENTS)}},
+        "enabled": {"type": "boolean"},
+        "created_at": _TIME,
+        "created_by": _nullable(_UUID),
+        "secret_created_at": _TIME,
+    }
     cursor = {"type": ["string", "null"], "description": "Pass as ?cursor= for the next page."}
     rate_limit_in = _nullable(
         _obj(
@@ -245,6 +279,69 @@ def _schemas() -> dict[str, Any]:
                 "details": {"type": "object"},
             }
         ),
+        "Webhook": _obj(webhook),
+        "WebhookWithSecret": _obj(
+            {
+                **webhook,
+                "secret": {
+                    "type": "string",
+                    "description": "The signing secret (whsec_…): in this response only.",
+                },
+            }
+        ),
+        "WebhookList": _obj(
+            {"items": {"type": "array", "items": _ref("Webhook")}, "next_cursor": cursor}
+        ),
+        "WebhookCreate": _obj(
+            {"url": _URL_IN, "events": _EVENTS_IN, "enabled": {"type": "boolean"}},
+            required=["url", "events"],
+        ),
+        "WebhookUpdate": _obj(
+            {"url": _URL_IN, "events": _EVENTS_IN, "enabled": {"type": "boolean"}},
+            required=[],
+            minProperties=1,
+        ),
+        "WebhookRotate": _obj(
+            {
+                "grace_seconds": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": v.MAX_GRACE_SECONDS,
+                    "description": "Sign with the old secret too for this long (default 0).",
+                }
+            },
+            required=[],
+        ),
+        "Delivery": _obj(
+            {
+                "id": {"type": "string"},
+                "webhook_id": {
+                    "type": "string",
+                    "description": "The message id (webhook-id header): the same on every "
+                    "attempt and resend, for receivers to drop duplicates.",
+                },
+                "event_type": {"type": "string", "enum": list(EVENTS)},
+                "status": {"type": "string", "enum": ["pending", "succeeded", "failed"]},
+                "attempts": {"type": "integer", "minimum": 0},
+                "response_status": {"type": ["integer", "null"]},
+                "response_body": {
+                    "type": ["string", "null"],
+                    "description": "The first 1 KiB of the last answer.",
+                },
+                "last_error": {"type": ["string", "null"]},
+                "latency_ms": {"type": ["number", "null"]},
+                "created_at": _TIME,
+                "last_attempt_at": _nullable(_TIME),
+                "next_attempt_at": {
+                    **_nullable(_TIME),
+                    "description": "When a pending delivery is tried next.",
+                },
+                "delivered_at": _nullable(_TIME),
+            }
+        ),
+        "DeliveryList": _obj(
+            {"items": {"type": "array", "items": _ref("Delivery")}, "next_cursor": cursor}
+        ),
         "AuditLog": _obj(
             {"items": {"type": "array", "items": _ref("AuditEvent")}, "next_cursor": cursor}
         ),
@@ -272,7 +369,7 @@ _RESPONSES = {
         "headers": {"Retry-After": {"schema": {"type": "string"}}},
     },
     "NotFound": _error("not_found: no such id in your account (other accounts' ids too)."),
-    "Conflict": _error("The change would break a rule (last_owner, conflict)."),
+    "Conflict": _error("The change would break a rule (last_owner, conflict, key_leaked)."),
     "TooLarge": _error("request_too_large: the body is over 64 KiB."),
     "UnsupportedMediaType": _error("unsupported_media_type: send application/json."),
 }
@@ -295,6 +392,12 @@ _PARAMETERS = {
         "in": "query",
         "schema": _TIME,
         "description": "RFC 3339; default: 24 hours before `to`.",
+    },
+    "DeliveryId": {
+        "name": "delivery_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,17}$"},
     },
     "To": {
         "name": "to",
@@ -341,6 +444,7 @@ def _operation(
         "operationId": f"{method}_{path}".replace("/v1/", "")
         .replace("/", "_")
         .replace("{id}", "by_id")
+        .replace("{delivery_id}", "by_delivery_id")
         .replace("-", "_"),
         "security": [{scheme: []}],
         "x-roles": roles,
@@ -420,9 +524,11 @@ def _paths() -> dict[str, Any]:
         _operation(
             "patch",
             "/v1/keys/{id}",
-            "Change a key's name, scopes, limits, allowlist, expiry or enabled",
+            "Change a key's name, scopes, limits, allowlist, expiry or enabled (a leaked "
+            "key cannot be enabled again: 409 key_leaked)",
             ok=(200, "Key", "Changed."),
             body="KeyUpdate",
+            conflict=True,
         ),
         _operation(
             "post",
@@ -432,6 +538,7 @@ def _paths() -> dict[str, Any]:
             ok=(200, "KeyWithSecret", "The new key."),
             body="KeyRegenerate",
             body_required=False,
+            conflict=True,
         ),
         _operation(
             "delete",
@@ -445,6 +552,57 @@ def _paths() -> dict[str, Any]:
             "Hourly request counts by outcome",
             ok=(200, "Usage", "Counts."),
             params=("From", "To"),
+        ),
+        _operation(
+            "get",
+            "/v1/webhooks",
+            "List webhook endpoints",
+            ok=(200, "WebhookList", "A page."),
+            params=page,
+        ),
+        _operation(
+            "post",
+            "/v1/webhooks",
+            "Add a webhook endpoint (its signing secret, once)",
+            ok=(201, "WebhookWithSecret", "Created."),
+            body="WebhookCreate",
+            conflict=True,
+        ),
+        _operation("get", "/v1/webhooks/{id}", "One webhook endpoint", ok=(200, "Webhook", "It.")),
+        _operation(
+            "patch",
+            "/v1/webhooks/{id}",
+            "Change an endpoint's URL, events or enabled",
+            ok=(200, "Webhook", "Changed."),
+            body="WebhookUpdate",
+        ),
+        _operation(
+            "delete",
+            "/v1/webhooks/{id}",
+            "Remove an endpoint and its delivery log",
+            ok=(204, None, "Removed."),
+        ),
+        _operation(
+            "post",
+            "/v1/webhooks/{id}/rotate-secret",
+            "New signing secret (once); the old one signs too for grace_seconds",
+            ok=(200, "WebhookWithSecret", "The new secret."),
+            body="WebhookRotate",
+            body_required=False,
+        ),
+        _operation(
+            "get",
+            "/v1/webhooks/{id}/deliveries",
+            "The endpoint's delivery log, newest first",
+            ok=(200, "DeliveryList", "A page."),
+            params=page,
+        ),
+        _operation(
+            "post",
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/resend",
+            "Send a delivery's message again (same webhook-id), as a new delivery",
+            ok=(202, "Delivery", "Queued."),
+            params=("DeliveryId",),
         ),
         _operation(
             "get",

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from . import metrics, reserved
+from . import limit_events, metrics, reserved, secret_scanning
 from .auth import Authenticator
 from .background import running
 from .cache import NotificationListener
@@ -56,7 +56,10 @@ def create_app(
     app.cleanup_ctx.extend(
         [_metrics, _database, _authentication, _limits, _usage, _upstream, _proxy]
     )
-    # /_gateway/...: first, so never forwarded, no key asked.
+    limit_events.add_to(app)  # key.limit_reached webhook events
+    # /_gateway/... before the proxy's catch-all, so never forwarded and no key asked;
+    # its endpoints before the prefix's own catch-all 404 (reserved.py).
+    secret_scanning.add_routes(app)
     reserved.add_routes(app)
     # `expect_handler`: aiohttp's default answers `Expect: 100-continue` before the handler
     # runs; the proxy sends its 100 only once the request is authorised (SPEC §10).

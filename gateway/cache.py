@@ -120,9 +120,15 @@ class NotificationListener:
 
     async def _attach(self) -> None:
         conn = await connect(self._config, direct=True)
-        self._lost.clear()
-        conn.add_termination_listener(lambda _conn: self._lost.set())
-        await conn.add_listener(KEYS_CHANNEL, self._notified)
+        try:
+            self._lost.clear()
+            conn.add_termination_listener(lambda _conn: self._lost.set())
+            await conn.add_listener(KEYS_CHANNEL, self._notified)
+        except BaseException:
+            # Failed, or cancelled by stop() while reconnecting: the connection is not
+            # ours to keep (left open it is reported unclosed when collected).
+            conn.terminate()
+            raise
         self._conn = conn
         self.connected.set()
         metrics.LISTENER_CONNECTED.set(1)

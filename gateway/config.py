@@ -255,6 +255,55 @@ class ServerConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SecretScanningConfig:
+    enabled: bool = True
+    action: Literal["disable", "revoke", "report"] = "disable"
+    public_keys_url: str = "https://api.github.com/meta/public_keys/secret_scanning"
+    max_tokens: int = 100
+    max_body_bytes: int = 256 * 1024
+    refresh_min_interval_seconds: float = 60.0
+    fetch_timeout_seconds: float = 5.0
+
+    def validate(self) -> None:
+        url = URL(self.public_keys_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(
+                "secret_scanning.public_keys_url: expected an http:// or https:// URL,"
+                f" got {self.public_keys_url!r}"
+            )
+        _positive("secret_scanning.max_tokens", self.max_tokens)
+        _positive("secret_scanning.max_body_bytes", self.max_body_bytes)
+        if self.refresh_min_interval_seconds < 0:
+            raise ConfigError("secret_scanning.refresh_min_interval_seconds: must be 0 or more")
+        _positive("secret_scanning.fetch_timeout_seconds", self.fetch_timeout_seconds)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    deliver: bool = True
+    allow_private_targets: bool = False
+    timeout_seconds: float = 5.0
+    concurrency: int = 4
+    retry_base_seconds: float = 5.0
+    retry_max_interval_seconds: float = 3600.0
+    give_up_after_seconds: float = 86400.0
+    poll_interval_seconds: float = 1.0
+    scan_interval_seconds: float = 60.0
+
+    def validate(self) -> None:
+        _positive("webhooks.timeout_seconds", self.timeout_seconds)
+        _positive("webhooks.concurrency", self.concurrency)
+        _positive("webhooks.retry_base_seconds", self.retry_base_seconds)
+        if self.retry_max_interval_seconds < self.retry_base_seconds:
+            raise ConfigError(
+                "webhooks.retry_max_interval_seconds: must be at least retry_base_seconds"
+            )
+        _positive("webhooks.give_up_after_seconds", self.give_up_after_seconds)
+        _positive("webhooks.poll_interval_seconds", self.poll_interval_seconds)
+        _positive("webhooks.scan_interval_seconds", self.scan_interval_seconds)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     proxy: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)
     admin: AdminConfig = dataclasses.field(default_factory=AdminConfig)
@@ -264,6 +313,8 @@ class Config:
     usage: UsageConfig = dataclasses.field(default_factory=UsageConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    secret_scanning: SecretScanningConfig = dataclasses.field(default_factory=SecretScanningConfig)
+    webhooks: WebhooksConfig = dataclasses.field(default_factory=WebhooksConfig)
 
     def validate(self) -> None:
         for field in dataclasses.fields(self):

@@ -206,12 +206,14 @@ class KeyInfo:
     ip_allowlist: tuple[str, ...]
     rate_limit_per_minute: int | None
     rate_limit_per_day: int | None
+    leaked_at: dt.datetime | None = None
+    leak_url: str | None = None
 
 
 _INFO_COLUMNS = """
     id, account_id, public_id, name, partial_key, created_at, created_by, secret_created_at,
     regenerated_at, expires_at, enabled, scopes, ip_allowlist,
-    rate_limit_per_minute, rate_limit_per_day,
+    rate_limit_per_minute, rate_limit_per_day, leaked_at, leak_url,
     (SELECT l.last_used_at FROM api_key_last_used l WHERE l.key_id = api_keys.id)
         AS last_used_at
 """
@@ -248,6 +250,8 @@ def _info(row: asyncpg.Record) -> KeyInfo:
         ip_allowlist=tuple(str(network) for network in row["ip_allowlist"]),
         rate_limit_per_minute=row["rate_limit_per_minute"],
         rate_limit_per_day=row["rate_limit_per_day"],
+        leaked_at=row["leaked_at"],
+        leak_url=row["leak_url"],
     )
 
 
@@ -351,7 +355,9 @@ class KeyStore:
                    previous_secret_expires_at =
                        CASE WHEN $4 > 0 THEN now() + make_interval(secs => $4) END,
                    secret_hash = $3, partial_key = $5,
-                   secret_created_at = now(), regenerated_at = now()
+                   secret_created_at = now(), regenerated_at = now(),
+                   -- The leaked secret is gone: so is the leak (its audit events stay).
+                   leaked_at = NULL, leak_url = NULL
              WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL
             RETURNING id
             """,
@@ -385,6 +391,46 @@ class KeyStore:
             account_id,
         )
         return bool(status == "UPDATE 1")
+
+    async def leaked_at(
+        self, conn: asyncpg.Connection, account_id: uuid.UUID, key_id: uuid.UUID
+    ) -> tuple[bool, dt.datetime | None]:
+        """(exists, leaked_at) of a live key, its row locked until the transaction ends."""
+        row = await conn.fetchrow(
+            "SELECT leaked_at FROM api_keys"
+            " WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL FOR UPDATE",
+            key_id,
+            account_id,
+        )
+        return (False, None) if row is None else (True, row["leaked_at"])
+
+    async def mark_leaked(
+        self, conn: asyncpg.Connection, key_id: uuid.UUID, url: str | None, action: str
+    ) -> bool:
+        """Record a leak of a live key and apply `action` (disable, revoke, report).
+
+        Disable and revoke change columns the notify trigger watches: every gateway
+        process hears of it when the caller's transaction commits.
+        """
+        status = await conn.execute(
+            """
+            UPDATE api_keys
+               SET leaked_at = coalesce(leaked_at, now()), leak_url = $2,
+                   enabled = enabled AND $3 = 'report'
+             WHERE id = $1 AND deleted_at IS NULL
+            """,
+            key_id,
+            url,
+            action,
+        )
+        if status != "UPDATE 1":
+            return False
+        if action == "revoke":
+            account_id = await conn.fetchval(
+                "SELECT account_id FROM api_keys WHERE id = $1", key_id
+            )
+            await self.delete(account_id, key_id, conn=conn)
+        return True
 
     async def set_enabled(self, account_id: uuid.UUID, key_id: uuid.UUID, enabled: bool) -> bool:
         status = await self.pool.execute(

@@ -136,6 +136,51 @@ FAILED_AUTH_THROTTLED = Counter(
     ["scope"],
 )
 
+SECRET_SCANNING_ALERTS = Counter(
+    "gateway_secret_scanning_alerts_total",
+    "Secret-scanning alerts received, by result (ok or the error code answered).",
+    ["result"],
+)
+SECRET_SCANNING_TOKENS = Counter(
+    "gateway_secret_scanning_tokens_total",
+    "Tokens in verified alerts, by finding (malformed, unknown, wrong_secret, leaked).",
+    ["result"],
+)
+SECRET_SCANNING_LOOKUPS = Counter(
+    "gateway_secret_scanning_lookups_total",
+    "Key rows looked up for secret-scanning alerts (tokens that passed the checksum).",
+)
+SECRET_SCANNING_KEY_FETCHES = Counter(
+    "gateway_secret_scanning_key_fetches_total",
+    "Fetches of the secret-scanning public-keys document, by result (ok, failed).",
+    ["result"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "gateway_webhook_deliveries_total",
+    "Webhook delivery attempts by result: succeeded, retrying (failed, to be retried), "
+    "failed (given up after webhooks.give_up_after_seconds).",
+    ["result"],
+)
+WEBHOOK_ATTEMPT_DURATION = Histogram(
+    "gateway_webhook_attempt_duration_seconds",
+    "Time of one webhook delivery attempt (connect, send, answer).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+WEBHOOK_DELIVERY_LAG = Histogram(
+    "gateway_webhook_delivery_latency_seconds",
+    "Time from an event's commit to its successful delivery, retries included.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0),
+)
+WEBHOOK_PENDING = Gauge(
+    "gateway_webhook_pending",
+    "Webhook deliveries waiting to be sent or retried (the outbox backlog, all accounts).",
+    multiprocess_mode="livemax",
+)
+WEBHOOK_OLDEST_PENDING = Gauge(
+    "gateway_webhook_oldest_pending_seconds",
+    "Age of the oldest webhook delivery still pending (0 when none).",
+    multiprocess_mode="livemax",
+)
 
 # The proxy's per-request counters by their labels. `labels()` validates and looks the
 # child up under a lock (~2.5 µs); the label values come from small fixed sets, so the
@@ -236,6 +281,12 @@ def _precreate() -> None:
         FAILED_AUTH_THROTTLED.labels(scope)
     for event in ("created", "regenerated", "updated", "deleted"):
         KEY_LIFECYCLE.labels(event)
+    for result in ("malformed", "unknown", "wrong_secret", "leaked"):
+        SECRET_SCANNING_TOKENS.labels(result)
+    for result in ("ok", "failed"):
+        SECRET_SCANNING_KEY_FETCHES.labels(result)
+    for result in ("succeeded", "retrying", "failed"):
+        WEBHOOK_DELIVERIES.labels(result)
 
 
 _precreate()

@@ -38,7 +38,7 @@ import functools
 import logging
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import asyncpg
@@ -205,6 +205,8 @@ class SlidingWindowLimiter:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._next_expiry = 0.0
+        # Told of every refusal (key, window, time): the key.limit_reached webhook event.
+        self.on_refused: Callable[[KeyRecord, str, float], None] | None = None
 
     # -- the request path -------------------------------------------------------------
 
@@ -225,6 +227,8 @@ class SlidingWindowLimiter:
             return Decision(True, headers)
         headers, window, reset = _headers(windows, now, per_minute, minute_used, per_day, day_used)
         metrics.RATE_LIMITED.labels(window).inc()
+        if self.on_refused is not None:
+            self.on_refused(key, window, now)
         return Decision(False, headers, window, reset)
 
     def headers(self, key: KeyRecord) -> Mapping[str, str]:

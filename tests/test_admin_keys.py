@@ -30,6 +30,8 @@ KEY_FIELDS = {
     "ip_allowlist",
     "rotation_due",
     "status",
+    "leaked_at",
+    "leak_url",
 }
 
 

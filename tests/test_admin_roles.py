@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import pytest
+
+from gateway.webhooks import new_secret
 
 from .test_admin_support import (  # noqa: F401 - fixtures
     OPERATOR_TOKEN,
@@ -49,6 +52,26 @@ MATRIX: dict[tuple[str, str], tuple[Any, tuple[int, ...]]] = {
     ("DELETE", "/v1/keys/{key}"): (None, (401, 401, 204, 204, 403, 403, 404)),
     ("GET", "/v1/keys/{key}/usage"): (None, (401, 401, 200, 200, 403, 403, 404)),
     ("GET", "/v1/audit-log"): (None, (401, 401, 200, 200, 403, 403, 200)),
+    ("GET", "/v1/webhooks"): (None, (401, 401, 200, 403, 403, 403, 200)),
+    ("POST", "/v1/webhooks"): (
+        {"url": "http://127.0.0.1:9/hook", "events": ["key.created"]},
+        (401, 401, 201, 403, 403, 403, 201),
+    ),
+    ("GET", "/v1/webhooks/{webhook}"): (None, (401, 401, 200, 403, 403, 403, 404)),
+    ("PATCH", "/v1/webhooks/{webhook}"): (
+        {"enabled": False},
+        (401, 401, 200, 403, 403, 403, 404),
+    ),
+    ("DELETE", "/v1/webhooks/{webhook}"): (None, (401, 401, 204, 403, 403, 403, 404)),
+    ("POST", "/v1/webhooks/{webhook}/rotate-secret"): (
+        None,
+        (401, 401, 200, 403, 403, 403, 404),
+    ),
+    ("GET", "/v1/webhooks/{webhook}/deliveries"): (None, (401, 401, 200, 403, 403, 403, 404)),
+    ("POST", "/v1/webhooks/{webhook}/deliveries/{delivery}/resend"): (
+        None,
+        (401, 401, 202, 403, 403, 403, 404),
+    ),
     ("GET", "/openapi.json"): (None, (200, 200, 200, 200, 200, 200, 200)),
 }
 
@@ -59,11 +82,40 @@ CASES = [
 ]
 
 
+@pytest.fixture
+async def hook(world: World, db: asyncpg.Connection) -> tuple[str, str]:
+    """A webhook endpoint of account A with one delivery in its log: (id, delivery id)."""
+    endpoint = await db.fetchval(
+        "INSERT INTO webhook_endpoints (account_id, url, events, secret)"
+        " VALUES ($1, 'http://127.0.0.1:9/hook', '{key.created}', $2) RETURNING id",
+        world.account_id,
+        new_secret(),
+    )
+    event = await db.fetchval(
+        "INSERT INTO webhook_events (msg_id, account_id, type, subject, payload)"
+        " VALUES ('msg_test', $1, 'key.created', 'key:x', '{}') RETURNING id",
+        world.account_id,
+    )
+    delivery = await db.fetchval(
+        "INSERT INTO webhook_deliveries (endpoint_id, event_id, subject, status)"
+        " VALUES ($1, $2, 'key:x', 'failed') RETURNING id",
+        endpoint,
+        event,
+    )
+    return str(endpoint), str(delivery)
+
+
 @pytest.mark.parametrize(("method", "path", "caller", "body", "expected"), CASES)
 async def test_role_matrix(
-    world: World, method: str, path: str, caller: str, body: Any, expected: int
+    world: World,
+    hook: tuple[str, str],
+    method: str,
+    path: str,
+    caller: str,
+    body: Any,
+    expected: int,
 ) -> None:
-    url = path.format(key=world.key_id, member=world.admin_id)
+    url = path.format(key=world.key_id, member=world.admin_id, webhook=hook[0], delivery=hook[1])
     reply = await world.client.call(method, url, world.token(caller), json_body=body)
     assert reply.status == expected, reply.text
     if expected == 403:
@@ -77,6 +129,8 @@ async def test_role_matrix(
             path.format(
                 key="00000000-0000-4000-8000-000000000000",
                 member="00000000-0000-4000-8000-000000000000",
+                webhook="00000000-0000-4000-8000-000000000000",
+                delivery="999999",
             ),
             world.token(caller),
             json_body=body,
@@ -97,7 +151,13 @@ def test_matrix_covers_every_documented_operation() -> None:
         for method in operations
     }
     in_matrix = {
-        (m, p.replace("{key}", "{id}").replace("{member}", "{id}"))
+        (
+            m,
+            p.replace("{key}", "{id}")
+            .replace("{member}", "{id}")
+            .replace("{webhook}", "{id}")
+            .replace("{delivery}", "{delivery_id}"),
+        )
         for m, p in MATRIX
         if p != "/openapi.json"
     }

@@ -31,6 +31,10 @@ TABLES = {
     "key_usage_hourly",
     "rate_limit_counters",
     "audit_log",
+    "webhook_endpoints",
+    "webhook_events",
+    "webhook_deliveries",
+    "webhook_key_notices",
 }
 
 

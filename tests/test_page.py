@@ -502,6 +502,90 @@ async def test_a_readonly_member_is_told_plainly_that_keys_are_not_theirs(
     await browser.shot("read-only")
 
 
+async def test_a_leaked_key_shows_a_red_badge_linking_to_the_leak(
+    browser: Browser, acme: Acme, client: AdminClient, seed: Seed
+) -> None:
+    page = browser.page
+    leaked = await create_key(client, acme.owner, "Pasted in a gist")
+    reported = await create_key(client, acme.owner, "Reported only")
+    await create_key(client, acme.owner, "Fine")
+    async with seed.pool.acquire() as conn, conn.transaction():
+        url = "https://gist.github.com/someone/abc123"
+        assert await seed.store.mark_leaked(conn, uuid.UUID(leaked["id"]), url, "disable")
+        assert await seed.store.mark_leaked(conn, uuid.UUID(reported["id"]), None, "report")
+    await browser.sign_in(acme.owner)
+    badge = browser.row("Pasted in a gist").locator(".badge-leaked")
+    await expect(badge).to_have_text("Leaked · disabled")
+    await expect(badge).to_have_attribute("href", url)
+    await expect(badge).to_have_attribute("rel", "noopener noreferrer")
+    await expect(badge).to_have_css(
+        "color", re.compile(r"rgb\((1[5-9]\d|2\d\d), \d{1,2}, \d{1,2}\)")
+    )
+    await expect(browser.row("Pasted in a gist")).not_to_contain_text("Disabled ")
+    other = browser.row("Reported only").locator(".badge-leaked")
+    await expect(other).to_have_text("Leaked")
+    assert await other.evaluate("el => el.tagName") == "SPAN"  # no URL: nothing to link
+    await expect(browser.row("Fine").locator(".badge-leaked")).to_have_count(0)
+    await page.mouse.move(0, 0)
+    await browser.shot("keys-leaked")
+
+
+async def test_an_owner_adds_a_webhook_sees_its_deliveries_and_resends_one(
+    browser: Browser, acme: Acme, client: AdminClient, start_upstream: Any
+) -> None:
+    from aiohttp import web
+
+    received: list[dict[str, str]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        received.append(dict(request.headers))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        page = browser.page
+        await browser.sign_in(acme.owner)
+        await expect(page.locator("#webhooks")).to_be_visible()
+        await expect(page.locator("#webhooks-empty")).to_be_visible()
+        await page.locator("#webhook-url").fill("ftp://nowhere")
+        await page.get_by_role("button", name="Add endpoint").click()
+        await expect(page.locator("#webhook-error")).to_contain_text("URL:")
+        url = str(server.make_url("/hook"))
+        await page.locator("#webhook-url").fill(url)
+        await page.get_by_role("button", name="Add endpoint").click()
+        await expect(page.locator("#webhook-secret")).to_have_text(re.compile(r"^whsec_\S{20,}$"))
+        row = page.locator("#webhooks-body tr", has_text=url)
+        await expect(row).to_contain_text("All events")
+        await create_key(client, acme.owner, "Announced")
+        await wait_for(lambda: len(received) == 1)
+        await row.get_by_role("button", name="Deliveries").click()
+        deliveries = page.locator(".deliveries-table tr")
+        await expect(deliveries).to_have_count(1)
+        await expect(deliveries.first).to_contain_text("key.created")
+        await expect(deliveries.first).to_contain_text("succeeded")
+        await page.mouse.move(0, 0)
+        await browser.shot("webhooks")
+        await deliveries.first.get_by_role("button", name="Resend").click()
+        await wait_for(lambda: len(received) == 2)
+        assert received[0]["webhook-id"] == received[1]["webhook-id"]
+        await page.reload()  # the secret was shown once: not again
+        await expect(page.locator("#webhooks-body tr", has_text=url)).to_be_visible()
+        await expect(page.locator("#webhook-secret-box")).to_be_hidden()
+        await (
+            page.locator("#webhooks-body tr", has_text=url)
+            .get_by_role("button", name="Delete")
+            .click()
+        )
+        await page.locator("#confirm-ok").click()
+        await expect(page.locator("#webhooks-empty")).to_be_visible()
+    finally:
+        await server.close()
+
+
 async def test_a_key_name_is_text_never_markup(
     browser: Browser, acme: Acme, client: AdminClient
 ) -> None:

@@ -17,9 +17,25 @@ function timeCell(iso, { emptyText, relative }) {
   });
 }
 
+// A key GitHub secret scanning found in public: red, linking to where it was found (an
+// http(s) URL only: the API keeps no other), with what was done to it.
+function leakedBadge(key) {
+  const done = key.enabled ? 'still active: regenerate it now' : 'disabled: regenerate it to use it again';
+  const props = {
+    class: 'badge badge-danger badge-leaked',
+    title: `Found in public ${exactTime(key.leaked_at)}; ${done}.`,
+    text: key.enabled ? 'Leaked' : 'Leaked · disabled',
+  };
+  if (key.leak_url && /^https?:\/\//.test(key.leak_url)) {
+    return h('a', { ...props, href: key.leak_url, target: '_blank', rel: 'noopener noreferrer' });
+  }
+  return h('span', props);
+}
+
 function badges(key) {
   const out = [];
-  if (key.status === 'disabled') out.push(h('span', { class: 'badge badge-neutral', text: 'Disabled' }));
+  if (key.leaked_at) out.push(leakedBadge(key));
+  if (key.status === 'disabled' && !key.leaked_at) out.push(h('span', { class: 'badge badge-neutral', text: 'Disabled' }));
   if (key.status === 'expired') out.push(h('span', { class: 'badge badge-danger', text: 'Expired' }));
   if (key.status === 'active' && key.expires_at) {
     // "Expires in 3 days" while it is close; a date is clearer than "next month".

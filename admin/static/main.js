@@ -5,6 +5,7 @@ import { Api, ApiError } from './api.js';
 import { byId, fillIcons, show } from './dom.js';
 import { KeysView } from './keys.js';
 import { currentToken, forgetToken, keepToken } from './session.js';
+import { WebhooksView } from './webhooks.js';
 
 const ROLE_NAMES = { owner: 'Owner', admin: 'Admin', readonly: 'Read-only' };
 const VIEWS = ['view-loading', 'view-signin', 'view-keys', 'view-readonly'];
@@ -14,6 +15,7 @@ const SESSION_ENDED =
 
 const api = new Api(currentToken, () => signOut(SESSION_ENDED));
 const keys = new KeysView(api, { onForbidden: () => showReadonly() });
+const webhooks = new WebhooksView(api);
 let account = null;
 
 function showView(id) {
@@ -72,7 +74,9 @@ async function enter(token) {
   }
   showView('view-keys');
   keys.reset();
-  await keys.load();
+  webhooks.reset();
+  show(byId('webhooks'), me.role === 'owner'); // endpoints are the Owners' to manage
+  await Promise.all([keys.load(), me.role === 'owner' ? webhooks.load() : null]);
 }
 
 function showSignIn(notice = '') {
@@ -89,6 +93,7 @@ function signOut(notice = 'You have signed out. Your admin token is no longer ke
   forgetToken();
   account = null;
   keys.reset();
+  webhooks.reset();
   // A dialog still open (a new key on screen) is closed, which also wipes the key.
   for (const dialog of document.querySelectorAll('dialog[open]')) dialog.close();
   byId('signin-token').value = '';
