@@ -5,9 +5,9 @@ memory it measures: `memory_and_flush` starts this module as
 `python -m bench.memory DATABASE_URL COUNT`, which caches COUNT live keys as the gateway
 does, reports the RSS each added, then times six rounds of the last-used flush and of the
 hourly usage-count flush of 10,000 of them, and prints the figures as one JSON line.
-The probe uses the gateway's public API only; it builds each `KeyRecord` from its row
-itself, since the store's row mapping is private and its queries build the records before
-the memory is read.
+The probe uses the gateway's public API only: it selects the rows itself
+(`keys.RECORD_COLUMNS`) and maps them with `keys.key_record` after the first RSS reading,
+since the store's queries would build the records before the memory is read.
 """
 
 from __future__ import annotations
@@ -28,16 +28,12 @@ from gateway.cache import CacheEntry, KeyCache
 from gateway.clock import SystemClock
 from gateway.config import Argon2Config, DatabaseConfig, UsageConfig
 from gateway.db import create_pool
-from gateway.keys import Hasher, KeyFormat, KeyRecord, KeyStore
+from gateway.keys import RECORD_COLUMNS, Hasher, KeyFormat, KeyRecord, KeyStore, key_record
 from gateway.usage import UsageRecorder
 
 ROOT = Path(__file__).resolve().parent.parent
 FLUSHED = 10_000
 ROUNDS = 6  # the first flush inserts the rows; the median of the five after it
-RECORD_COLUMNS = """
-    id, account_id, public_id, secret_hash, previous_secret_hash, previous_secret_expires_at,
-    scopes, ip_allowlist, rate_limit_per_minute, rate_limit_per_day, expires_at, enabled
-"""
 
 
 def memory_and_flush(url: str, count: int) -> dict[str, float]:
@@ -61,23 +57,6 @@ def rss_kib() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def key_record(row: asyncpg.Record) -> KeyRecord:
-    return KeyRecord(
-        id=row["id"],
-        account_id=row["account_id"],
-        public_id=row["public_id"],
-        secret_hash=row["secret_hash"],
-        previous_secret_hash=row["previous_secret_hash"],
-        previous_secret_expires_at=row["previous_secret_expires_at"],
-        scopes=frozenset(row["scopes"]),
-        ip_allowlist=tuple(row["ip_allowlist"]),
-        rate_limit_per_minute=row["rate_limit_per_minute"],
-        rate_limit_per_day=row["rate_limit_per_day"],
-        expires_at=row["expires_at"],
-        enabled=row["enabled"],
-    )
 
 
 async def probe(url: str, count: int) -> dict[str, Any]:

@@ -163,13 +163,14 @@ class KeyRecord:
         return hashes
 
 
-_RECORD_COLUMNS = """
+RECORD_COLUMNS = """
     id, account_id, public_id, secret_hash, previous_secret_hash, previous_secret_expires_at,
     scopes, ip_allowlist, rate_limit_per_minute, rate_limit_per_day, expires_at, enabled
 """
 
 
-def _record(row: asyncpg.Record) -> KeyRecord:
+def key_record(row: asyncpg.Record) -> KeyRecord:
+    """A `KeyRecord` from a row selected with `RECORD_COLUMNS`."""
     return KeyRecord(
         id=row["id"],
         account_id=row["account_id"],
@@ -276,19 +277,19 @@ class KeyStore:
     async def lookup(self, public_id: str) -> KeyRecord | None:
         """The live key with this public id (deleted keys are never returned)."""
         row = await self.pool.fetchrow(
-            f"SELECT {_RECORD_COLUMNS} FROM api_keys WHERE public_id = $1 AND deleted_at IS NULL",  # noqa: S608 - constant column list
+            f"SELECT {RECORD_COLUMNS} FROM api_keys WHERE public_id = $1 AND deleted_at IS NULL",  # noqa: S608 - constant column list
             public_id,
         )
-        return None if row is None else _record(row)
+        return None if row is None else key_record(row)
 
     async def lookup_many(self, public_ids: Iterable[str]) -> dict[str, KeyRecord]:
         """The live keys among these public ids, in one query."""
         rows = await self.pool.fetch(
-            f"SELECT {_RECORD_COLUMNS} FROM api_keys"  # noqa: S608 - constant column list
+            f"SELECT {RECORD_COLUMNS} FROM api_keys"  # noqa: S608 - constant column list
             " WHERE public_id = ANY($1::text[]) AND deleted_at IS NULL",
             list(public_ids),
         )
-        return {record.public_id: record for record in map(_record, rows)}
+        return {record.public_id: record for record in map(key_record, rows)}
 
     async def create(
         self,
