@@ -119,8 +119,9 @@ async def test_access_log_lines_of_one_loop_pass_go_out_together_as_json_lines()
 def test_access_log_json_lines_are_the_fields_exactly_whatever_the_client_sent(
     hostile: str,
 ) -> None:
-    """One JSON object with every field as given, in JsonFormatter's order, on one ASCII
-    line, whatever a client put in the path, method or request id."""
+    """The JSON line is written by hand (for speed): it must still be one JSON object with
+    every field as given, in JsonFormatter's order, whatever a client put in the path,
+    method or request id."""
     out = io.StringIO()
     fields = request_fields(path=hostile, method=hostile, request_id=hostile, key_id=None)
     AccessLog(stream=out).write(**fields)
