@@ -144,6 +144,10 @@ async def _serve_one(config: Config, *, worker: bool) -> None:
     from .app import LISTENER, create_app
 
     stop = _stop_event()
+    if worker:
+        from .workers import stop_with_parent
+
+        stop_with_parent()
     tls = Reloader()
     proxy_tls = tls.server_context(config.proxy.tls, "proxy.tls")
     admin_tls = None if worker else tls.server_context(config.admin.tls, "admin.tls")

@@ -139,3 +139,24 @@ async def test_a_dead_worker_is_started_again_and_logged(workers: Served, seed: 
 
     await wait_for(serving, timeout=15)
     assert await stop(workers) == 0
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(workers: Served) -> None:
+    """A supervisor killed with SIGKILL leaves no worker serving on the shared port."""
+    started = [
+        line["worker_pid"] for line in workers.log_lines() if line["message"] == "worker started"
+    ]
+    assert len(started) == 2
+    workers.process.kill()
+    await asyncio.to_thread(workers.process.wait, 10)
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie until reaped by init: exited all the same.
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1].startswith("Z")
+
+    await wait_for(lambda: all(gone(pid) for pid in started), timeout=20)
