@@ -20,7 +20,8 @@ from gateway.db import create_pool, sample_pool
 from gateway.deliverer import Deliverer
 from gateway.errors import error_middleware
 from gateway.headers import name_the_server
-from gateway.keys import Hasher, KeyFormat, KeyStore
+from gateway.keyformat import Hasher, KeyFormat
+from gateway.keys import KeyStore
 
 from . import accounts, audit, health, keys, members, openapi, page, usage, webhooks
 from .auth import AUTHENTICATOR, AdminAuthenticator, enforce_policy

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway.accounts import AuditEvent, audit, audit_page
 
+from . import paging
 from . import validation as v
 from .auth import PRINCIPAL, Principal
 from .state import POOL
@@ -87,7 +88,7 @@ def event_object(event: AuditEvent) -> dict[str, Any]:
 
 
 def _before(value: Any) -> int:
-    (ident,) = v.decode_cursor(str(value), "audit", 2)
+    (ident,) = paging.decode_cursor(str(value), "audit", 2)
     if not ident.isdigit() or len(ident) > 18:
         raise v.FieldError("not a cursor from this API")
     return int(ident)
@@ -95,7 +96,7 @@ def _before(value: Any) -> int:
 
 async def list_events(request: web.Request) -> web.Response:
     fields = v.query(request, {"limit", "cursor"})
-    limit = v.page_limit(fields)
+    limit = paging.page_limit(fields)
     before = fields.get("cursor", _before)
     fields.check()
     async with request.app[POOL].acquire() as conn:
@@ -103,7 +104,7 @@ async def list_events(request: web.Request) -> web.Response:
             conn, request[PRINCIPAL].account_id, limit=limit + 1, before=before
         )
     page = events[:limit]
-    next_cursor = v.encode_cursor("audit", str(page[-1].id)) if len(events) > limit else None
+    next_cursor = paging.encode_cursor("audit", str(page[-1].id)) if len(events) > limit else None
     return web.json_response({"items": [event_object(e) for e in page], "next_cursor": next_cursor})
 
 

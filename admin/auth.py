@@ -42,7 +42,7 @@ from gateway.accounts import ADMIN_TOKEN_FORMAT, Member, member_by_token_id
 from gateway.clock import Clock, SystemClock
 from gateway.config import FailedAuthConfig
 from gateway.errors import GatewayError
-from gateway.keys import Hasher
+from gateway.keyformat import Hasher
 from gateway.throttle import FailedAuthThrottle
 
 log = logging.getLogger("admin.auth")

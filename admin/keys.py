@@ -16,9 +16,10 @@ from aiohttp import web
 from gateway import metrics
 from gateway.config import SCOPES, Config
 from gateway.errors import GatewayError
-from gateway.keys import KeyInfo, NewKey
+from gateway.records import KeyInfo, NewKey
 from gateway.webhooks import emit, key_data
 
+from . import paging
 from . import validation as v
 from .audit import record
 from .auth import PRINCIPAL
@@ -123,13 +124,13 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     fields = v.query(request, {"limit", "cursor"})
-    limit = v.page_limit(fields)
-    after = fields.get("cursor", v.time_cursor("key"))
+    limit = paging.page_limit(fields)
+    after = fields.get("cursor", paging.time_cursor("key"))
     fields.check()
     keys = await request.app[STORE].list_page(
         request[PRINCIPAL].account_id, limit=limit + 1, after=after
     )
-    page, next_cursor = v.time_page("key", keys, limit)
+    page, next_cursor = paging.time_page("key", keys, limit)
     config, now = request.app[CONFIG], dt.datetime.now(dt.UTC)
     return web.json_response(
         {"items": [key_object(k, config, now) for k in page], "next_cursor": next_cursor}

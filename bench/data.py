@@ -23,7 +23,8 @@ from gateway.accounts import create_account
 from gateway.config import Argon2Config
 from gateway.db import migrate
 from gateway.embedded_pg import EmbeddedPostgres
-from gateway.keys import Hasher, KeyFormat, KeyStore
+from gateway.keyformat import Hasher, KeyFormat
+from gateway.keys import KeyStore
 
 HIGH = 10**9  # rate limits that never bite: the limiter still runs on every request
 # Bulk keys are hashed with argon2's cheapest parameters so that setting up 100,000 keys

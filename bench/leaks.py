@@ -44,7 +44,8 @@ from gateway.config import Argon2Config  # noqa: E402
 from gateway.db import migrate  # noqa: E402
 from gateway.demo_upstream import create_demo_app  # noqa: E402
 from gateway.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
-from gateway.keys import Hasher, KeyFormat, KeyStore  # noqa: E402
+from gateway.keyformat import Hasher, KeyFormat  # noqa: E402
+from gateway.keys import KeyStore  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PATH = "/_gateway/secret-scanning/github"

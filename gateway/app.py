@@ -20,7 +20,8 @@ from .clock import Clock, SystemClock
 from .config import Config
 from .counters import PostgresCounters
 from .db import create_pool, sample_pool
-from .keys import Hasher, KeyFormat, KeyStore
+from .keyformat import Hasher, KeyFormat
+from .keys import KeyStore
 from .logs import AccessLog
 from .proxy import Proxy
 from .ratelimit import RateLimiter, SlidingWindowLimiter

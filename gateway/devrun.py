@@ -28,10 +28,12 @@ import urllib.request
 from pathlib import Path
 
 from .accounts import create_account, regenerate_member_token
-from .config import Config, ConfigError, load_config
+from .config import Config, load_config
 from .db import connect, create_pool, migrate
 from .embedded_pg import EmbeddedPostgres, free_port
-from .keys import Hasher, KeyFormat, KeyStore
+from .keyformat import Hasher, KeyFormat
+from .keys import KeyStore
+from .settings import ConfigError
 
 DATA_DIR = Path(".data")
 DEMO_ACCOUNT = "Demo account"

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .keys import KeyRecord
+from .records import KeyRecord
 
 # RFC 9110 §7.6.1 plus the non-standard ones proxies still meet in the wild.
 HOP_BY_HOP = frozenset(

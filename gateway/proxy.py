@@ -10,13 +10,12 @@ happened.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import ipaddress
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -33,39 +32,22 @@ from .errors import (
     internal_error,
     new_request_id,
 )
+from .forward import Forwarder, expects_continue
 from .headers import (
     ClientAddress,
     Network,
-    copy_response_headers,
-    identity_headers,
     parse_networks,
-    upstream_request_headers,
 )
-from .keys import KeyRecord
 from .logs import AccessLog
 from .ratelimit import RateLimiter
+from .records import KeyRecord
 from .throttle import AuthAttempt, FailedAuthThrottle
 from .upstream import (
-    UnsafeRequest,
-    UpstreamBodyError,
-    UpstreamError,
     UpstreamPool,
-    UpstreamResponse,
-    UpstreamTimeout,
 )
 from .usage import UsageRecorder
 
 log = logging.getLogger("gateway.proxy")
-
-_CHUNK = 64 * 1024
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-def body_too_large(limit: int) -> GatewayError:
-    return GatewayError(413, "request_too_large", f"The request body exceeds {limit} bytes.")
 
 
 @dataclasses.dataclass(slots=True)
@@ -100,7 +82,7 @@ class Proxy:
         self.throttle = throttle
         self.limiter = limiter
         self.usage = usage
-        self.upstream = upstream
+        self.forwarder = Forwarder(config, upstream)
         self.trusted: tuple[Network, ...] = parse_networks(config.trusted_proxies)
         # Longest prefix first, so /v1/data/exports can map apart from /v1/data; matched
         # without regard to case, as a case-insensitive upstream would route.
@@ -129,7 +111,7 @@ class Proxy:
             call.outcome = exc.outcome
             response = error_response(request, exc)
             response.headers.update(call.extra_headers)
-            if _expects_continue(request):
+            if expects_continue(request):
                 # Refused before any 100 Continue: the client keeps its body, so this
                 # connection has none to skip to the next request.
                 response.force_close()
@@ -158,7 +140,7 @@ class Proxy:
         self._authorise(request, key, call)
         self._limit(key, call)
         self.usage.mark_used(key.id)
-        return await self._forward(request, call, client, key)
+        return await self.forwarder.forward(request, call, client, key)
 
     # -- authenticate -------------------------------------------------------------------
 
@@ -217,132 +199,6 @@ class Proxy:
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
                 return scope
         return None
-
-    # -- forward ------------------------------------------------------------------------
-
-    async def _forward(
-        self, request: web.Request, call: Call, client: ClientAddress, key: KeyRecord
-    ) -> web.StreamResponse:
-        config = self.config
-        body: AsyncIterator[bytes] | None = None
-        length = None
-        if request.body_exists:
-            length = request.content_length
-            if length is not None and length > config.max_body_bytes:
-                raise body_too_large(config.max_body_bytes)
-            body = self._stream_body(request, config.max_body_bytes)
-        headers = upstream_request_headers(
-            request.headers,
-            client=client,
-            request_id=call.request_id,
-            identity=identity_headers(key),
-            forward_authorization=config.forward_authorization,
-        )
-        target = request.rel_url.raw_path
-        if request.rel_url.raw_query_string:
-            target += "?" + request.rel_url.raw_query_string
-        started = time.perf_counter()
-        try:
-            upstream = await self.upstream.request(
-                request.method,
-                target,
-                headers,
-                body,
-                content_length=length,
-                timeout=config.timeout_seconds,
-            )
-        except BodyTooLarge:
-            raise body_too_large(config.max_body_bytes) from None
-        except UnsafeRequest as exc:
-            raise GatewayError(400, "invalid_request", f"The request was refused: {exc}.") from None
-        except UpstreamTimeout:
-            metrics.UPSTREAM_ERRORS.labels("timeout").inc()
-            raise GatewayError(
-                504, "upstream_timeout", "The upstream did not answer in time."
-            ) from None
-        except UpstreamError as exc:
-            metrics.UPSTREAM_ERRORS.labels(exc.kind).inc()
-            raise GatewayError(
-                502, "upstream_unavailable", "The upstream could not be reached."
-            ) from None
-        metrics.upstream_duration.observe(time.perf_counter() - started)
-        try:
-            call.outcome = Outcome.of_status(upstream.status)
-            small = _small_body_length(upstream, request.method)
-            if small is not None:
-                return await self._relay_small(upstream, call, small)
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            copy_response_headers(upstream.raw_headers, response.headers)
-            response.headers.update(call.extra_headers)
-            response.headers["X-Request-Id"] = call.request_id
-            try:
-                await response.prepare(request)
-                async for chunk in upstream.iter_chunks(config.timeout_seconds):
-                    # A client that stops reading (slow-read) must not hold the upstream
-                    # connection: each write gets the timeout each upstream read gets.
-                    async with asyncio.timeout(config.timeout_seconds):
-                        await response.write(chunk)
-                await response.write_eof()
-            except (ConnectionError, TimeoutError):
-                # The client left (aiohttp raises plain ConnectionError as well as
-                # ConnectionResetError) or stopped reading: nobody to answer.
-                call.client_gone = True
-                if request.transport is not None:
-                    request.transport.abort()
-            except UpstreamBodyError as exc:
-                # Headers are sent: all we can honestly do is cut the connection.
-                metrics.UPSTREAM_ERRORS.labels("protocol").inc()
-                call.outcome = Outcome.UPSTREAM_5XX
-                log.warning(
-                    "upstream failed mid-body: %s", exc, extra={"request_id": call.request_id}
-                )
-                if request.transport is not None:
-                    request.transport.abort()
-            return response
-        finally:
-            upstream.release()
-
-    async def _relay_small(
-        self, upstream: UpstreamResponse, call: Call, length: int
-    ) -> web.Response:
-        """A body of known, small length: read it, then send headers and body in one write.
-
-        Streaming costs a write for the headers, one per chunk and one for the end; for
-        the typical API answer of a few KiB that is most of a proxy's system calls. The
-        bound (`SMALL_BODY`) keeps memory per request small, and reading first means an
-        upstream that breaks mid-body still gets an honest 502 instead of a cut connection.
-        """
-        chunks = []
-        try:
-            async for chunk in upstream.iter_chunks(self.config.timeout_seconds):
-                chunks.append(chunk)
-        except UpstreamBodyError:
-            metrics.UPSTREAM_ERRORS.labels("protocol").inc()
-            raise GatewayError(
-                502, "upstream_unavailable", "The upstream failed while answering."
-            ) from None
-        body = b"".join(chunks)
-        if len(body) != length:  # cannot happen with a sound parser: refuse, never guess
-            raise GatewayError(502, "upstream_unavailable", "The upstream answer was truncated.")
-        response = web.Response(status=upstream.status, reason=upstream.reason, body=body)
-        copy_response_headers(upstream.raw_headers, response.headers, skip_length=True)
-        response.headers.update(call.extra_headers)
-        response.headers["X-Request-Id"] = call.request_id
-        return response
-
-    @staticmethod
-    async def _stream_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-        if _expects_continue(request):
-            # The request passed every check and the upstream wants its body: now the
-            # client may send it (aiohttp's own expect handler is disabled in app.py).
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0
-        seen = 0
-        async for chunk in request.content.iter_chunked(_CHUNK):
-            seen += len(chunk)
-            if seen > limit:
-                raise BodyTooLarge
-            yield chunk
 
     # -- record -------------------------------------------------------------------------
 
@@ -412,26 +268,3 @@ def _normalised_path(raw_path: str) -> str:
 _PATH_PARAMETERS = re.compile(r";[^/]*")
 # The whole request head, less the request line; aiohttp's own limits are per line.
 MAX_HEADER_BYTES = 64 * 1024
-
-
-SMALL_BODY = 64 * 1024
-_NO_BODY_STATUSES = frozenset({204, 304})
-
-
-def _small_body_length(upstream: UpstreamResponse, method: str) -> int | None:
-    """The body length when the whole answer may be sent in one write, else None."""
-    if method == "HEAD" or upstream.status in _NO_BODY_STATUSES or upstream.status < 200:
-        return None  # their Content-Length describes a body that is not there
-    for name, value in upstream.raw_headers:
-        if name.lower() == "content-length":
-            return int(value) if value.isdigit() and int(value) <= SMALL_BODY else None
-    return None
-
-
-def _expects_continue(request: web.Request) -> bool:
-    expect = request.headers.get("Expect")
-    return (
-        expect is not None
-        and expect.strip().lower() == "100-continue"
-        and request.version >= (1, 1)
-    )

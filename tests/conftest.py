@@ -30,7 +30,9 @@ from gateway.config import Config
 from gateway.db import migrate
 from gateway.demo_upstream import create_demo_app
 from gateway.embedded_pg import EmbeddedPostgres
-from gateway.keys import Hasher, KeyFormat, KeyStore, NewKey
+from gateway.keyformat import Hasher, KeyFormat
+from gateway.keys import KeyStore
+from gateway.records import NewKey
 
 from . import secret_scan
 from .helpers import make_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.keys import KeyFormat
+from gateway.keyformat import KeyFormat
 
 from .helpers import key_status, wait_for
 from .test_admin_support import (  # noqa: F401 - fixtures

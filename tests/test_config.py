@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import Argon2Config, Config, ConfigError, from_dict, load_config
+from gateway.config import Argon2Config, Config, from_dict, load_config
+from gateway.settings import ConfigError
 
 from .helpers import REPO_ROOT, gateway_command
 

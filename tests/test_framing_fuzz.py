@@ -40,7 +40,8 @@ from hypothesis import strategies as st
 from gateway.accounts import create_account
 from gateway.config import Argon2Config, KeysConfig
 from gateway.embedded_pg import free_port
-from gateway.keys import Hasher, KeyFormat, KeyStore
+from gateway.keyformat import Hasher, KeyFormat
+from gateway.keys import KeyStore
 
 from . import secret_scan
 from .conftest import Cluster

@@ -14,7 +14,7 @@ from gateway.headers import (
     parse_networks,
     upstream_request_headers,
 )
-from gateway.keys import KeyRecord
+from gateway.records import KeyRecord
 
 ACCOUNT_ID = uuid.UUID("6f1c2a47-0b1e-4c57-9a43-4d1c9d6a0f3e")
 KEY_ID = uuid.UUID("0b7c1f6e-2d3a-4c5b-9e8f-1a2b3c4d5e6f")

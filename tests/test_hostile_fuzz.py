@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from gateway.config import SCOPES
 from gateway.embedded_pg import free_port
-from gateway.keys import KeyFormat
+from gateway.keyformat import KeyFormat
 
 from . import secret_scan
 from .conftest import Cluster

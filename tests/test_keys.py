@@ -19,13 +19,7 @@ from hypothesis import strategies as st
 
 from gateway.accounts import ADMIN_TOKEN_FORMAT
 from gateway.config import Argon2Config
-from gateway.keys import (
-    BASE62,
-    PUBLIC_ID_LENGTH,
-    SECRET_LENGTH,
-    Hasher,
-    KeyFormat,
-)
+from gateway.keyformat import BASE62, PUBLIC_ID_LENGTH, SECRET_LENGTH, Hasher, KeyFormat
 
 from .conftest import Seed
 

@@ -18,9 +18,9 @@ from yarl import URL
 from gateway import metrics
 from gateway.clock import FakeClock, utcnow
 from gateway.config import Config
-from gateway.keys import KeyRecord
-from gateway.proxy import SMALL_BODY
+from gateway.forward import SMALL_BODY
 from gateway.ratelimit import Decision, Unlimited
+from gateway.records import KeyRecord
 
 from .conftest import GatewayFactory, Seed, UpstreamFactory
 from .helpers import key_status, make_config, sample, wait_for

@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 
 from gateway.app import LIMITER
 from gateway.clock import FakeClock
-from gateway.config import SCOPES, Config, ConfigError, RateLimitConfig
+from gateway.config import SCOPES, Config, RateLimitConfig
 from gateway.counters import DAY, Deltas, PostgresCounters, bucket
-from gateway.keys import KeyRecord
 from gateway.ratelimit import SlidingWindowLimiter
+from gateway.records import KeyRecord
+from gateway.settings import ConfigError
 
 from .conftest import Cluster, GatewayFactory, Seed
 from .helpers import make_config, sample, wait_for
