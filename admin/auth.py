@@ -85,6 +85,7 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/accounts"): _OPERATOR,
     ("GET", "/v1/me"): _MEMBERS,
     ("GET", "/v1/account"): _MEMBERS,
+    ("GET", "/v1/permissions"): _MEMBERS,
     ("GET", "/v1/members"): _MANAGERS,
     ("POST", "/v1/members"): _OWNERS,
     ("PATCH", "/v1/members/{id}"): _OWNERS,

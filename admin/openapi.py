@@ -151,6 +151,12 @@ def _paths() -> dict[str, Any]:
             "get", "/v1/account", "The calling member's account", ok=(200, "Account", "It.")
         ),
         _operation(
+            "get",
+            "/v1/permissions",
+            "The permissions the route table defines, with their routes",
+            ok=(200, "PermissionList", "All of them, in the table's order."),
+        ),
+        _operation(
             "get", "/v1/members", "List members", ok=(200, "MemberList", "A page."), params=page
         ),
         _operation(
@@ -194,7 +200,7 @@ def _paths() -> dict[str, Any]:
         _operation(
             "patch",
             "/v1/keys/{id}",
-            "Change a key's name, scopes, limits, allowlist, expiry or enabled (a leaked "
+            "Change a key's name, permissions, limits, allowlist, expiry or enabled (a leaked "
             "key cannot be enabled again: 409 key_leaked)",
             ok=(200, "Key", "Changed."),
             body="KeyUpdate",

@@ -1,7 +1,7 @@
 """The admin API's data shapes for the OpenAPI document (`components.schemas`).
 
 Built from the same constants the handlers use (the patterns and bounds in `validation`,
-the roles, scopes, outcomes and webhook events), so a shape and the check behind it
+the roles, permission names, outcomes and webhook events), so a shape and the check behind it
 cannot drift apart; `openapi` assembles the paths around them.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.accounts import ROLES
-from gateway.config import SCOPES
 from gateway.usage import OUTCOMES
 from gateway.webhooks import EVENTS, URL_MAX
 
@@ -55,10 +54,20 @@ NAME_IN = {
 }
 EMAIL_IN = {"type": "string", "maxLength": v.EMAIL_MAX, "pattern": v.EMAIL_PATTERN}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": v.MAX_INT}
+PERMISSION = {
+    "type": "string",
+    "pattern": "^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$",
+    "description": "A permission of the route table (`GET /v1/permissions`).",
+}
+PERMISSIONS_IN = {"type": "array", "items": PERMISSION, "uniqueItems": True}
 SCOPES_IN = {
     "type": "array",
-    "items": {"type": "string", "enum": list(SCOPES)},
+    "items": {"type": "string", "enum": list(v.LEGACY_SCOPES)},
     "uniqueItems": True,
+    "deprecated": True,
+    "description": "Deprecated alias of permissions: reports, customers, data (read and "
+    "write) and account stand for the permissions of the default route table. Not with "
+    "permissions.",
 }
 CIDRS = {
     "type": "array",
@@ -110,7 +119,7 @@ def schemas() -> dict[str, Any]:
         "regenerated_at": nullable(TIME),
         "expires_at": nullable(TIME),
         "enabled": {"type": "boolean"},
-        "scopes": {"type": "array", "items": {"type": "string", "enum": list(SCOPES)}},
+        "permissions": {"type": "array", "items": PERMISSION},
         "rate_limit": obj(
             {"per_minute": LIMIT, "per_day": LIMIT},
             description="Effective limits: the key's override, else the configured default.",
@@ -202,11 +211,33 @@ def schemas() -> dict[str, Any]:
                 },
             }
         ),
+        "Permission": obj(
+            {
+                "name": PERMISSION,
+                "description": {"type": "string"},
+                "resource": {"type": "string", "description": "The part before ':'."},
+                "action": {"type": "string", "description": "The part after ':'."},
+                "routes": {
+                    "type": "array",
+                    "items": obj(
+                        {
+                            "methods": {"type": "array", "items": {"type": "string"}},
+                            "path": {"type": "string"},
+                        }
+                    ),
+                },
+            }
+        ),
+        "PermissionList": obj({"items": {"type": "array", "items": ref("Permission")}}),
         "KeyList": obj({"items": {"type": "array", "items": ref("Key")}, "next_cursor": cursor}),
         "KeyCreate": obj(
             {
                 "name": NAME_IN,
-                "scopes": {**SCOPES_IN, "description": "Default: every scope."},
+                "permissions": {
+                    **PERMISSIONS_IN,
+                    "description": "Default: every permission the route table defines.",
+                },
+                "scopes": SCOPES_IN,
                 "rate_limit": rate_limit_in,
                 "ip_allowlist": CIDRS,
                 "expires_at": {
@@ -219,6 +250,7 @@ def schemas() -> dict[str, Any]:
         "KeyUpdate": obj(
             {
                 "name": NAME_IN,
+                "permissions": PERMISSIONS_IN,
                 "scopes": SCOPES_IN,
                 "rate_limit": rate_limit_in,
                 "ip_allowlist": CIDRS,

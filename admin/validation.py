@@ -15,13 +15,12 @@ import json
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 
 from gateway.accounts import ROLES
-from gateway.config import SCOPES
 from gateway.errors import GatewayError
 
 T = TypeVar("T")
@@ -231,15 +230,54 @@ def boolean(value: Any) -> bool:
     return value
 
 
-def scopes(value: Any) -> list[str]:
-    if not isinstance(value, list):
-        raise FieldError("must be a list of scopes")
-    unknown = [s for s in value if s not in SCOPES]
-    if unknown:
-        raise FieldError(f"unknown scope {unknown[0]!r} (one of {', '.join(SCOPES)})")
-    if len(set(value)) != len(value):
-        raise FieldError("must not repeat a scope")
-    return sorted(value)
+def permissions(defined: Collection[str]) -> Callable[[Any], list[str]]:
+    """A list of permission names from the route table (`GET /v1/permissions`)."""
+
+    def check(value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise FieldError("must be a list of permission names")
+        unknown = [p for p in value if p not in defined]
+        if unknown:
+            raise FieldError(f"unknown permission {unknown[0]!r} (one of {', '.join(defined)})")
+        if len(set(value)) != len(value):
+            raise FieldError("must not repeat a permission")
+        return sorted(value)
+
+    return check
+
+
+# `scopes`, deprecated: each of the four former scopes is the permissions of the default
+# route table that cover what it used to (as migration 0007 mapped the stored keys).
+LEGACY_SCOPES = {
+    "reports": ("reports:read",),
+    "customers": ("customers:read",),
+    "data": ("data:read", "data:write"),
+    "account": ("account:read",),
+}
+
+
+def legacy_scopes(defined: Collection[str]) -> Callable[[Any], list[str]]:
+    """`scopes` as the permissions it stands for; deprecated in favour of `permissions`."""
+
+    def check(value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            raise FieldError("must be a list of scopes (deprecated: use permissions)")
+        unknown = [s for s in value if s not in LEGACY_SCOPES]
+        if unknown:
+            raise FieldError(
+                f"unknown scope {unknown[0]!r} (one of {', '.join(LEGACY_SCOPES)}); "
+                "scopes is deprecated: use permissions"
+            )
+        mapped = sorted({p for s in value for p in LEGACY_SCOPES[s]})
+        missing = [p for p in mapped if p not in defined]
+        if missing:
+            raise FieldError(
+                f"this gateway's route table has no {missing[0]!r}: use permissions "
+                f"(one of {', '.join(defined)})"
+            )
+        return mapped
+
+    return check
 
 
 def cidrs(value: Any) -> list[str]:

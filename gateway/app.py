@@ -7,6 +7,7 @@ finished, so the final usage flush still has its database pool.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -25,10 +26,13 @@ from .keys import KeyStore
 from .logs import AccessLog
 from .proxy import Proxy
 from .ratelimit import RateLimiter, SlidingWindowLimiter
+from .routes import RouteTable
 from .throttle import FailedAuthThrottle
 from .tls import upstream_context
 from .upstream import UpstreamPool
 from .usage import UsageRecorder
+
+log = logging.getLogger("gateway")
 
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", Clock)
@@ -136,6 +140,14 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
 async def _proxy(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     access_log = AccessLog.from_config(config.logging)
+    routes = RouteTable(
+        config.routes, config.permissions, unmatched_allowed=config.routes_unmatched == "allow"
+    )
+    if routes.unmatched_allowed:
+        log.warning(
+            "routes_unmatched: allow: requests that match no route are forwarded, needing"
+            " no permission; set 'deny' to refuse them"
+        )
     app[PROXY] = Proxy(
         config.proxy,
         app[AUTH],
@@ -143,6 +155,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         app[LIMITER],
         app[USAGE],
         app[UPSTREAM],
+        routes,
         access_log=access_log,
     )
     yield

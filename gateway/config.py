@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from yarl import URL
 
+from .routes import RouteConfig, compile_routes
 from .settings import (
     ConfigError,
     apply_environment,
@@ -30,7 +31,26 @@ from .settings import (
 )
 
 DEFAULT_CONFIG_PATH = "config.yaml"
-SCOPES = ("reports", "customers", "data", "account")
+# The default route table models the GrowPanel REST API (the paths `gateway demo-upstream`
+# serves); config.yaml carries the same, for operators to edit.
+DEFAULT_PERMISSIONS: Mapping[str, str] = types.MappingProxyType(
+    {
+        "reports:read": "Read reports and metrics (MRR, churn, cohorts)",
+        "customers:read": "Read customers and their subscriptions",
+        "data:read": "Read and download imported data",
+        "data:write": "Push data (imports)",
+        "account:read": "Read the account's details",
+    }
+)
+DEFAULT_ROUTES: tuple[RouteConfig, ...] = (
+    RouteConfig(methods=("GET", "HEAD"), path="/v1/reports/**", permission="reports:read"),
+    RouteConfig(methods=("GET", "HEAD"), path="/v1/customers/**", permission="customers:read"),
+    RouteConfig(methods=("GET", "HEAD"), path="/v1/data/**", permission="data:read"),
+    RouteConfig(
+        methods=("POST", "PUT", "PATCH", "DELETE"), path="/v1/data/**", permission="data:write"
+    ),
+    RouteConfig(methods=("GET", "HEAD"), path="/v1/account", permission="account:read"),
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,17 +94,6 @@ class ProxyConfig:
     # PEM file of the CA(s) that sign an https upstream's certificate (a private CA);
     # empty: the system's CA store.
     upstream_ca: str = ""
-    # Path prefix -> scope needed to call it. Paths under no prefix need no scope.
-    scopes: Mapping[str, str] = dataclasses.field(
-        default_factory=lambda: types.MappingProxyType(
-            {
-                "/v1/reports": "reports",
-                "/v1/customers": "customers",
-                "/v1/data": "data",
-                "/v1/account": "account",
-            }
-        )
-    )
 
     def validate(self) -> None:
         url = URL(self.upstream)
@@ -106,13 +115,6 @@ class ProxyConfig:
                 raise ConfigError(
                     f"proxy.trusted_proxies[{i}]: not an IP address or CIDR: {cidr!r}"
                 ) from None
-        for prefix, scope in self.scopes.items():
-            if not prefix.startswith("/"):
-                raise ConfigError(f"proxy.scopes: path prefix must start with '/': {prefix!r}")
-            if scope not in SCOPES:
-                raise ConfigError(
-                    f"proxy.scopes.{prefix}: unknown scope {scope!r} (one of {', '.join(SCOPES)})"
-                )
         positive("proxy.timeout_seconds", self.timeout_seconds)
         positive("proxy.connect_timeout_seconds", self.connect_timeout_seconds)
         positive("proxy.max_body_bytes", self.max_body_bytes)
@@ -319,8 +321,14 @@ class Config:
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     secret_scanning: SecretScanningConfig = dataclasses.field(default_factory=SecretScanningConfig)
     webhooks: WebhooksConfig = dataclasses.field(default_factory=WebhooksConfig)
+    # The route table (gateway/routes.py): permission names with their descriptions, the
+    # routes in order, and what happens to a request that matches none.
+    permissions: Mapping[str, str] = dataclasses.field(default_factory=lambda: DEFAULT_PERMISSIONS)
+    routes: tuple[RouteConfig, ...] = DEFAULT_ROUTES
+    routes_unmatched: Literal["deny", "allow"] = "deny"
 
     def validate(self) -> None:
+        compile_routes(self.routes, self.permissions)
         for field in dataclasses.fields(self):
             section = getattr(self, field.name)
             validate = getattr(section, "validate", None)
@@ -338,7 +346,7 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         data = read_yaml(Path(path))
-    apply_environment(data, env)
+    apply_environment(data, env, top_level=("routes_unmatched",))
     config: Config = build(Config, data, "")
     config.validate()
     return config

@@ -84,7 +84,9 @@ async def _prepare(database_url: str, config_path: str | None) -> tuple[str, str
         if key_id is not None:
             new = await store.regenerate(account_id, key_id)
         if new is None:
-            new = await store.create(account_id, DEMO_KEY, created_by=member_id)
+            new = await store.create(
+                account_id, DEMO_KEY, created_by=member_id, permissions=config.permissions
+            )
         return token, new.key
     finally:
         await pool.close()

@@ -13,7 +13,6 @@ from typing import Any
 
 import asyncpg
 
-from .config import SCOPES
 from .db import for_live_keys
 from .keyformat import Hasher, KeyFormat
 from .records import INFO_COLUMNS, RECORD_COLUMNS, KeyInfo, KeyRecord, NewKey, key_info, key_record
@@ -22,7 +21,7 @@ from .records import INFO_COLUMNS, RECORD_COLUMNS, KeyInfo, KeyRecord, NewKey, k
 UPDATABLE_COLUMNS = frozenset(
     {
         "name",
-        "scopes",
+        "permissions",
         "ip_allowlist",
         "rate_limit_per_minute",
         "rate_limit_per_day",
@@ -63,7 +62,7 @@ class KeyStore:
         name: str,
         *,
         created_by: uuid.UUID | None = None,
-        scopes: Iterable[str] = SCOPES,
+        permissions: Iterable[str],
         ip_allowlist: Sequence[str] = (),
         rate_limit_per_minute: int | None = None,
         rate_limit_per_day: int | None = None,
@@ -76,7 +75,7 @@ class KeyStore:
         key_id = await executor.fetchval(
             """
             INSERT INTO api_keys (account_id, public_id, name, partial_key, secret_hash,
-                                  created_by, scopes, ip_allowlist, rate_limit_per_minute,
+                                  created_by, permissions, ip_allowlist, rate_limit_per_minute,
                                   rate_limit_per_day, expires_at)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::cidr[], $9, $10, $11)
             RETURNING id
@@ -87,7 +86,7 @@ class KeyStore:
             self.format.partial(key),
             secret_hash,
             created_by,
-            sorted(set(scopes)),
+            sorted(set(permissions)),
             list(ip_allowlist),
             rate_limit_per_minute,
             rate_limit_per_day,
@@ -275,7 +274,7 @@ class KeyStore:
             f" WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL RETURNING {INFO_COLUMNS}",
             key_id,
             account_id,
-            *(sorted(set(changes[c])) if c == "scopes" else changes[c] for c in columns),
+            *(sorted(set(changes[c])) if c == "permissions" else changes[c] for c in columns),
         )
         return None if row is None else key_info(row)
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
-import re
 import time
 from collections.abc import Mapping
-from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -41,6 +39,7 @@ from .headers import (
 from .logs import AccessLog
 from .ratelimit import RateLimiter
 from .records import KeyRecord
+from .routes import RouteTable
 from .throttle import AuthAttempt, FailedAuthThrottle
 from .upstream import (
     UpstreamPool,
@@ -73,10 +72,12 @@ class Proxy:
         limiter: RateLimiter,
         usage: UsageRecorder,
         upstream: UpstreamPool,
+        routes: RouteTable,
         *,
         access_log: AccessLog | None = None,
     ) -> None:
         self.config = config
+        self.routes = routes
         self.auth = authenticator
         self.key_format = authenticator.key_format
         self.throttle = throttle
@@ -84,12 +85,6 @@ class Proxy:
         self.usage = usage
         self.forwarder = Forwarder(config, upstream)
         self.trusted: tuple[Network, ...] = parse_networks(config.trusted_proxies)
-        # Longest prefix first, so /v1/data/exports can map apart from /v1/data; matched
-        # without regard to case, as a case-insensitive upstream would route.
-        self.scope_prefixes = sorted(
-            ((prefix.lower(), scope) for prefix, scope in config.scopes.items()),
-            key=lambda kv: -len(kv[0]),
-        )
         self.access_log = access_log
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -137,7 +132,7 @@ class Proxy:
         credentials = parse_authorization(request.headers.get("Authorization"), self.key_format)
         attempt = self.throttle.admit(call.client_ip, credentials.public_id)
         call.key = key = await self._authenticate(credentials, attempt)
-        self._authorise(request, key, call)
+        self._authorise(request.method, request.rel_url.raw_path, key, call)
         self._limit(key, call)
         self.usage.mark_used(key.id)
         return await self.forwarder.forward(request, call, client, key)
@@ -160,21 +155,22 @@ class Proxy:
 
     # -- authorise ----------------------------------------------------------------------
 
-    def _authorise(self, request: web.Request, key: KeyRecord, call: Call) -> None:
-        """Step 4: the key's IP allowlist and the route's scope. A refusal is not counted
-        against the limits, but the client sees its budget."""
+    def _authorise(self, method: str, raw_path: str, key: KeyRecord, call: Call) -> None:
+        """Step 4: the route the method and path match (`routes.RouteTable`), the key's
+        IP allowlist and the route's permission. A refusal is not counted against the
+        limits, but the client sees its budget."""
         try:
-            path = _normalised_path(request.rel_url.raw_path)
+            permission = self.routes.permission_for(method, raw_path)
             if key.ip_allowlist and not _allowed(call.client_ip, key):
                 raise GatewayError(
                     403, "ip_not_allowed", "This API key may not be used from this address."
                 )
-            scope = self._scope_for(path)
-            if scope is not None and scope not in key.scopes:
+            if permission is not None and permission not in key.permissions:
                 raise GatewayError(
                     403,
-                    "insufficient_scope",
-                    f"This API key lacks the '{scope}' scope needed for this route.",
+                    "insufficient_permission",
+                    f"This API key lacks the '{permission}' permission needed for this route.",
+                    details={"permission": permission},
                 )
         except GatewayError:
             call.extra_headers = self.limiter.headers(key)
@@ -192,13 +188,6 @@ class Proxy:
                 {"Retry-After": str(decision.retry_after)},
                 outcome=Outcome.RATE_LIMITED,
             )
-
-    def _scope_for(self, path: str) -> str | None:
-        path = path.lower()
-        for prefix, scope in self.scope_prefixes:
-            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
-                return scope
-        return None
 
     # -- record -------------------------------------------------------------------------
 
@@ -246,25 +235,5 @@ def _allowed(client_ip: str, key: KeyRecord) -> bool:
     return any(ip in net for net in key.ip_allowlist)
 
 
-def _normalised_path(raw_path: str) -> str:
-    """The path as scope rules see it; refuses paths that could mean two things.
-
-    Upstreams differ on dot segments, encoded slashes, empty segments (many merge `//`)
-    and path parameters (some drop `;x` from `/a;x/b`): the scope rules see the path with
-    its parameters dropped, and a path that an upstream could read as another is refused.
-    """
-    lowered = raw_path.lower()
-    if not raw_path.startswith("/") or "%2f" in lowered or "%5c" in lowered or "\\" in raw_path:
-        raise GatewayError(400, "invalid_path", "The request path is not allowed.")
-    path = unquote(raw_path)
-    if ";" in path:
-        path = _PATH_PARAMETERS.sub("", path)
-    segments = path.split("/")
-    if any(s in (".", "..") for s in segments) or "//" in path or "\x00" in path:
-        raise GatewayError(400, "invalid_path", "The request path is not allowed.")
-    return path
-
-
-_PATH_PARAMETERS = re.compile(r";[^/]*")
 # The whole request head, less the request line; aiohttp's own limits are per line.
 MAX_HEADER_BYTES = 64 * 1024

@@ -27,7 +27,7 @@ class KeyRecord:
     secret_hash: str
     previous_secret_hash: str | None
     previous_secret_expires_at: dt.datetime | None
-    scopes: frozenset[str]
+    permissions: frozenset[str]
     ip_allowlist: tuple[IPNetwork, ...]
     rate_limit_per_minute: int | None
     rate_limit_per_day: int | None
@@ -62,7 +62,7 @@ class KeyRecord:
 
 RECORD_COLUMNS = """
     id, account_id, public_id, secret_hash, previous_secret_hash, previous_secret_expires_at,
-    scopes, ip_allowlist, rate_limit_per_minute, rate_limit_per_day, expires_at, enabled
+    permissions, ip_allowlist, rate_limit_per_minute, rate_limit_per_day, expires_at, enabled
 """
 
 
@@ -75,7 +75,7 @@ def key_record(row: asyncpg.Record) -> KeyRecord:
         secret_hash=row["secret_hash"],
         previous_secret_hash=row["previous_secret_hash"],
         previous_secret_expires_at=row["previous_secret_expires_at"],
-        scopes=frozenset(row["scopes"]),
+        permissions=frozenset(row["permissions"]),
         ip_allowlist=tuple(row["ip_allowlist"]),
         rate_limit_per_minute=row["rate_limit_per_minute"],
         rate_limit_per_day=row["rate_limit_per_day"],
@@ -100,7 +100,7 @@ class KeyInfo:
     last_used_at: dt.datetime | None
     expires_at: dt.datetime | None
     enabled: bool
-    scopes: tuple[str, ...]
+    permissions: tuple[str, ...]
     ip_allowlist: tuple[str, ...]
     rate_limit_per_minute: int | None
     rate_limit_per_day: int | None
@@ -110,7 +110,7 @@ class KeyInfo:
 
 INFO_COLUMNS = """
     id, account_id, public_id, name, partial_key, created_at, created_by, secret_created_at,
-    regenerated_at, expires_at, enabled, scopes, ip_allowlist,
+    regenerated_at, expires_at, enabled, permissions, ip_allowlist,
     rate_limit_per_minute, rate_limit_per_day, leaked_at, leak_url,
     (SELECT l.last_used_at FROM api_key_last_used l WHERE l.key_id = api_keys.id)
         AS last_used_at
@@ -131,7 +131,7 @@ def key_info(row: asyncpg.Record) -> KeyInfo:
         last_used_at=row["last_used_at"],
         expires_at=row["expires_at"],
         enabled=row["enabled"],
-        scopes=tuple(sorted(row["scopes"])),
+        permissions=tuple(sorted(row["permissions"])),
         ip_allowlist=tuple(str(network) for network in row["ip_allowlist"]),
         rate_limit_per_minute=row["rate_limit_per_minute"],
         rate_limit_per_day=row["rate_limit_per_day"],

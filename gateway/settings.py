@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,12 +43,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
+def apply_environment(
+    data: dict[str, Any], env: Mapping[str, str], top_level: Collection[str] = ()
+) -> None:
+    """Apply `GATEWAY__<SECTION>__<KEY>` variables (and `GATEWAY__<NAME>` for the
+    `top_level` settings that are not sections) to `data`."""
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if len(parts) < 2 or not all(parts):
+        if not all(parts) or (len(parts) < 2 and parts[0] not in top_level):
             raise ConfigError(f"{name}: expected GATEWAY__<SECTION>__<KEY>")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
