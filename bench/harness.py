@@ -161,7 +161,9 @@ class Servers:
         self.log_dir = log_dir
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def gateway(self, *args: str, **env: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    def gateway(
+        self, *args: str, config: Path = ROOT / "config.yaml", **env: str
+    ) -> tuple[subprocess.Popen[bytes], int, int]:
         port, admin_port = free_port(), free_port()
         environment = {
             **os.environ,
@@ -175,7 +177,7 @@ class Servers:
         environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
         log = open(self.log_dir / f"gateway-{port}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [PY, "-m", "gateway.cli", "--config", str(ROOT / "config.yaml"), "serve", *args],
+            [PY, "-m", "gateway.cli", "--config", str(config), "serve", *args],
             env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -78,6 +78,8 @@ def _throughput(table: Table, t: dict[str, Any], keys: dict[str, int]) -> None:
     table.row("hot path req/s ÷ bare", f"{ratio:.2f}", "≥ 0.90", ratio >= 0.9)
     ratio = s["hot_cpu_ratio"]
     table.row("hot path CPU/req ÷ bare", f"{ratio:.2f}", "≤ 1.10", ratio <= 1.1)
+    s["hot_routes200_rps_ratio"] = ratio = _paired(t, "hot_routes200", "bare", "rps")
+    table.row("hot path, 200 routes, req/s ÷ bare", f"{ratio:.2f}", "≥ 0.90", ratio >= 0.9)
     table.row(
         "hot path on asyncio's loop",
         f"{asyncio_cpu:.0f} µs CPU/req (uvloop saves {s['uvloop_cpu_saving']:.0%})",
