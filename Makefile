@@ -20,10 +20,11 @@ run: $(STAMP)
 ## test: every test, against a throwaway embedded Postgres (unless DATABASE_URL)
 # Real components come from Debian's packages (nothing is downloaded by hand): Chromium for
 # the web page's browser tests (Playwright's own download is not possible here), and
-# HAProxy, PgBouncer and Prometheus (promtool) for the production-topology tests. Without
+# HAProxy, PgBouncer and Prometheus (promtool) for the production-topology tests, nginx and
+# Caddy for the shipped ingress configurations (deploy/nginx, deploy/caddy). Without
 # them those tests skip with the reason, except under CI=true, where that is a failure.
-TEST_PROGRAMS := chromium haproxy pgbouncer prometheus promtool systemd-analyze
-TEST_PACKAGES := chromium haproxy pgbouncer prometheus systemd
+TEST_PROGRAMS := chromium haproxy pgbouncer prometheus promtool systemd-analyze nginx caddy
+TEST_PACKAGES := chromium haproxy pgbouncer prometheus systemd nginx-light caddy
 # The opt-in image test builds with podman on a base made by mmdebstrap.
 ifeq ($(GATEWAY_TEST_IMAGE),1)
 TEST_PROGRAMS += podman mmdebstrap
