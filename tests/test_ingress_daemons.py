@@ -15,6 +15,7 @@ the same on both sides and never shared between cases.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import time
@@ -31,7 +32,7 @@ from yarl import URL
 
 from gateway.embedded_pg import free_port
 
-from .conftest import GatewayFactory, Seed
+from .conftest import Cluster, GatewayFactory, Seed
 from .helpers import make_config, wait_for
 from .topology import DEPLOY, Daemon, require
 
@@ -363,3 +364,45 @@ async def test_a_revoked_key_is_refused_through_the_ingress_within_the_bound(
 
         await wait_for(refused, timeout=REVOCATION_BOUND, interval=0.005)
         print(f"\n{change} refused through the ingress after {time.monotonic() - started:.3f} s")
+
+
+async def test_keys_that_cannot_be_verified_get_503_through_the_ingress_as_from_the_proxy(
+    ingress: str, gateway: TestServer, seed: Seed, recorder: Recorder, cluster: Cluster
+) -> None:
+    """Postgres down, keys never used before: 503 `auth_unavailable` with Retry-After."""
+    if cluster.embedded is None:
+        pytest.skip("needs the tests' own Postgres, to stop it")
+    direct_key, via_key = await seed.key(), await seed.key()
+    await asyncio.to_thread(cluster.stop)
+    try:
+        (direct,) = await send(
+            str(gateway.make_url("")).rstrip("/"),
+            [Sent("/v1/customers", bearer(direct_key.key))],
+            "127.0.1.60",
+        )
+        (via,) = await send(ingress, [Sent("/v1/customers", bearer(via_key.key))], "127.0.2.60")
+    finally:
+        await asyncio.to_thread(cluster.start)
+    assert direct.status == 503
+    assert direct.body["error"]["code"] == "auth_unavailable"
+    assert direct.headers["Retry-After"] == "5"
+    assert_same(direct, via)
+    assert recorder.seen == []
+
+
+async def test_an_unreachable_gateway_refuses_every_request(
+    ingress: str,
+    gateway: TestServer,
+    seed: Seed,
+    recorder: Recorder,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Fail closed: no verify answer, no request to the upstream."""
+    key = await seed.key()
+    await gateway.close()
+    (via,) = await send(ingress, [Sent("/v1/customers", bearer(key.key))], "127.0.2.61")
+    assert via.status >= 500
+    if request.node.callspec.params["ingress"] == "nginx":
+        assert via.status == 503
+        assert via.body["error"]["code"] == "auth_unavailable"
+    assert recorder.seen == []
