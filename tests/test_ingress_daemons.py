@@ -406,3 +406,23 @@ async def test_an_unreachable_gateway_refuses_every_request(
         assert via.status == 503
         assert via.body["error"]["code"] == "auth_unavailable"
     assert recorder.seen == []
+
+
+async def test_a_client_cannot_name_another_route_through_the_ingress(
+    ingress: str, seed: Seed, recorder: Recorder
+) -> None:
+    """The original request is what the ingress saw, whatever the client claims."""
+    key = await seed.key(scopes=["reports"])
+    claims = {
+        "X-Original-Method": "GET",
+        "X-Original-URI": "/v1/reports/mrr",
+        "X-Forwarded-Method": "GET",
+        "X-Forwarded-Uri": "/v1/reports/mrr",
+    }
+    sent = [Sent("/v1/customers", {**bearer(key.key), **claims})]
+    (refused,) = await send(ingress, sent, "127.0.2.62")
+    assert refused.status == 403
+    assert refused.body["error"]["code"] == "insufficient_scope"
+    assert recorder.seen == []
+    (allowed,) = await send(ingress, [Sent("/v1/reports/mrr", bearer(key.key))], "127.0.2.62")
+    assert allowed.status == 200
