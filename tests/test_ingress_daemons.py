@@ -7,10 +7,10 @@ is sent both ways, each with a key of its own made alike, and the answers compar
 (status, JSON body, headers). The upstream never sees the client's key or an identity
 the client forged; a revoked key is refused through the ingress within the proxy's bound.
 
-Addresses: the ingress and the gateway's test client-side are 127.0.0.1 (the gateway's one
-trusted proxy); clients call the proxy directly from 127.0.1.x and the ingress from
-127.0.2.x, one address per case, so the failed-authentication budgets per address are
-the same on both sides and never shared between cases.
+Addresses: the ingress reaches the gateway from 127.0.0.1 (the gateway's one trusted
+proxy); clients call the proxy directly from 127.0.1.x and the ingress from 127.0.2.x,
+one address per case, so the failed-authentication budgets per address are the same on
+both sides and never shared between cases.
 """
 
 from __future__ import annotations
