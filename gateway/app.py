@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from . import limit_events, metrics, reserved, secret_scanning
+from . import ingress, limit_events, metrics, reserved, secret_scanning
 from .auth import Authenticator
 from .background import running
 from .cache import NotificationListener
@@ -44,6 +44,7 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 USAGE = web.AppKey("usage", UsageRecorder)
 UPSTREAM = web.AppKey("upstream", UpstreamPool)
 PROXY = web.AppKey("proxy", Proxy)
+VERIFY = web.AppKey("verify", ingress.VerifyEndpoint)
 
 
 def create_app(
@@ -65,6 +66,7 @@ def create_app(
     # /_gateway/... before the proxy's catch-all, so never forwarded and no key asked;
     # its endpoints before the prefix's own catch-all 404 (reserved.py).
     secret_scanning.add_routes(app)
+    ingress.add_routes(app, VERIFY)
     reserved.add_routes(app)
     # `expect_handler`: aiohttp's default answers `Expect: 100-continue` before the handler
     # runs; the proxy sends its 100 only once the request is authorised (SPEC §10).
@@ -158,6 +160,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         routes,
         access_log=access_log,
     )
+    app[VERIFY] = ingress.VerifyEndpoint(app[PROXY])
     yield
     if access_log is not None:
         access_log.flush()

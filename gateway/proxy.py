@@ -2,10 +2,12 @@
 
     parse → throttle admits → authenticate → authorise → limit → record → forward
 
-`_pipeline` reads as that list. Every step either passes or raises a `GatewayError`,
-which carries its status, code and `Outcome`; `handle` renders it (`errors.error_response`),
+`_pipeline` reads as that list. Every step before forward is `admit`, which the verify
+endpoint for an ingress (`ingress.py`, `/_gateway/verify`) runs too, on the method and
+path the ingress names. Every step either passes or raises a `GatewayError`, which
+carries its status, code and `Outcome`; `serve` renders it (`errors.error_response`),
 then counts the request (metrics, hourly usage) and writes its access-log line, whatever
-happened.
+happened, for the proxy and the verify endpoint alike.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import dataclasses
 import ipaddress
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -55,6 +57,8 @@ class Call:
 
     request_id: str
     client_ip: str
+    method: str  # of the request the key is used for (the ingress's original request)
+    path: str
     key: KeyRecord | None = None
     outcome: Outcome = Outcome.OK
     auth_result: str = "ok"  # or the AuthError reason (gateway_auth_total)
@@ -88,16 +92,23 @@ class Proxy:
         self.access_log = access_log
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        return await self.serve(request, self._pipeline)
+
+    async def serve(self, request: web.Request, pipeline: Pipeline) -> web.StreamResponse:
+        """Run `pipeline` (the proxy's, or the verify endpoint's) on a request, render a
+        refusal, and count and log the request whatever happened."""
         started = time.perf_counter()
         client = ClientAddress(request.remote, request.headers, request.scheme, self.trusted)
         call = Call(
             request_id=client.incoming_request_id(request.headers) or new_request_id(),
             client_ip=client.ip,
+            method=request.method,
+            path=request.rel_url.raw_path,
         )
         request[REQUEST_ID] = call.request_id
         response: web.StreamResponse | None = None
         try:
-            response = await self._pipeline(request, call, client)
+            response = await pipeline(request, call, client)
         except GatewayError as exc:
             if isinstance(exc, AuthError):
                 call.auth_result = exc.reason
@@ -122,20 +133,30 @@ class Proxy:
             # A response we could not finish (client gone, upstream died mid-body) is
             # logged with the status that had been sent, or 499 when none was.
             call.status = 499 if response is None or call.client_gone else response.status
-            self._record(request, call, time.perf_counter() - started)
+            self._record(call, time.perf_counter() - started)
         return response
 
     async def _pipeline(
         self, request: web.Request, call: Call, client: ClientAddress
     ) -> web.StreamResponse:
         _check_head(request)
-        credentials = parse_authorization(request.headers.get("Authorization"), self.key_format)
+        authorization = request.headers.get("Authorization")
+        key = await self.admit(authorization, call.method, call.path, call)
+        return await self.forwarder.forward(request, call, client, key)
+
+    async def admit(
+        self, authorization: str | None, method: str, raw_path: str, call: Call
+    ) -> KeyRecord:
+        """Every step before forward: parse → throttle admits → authenticate → authorise
+        → limit → record. The key, or a `GatewayError`; the proxy and `/_gateway/verify`
+        both decide here, so an ingress refuses exactly what the proxy refuses."""
+        credentials = parse_authorization(authorization, self.key_format)
         attempt = self.throttle.admit(call.client_ip, credentials.public_id)
         call.key = key = await self._authenticate(credentials, attempt)
-        self._authorise(request.method, request.rel_url.raw_path, key, call)
+        self._authorise(method, raw_path, key, call)
         self._limit(key, call)
         self.usage.mark_used(key.id)
-        return await self.forwarder.forward(request, call, client, key)
+        return key
 
     # -- authenticate -------------------------------------------------------------------
 
@@ -191,7 +212,7 @@ class Proxy:
 
     # -- record -------------------------------------------------------------------------
 
-    def _record(self, request: web.Request, call: Call, elapsed: float) -> None:
+    def _record(self, call: Call, elapsed: float) -> None:
         status_class = f"{call.status // 100}xx"
         metrics.count(metrics.requests_by(call.outcome, status_class))
         metrics.count(metrics.auth_results_by(call.auth_result))
@@ -205,8 +226,8 @@ class Proxy:
                 request_id=call.request_id,
                 account_id=key.account_id_text if key else None,
                 key_id=key.id_text if key else None,
-                method=request.method,
-                path=request.rel_url.raw_path,
+                method=call.method,
+                path=call.path,
                 status=call.status,
                 latency_ms=round(elapsed * 1000, 3),
                 client_ip=call.client_ip,
@@ -235,5 +256,6 @@ def _allowed(client_ip: str, key: KeyRecord) -> bool:
     return any(ip in net for net in key.ip_allowlist)
 
 
+Pipeline = Callable[[web.Request, Call, ClientAddress], Awaitable[web.StreamResponse]]
 # The whole request head, less the request line; aiohttp's own limits are per line.
 MAX_HEADER_BYTES = 64 * 1024
