@@ -407,7 +407,9 @@ async def test_delivery_metrics_count_sent_failed_pending_and_latency(
 async def test_redirects_are_not_followed_and_slow_receivers_time_out(
     start_admin: StartAdmin, receiver: Receiver
 ) -> None:
-    answers: list[str] = ["redirect", "slow"]
+    """The timeout covers the whole attempt: a receiver that sends its head and then
+    stalls in its body fails the attempt as one that never answers does."""
+    answers: list[str] = ["redirect", "slow", "stall"]
 
     async def behaviour(request: web.Request) -> web.StreamResponse:
         what = answers.pop(0) if answers else "ok"
@@ -415,6 +417,12 @@ async def test_redirects_are_not_followed_and_slow_receivers_time_out(
             raise web.HTTPFound(location="/elsewhere")
         if what == "slow":
             await asyncio.sleep(5)
+        if what == "stall":  # a 200 head, then not a byte of the body it announced
+            stalled = web.StreamResponse()
+            stalled.content_length = 10
+            await stalled.prepare(request)
+            await asyncio.sleep(5)
+            return stalled
         return web.Response(text="ok")
 
     receiver.behaviour = behaviour
@@ -427,9 +435,9 @@ async def test_redirects_are_not_followed_and_slow_receivers_time_out(
 
     await wait_for(delivered, timeout=15)
     (entry,) = await admin.deliveries(webhook_id)
-    assert entry["attempts"] == 3
-    assert len(receiver.received) == 3  # /elsewhere was never called by the deliverer
-    assert sample("gateway_webhook_deliveries_total", result="retrying") >= 2
+    assert entry["attempts"] == 4
+    assert len(receiver.received) == 4  # /elsewhere was never called by the deliverer
+    assert sample("gateway_webhook_deliveries_total", result="retrying") >= 3
 
 
 @pytest.mark.parametrize(
