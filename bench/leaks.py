@@ -109,8 +109,12 @@ async def leaks_and_webhooks(
         .decode()
     )
     document = {"public_keys": [{"key_identifier": "bench", "key": pem, "is_current": True}]}
+
+    async def public_keys(_request: web.Request) -> web.Response:
+        return web.json_response(document)
+
     keys_app = web.Application()
-    keys_app.router.add_get("/keys", lambda _r: web.json_response(document))
+    keys_app.router.add_get("/keys", public_keys)
     receiver = Receiver()
     receiver_app = web.Application()
     receiver_app.router.add_post("/hook", receiver.hook)
