@@ -518,6 +518,27 @@ async def test_a_host_name_that_resolves_to_loopback_is_refused_at_connection_ti
     assert reply.status == 400, reply.text
 
 
+async def test_proxy_environment_variables_choose_no_route(
+    start_admin: StartAdmin, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy from the environment would pick the address connected to, past the
+    resolver's check: the deliverer ignores HTTP(S)_PROXY and goes to the URL's host."""
+    proxy = Receiver(free_port())
+    await proxy.start()
+    try:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        admin = await start_admin()
+        await admin.webhook(receiver.url, ["key.created"])
+        await admin.key()
+        await wait_for(lambda: len(receiver.received) == 1)
+        assert proxy.received == []
+    finally:
+        await proxy.stop()
+
+
 async def test_rotated_secret_signs_alongside_the_old_one_during_grace(
     start_admin: StartAdmin, receiver: Receiver
 ) -> None:
