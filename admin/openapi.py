@@ -13,9 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.config import DEFAULT_PERMISSIONS
+
 from . import paging
 from .auth import OPERATOR, POLICY
 from .schemas import JSON, TIME, UUID, ref, schemas
+from .state import CONFIG
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -295,7 +298,8 @@ def _paths() -> dict[str, Any]:
 
 
 @functools.cache
-def document() -> dict[str, Any]:
+def document(permissions: tuple[str, ...] = tuple(DEFAULT_PERMISSIONS)) -> dict[str, Any]:
+    """The document, for a deployment with these permissions (its route table's)."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -308,7 +312,7 @@ def document() -> dict[str, Any]:
         },
         "paths": _paths(),
         "components": {
-            "schemas": schemas(),
+            "schemas": schemas(permissions),
             "responses": _RESPONSES,
             "parameters": _PARAMETERS,
             "securitySchemes": {
@@ -328,7 +332,7 @@ def document() -> dict[str, Any]:
 
 
 async def serve(request: web.Request) -> web.Response:
-    return web.json_response(document())
+    return web.json_response(document(tuple(request.app[CONFIG].permissions)))
 
 
 def add_routes(app: web.Application) -> None:

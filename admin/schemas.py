@@ -7,6 +7,7 @@ cannot drift apart; `openapi` assembles the paths around them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from gateway.accounts import ROLES
@@ -54,12 +55,6 @@ NAME_IN = {
 }
 EMAIL_IN = {"type": "string", "maxLength": v.EMAIL_MAX, "pattern": v.EMAIL_PATTERN}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": v.MAX_INT}
-PERMISSION = {
-    "type": "string",
-    "pattern": "^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$",
-    "description": "A permission of the route table (`GET /v1/permissions`).",
-}
-PERMISSIONS_IN = {"type": "array", "items": PERMISSION, "uniqueItems": True}
 SCOPES_IN = {
     "type": "array",
     "items": {"type": "string", "enum": list(v.LEGACY_SCOPES)},
@@ -94,7 +89,17 @@ EVENTS_IN = {
 }
 
 
-def schemas() -> dict[str, Any]:
+def schemas(permissions: Sequence[str]) -> dict[str, Any]:
+    """The shapes, with the deployment's permission names (its route table)."""
+    # What a key may be given: a permission of the table. What a key shows may include a
+    # permission the table has dropped since (kept, granting nothing).
+    permission_in = {
+        "type": "string",
+        "enum": list(permissions),
+        "description": "A permission of the route table (`GET /v1/permissions`).",
+    }
+    permission = {"type": "string", "pattern": "^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$"}
+    permissions_in = {"type": "array", "items": permission_in, "uniqueItems": True}
     counts = {outcome: {"type": "integer", "minimum": 0} for outcome in (*OUTCOMES, "total")}
     member = {
         "id": UUID,
@@ -119,7 +124,7 @@ def schemas() -> dict[str, Any]:
         "regenerated_at": nullable(TIME),
         "expires_at": nullable(TIME),
         "enabled": {"type": "boolean"},
-        "permissions": {"type": "array", "items": PERMISSION},
+        "permissions": {"type": "array", "items": permission},
         "rate_limit": obj(
             {"per_minute": LIMIT, "per_day": LIMIT},
             description="Effective limits: the key's override, else the configured default.",
@@ -213,7 +218,7 @@ def schemas() -> dict[str, Any]:
         ),
         "Permission": obj(
             {
-                "name": PERMISSION,
+                "name": permission,
                 "description": {"type": "string"},
                 "resource": {"type": "string", "description": "The part before ':'."},
                 "action": {"type": "string", "description": "The part after ':'."},
@@ -234,7 +239,7 @@ def schemas() -> dict[str, Any]:
             {
                 "name": NAME_IN,
                 "permissions": {
-                    **PERMISSIONS_IN,
+                    **permissions_in,
                     "description": "Default: every permission the route table defines.",
                 },
                 "scopes": SCOPES_IN,
@@ -246,11 +251,13 @@ def schemas() -> dict[str, Any]:
                 },
             },
             required=["name"],
+            # `scopes` is the deprecated alias of `permissions`: one or the other.
+            **{"not": {"required": ["permissions", "scopes"]}},
         ),
         "KeyUpdate": obj(
             {
                 "name": NAME_IN,
-                "permissions": PERMISSIONS_IN,
+                "permissions": permissions_in,
                 "scopes": SCOPES_IN,
                 "rate_limit": rate_limit_in,
                 "ip_allowlist": CIDRS,
@@ -265,6 +272,7 @@ def schemas() -> dict[str, Any]:
             },
             required=[],
             minProperties=1,
+            **{"not": {"required": ["permissions", "scopes"]}},
         ),
         "KeyRegenerate": obj(
             {
@@ -287,7 +295,10 @@ def schemas() -> dict[str, Any]:
                 "to": TIME,
                 "totals": ref("UsageCounts"),
                 "items": {"type": "array", "items": ref("UsageHour")},
-            }
+            },
+            description="Requests by outcome. A request authorised through the verify "
+            "endpoint (/_gateway/verify, an ingress moves the bytes) counts as `ok`, "
+            "meaning authorised: the upstream's answer is unknown to the gateway there.",
         ),
         "AuditEvent": obj(
             {

@@ -268,6 +268,8 @@ def legacy_scopes(defined: Collection[str]) -> Callable[[Any], list[str]]:
                 f"unknown scope {unknown[0]!r} (one of {', '.join(LEGACY_SCOPES)}); "
                 "scopes is deprecated: use permissions"
             )
+        if len(set(value)) != len(value):
+            raise FieldError("must not repeat a scope")
         mapped = sorted({p for s in value for p in LEGACY_SCOPES[s]})
         missing = [p for p in mapped if p not in defined]
         if missing:
