@@ -262,6 +262,33 @@ def _schemas() -> dict[str, Any]:
                 "items": {"type": "array", "items": _ref("UsageHour")},
             }
         ),
+        "KeyUsageTotals": _obj(
+            {
+                "key_id": _UUID,
+                "name": {"type": "string"},
+                "deleted": {"type": "boolean"},
+                **counts,
+                "failures": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "failed_auth + denied.",
+                },
+            }
+        ),
+        "AccountUsage": _obj(
+            {
+                "from": _TIME,
+                "to": _TIME,
+                "totals": _ref("UsageCounts"),
+                "items": {"type": "array", "items": _ref("UsageHour")},
+                "top_by_requests": {"type": "array", "items": _ref("KeyUsageTotals")},
+                "top_by_failures": {
+                    "type": "array",
+                    "items": _ref("KeyUsageTotals"),
+                    "description": "Keys with at least one failure, most first.",
+                },
+            }
+        ),
         "AuditEvent": _obj(
             {
                 "id": {"type": "string"},
@@ -398,6 +425,24 @@ _PARAMETERS = {
         "in": "path",
         "required": True,
         "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,17}$"},
+    },
+    "AuditActor": {
+        "name": "actor",
+        "in": "query",
+        "schema": _UUID,
+        "description": "Only events by this member.",
+    },
+    "AuditAction": {
+        "name": "action",
+        "in": "query",
+        "schema": {"type": "string", "pattern": "^[a-z_]{1,40}[.][a-z_]{1,40}$"},
+        "description": "Only this action, e.g. key.regenerate.",
+    },
+    "AuditKey": {
+        "name": "key",
+        "in": "query",
+        "schema": _UUID,
+        "description": "Only events about this key.",
     },
     "To": {
         "name": "to",
@@ -555,6 +600,13 @@ def _paths() -> dict[str, Any]:
         ),
         _operation(
             "get",
+            "/v1/usage",
+            "The account's hourly counts by outcome, and its busiest and most failing keys",
+            ok=(200, "AccountUsage", "Counts."),
+            params=("From", "To", "Limit"),
+        ),
+        _operation(
+            "get",
             "/v1/webhooks",
             "List webhook endpoints",
             ok=(200, "WebhookList", "A page."),
@@ -609,7 +661,7 @@ def _paths() -> dict[str, Any]:
             "/v1/audit-log",
             "Audit events, newest first",
             ok=(200, "AuditLog", "A page."),
-            params=page,
+            params=(*page, "AuditActor", "AuditAction", "AuditKey"),
         ),
     ]
     paths: dict[str, Any] = {}
