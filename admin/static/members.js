@@ -97,7 +97,7 @@ export class MembersView {
     }
     const actions = [];
     if (this.canManage && self) {
-      actions.push(this.button('regenerate', 'New token', 'Regenerate your admin token', () => this.regenerateOwn(member)));
+      actions.push(this.button('regenerate', 'Regenerate my token', 'Regenerate my token', () => this.regenerateOwn(member)));
     }
     if (this.canManage) {
       const remove = this.button('trash', 'Remove', `Remove ${member.name || member.email}`, () => this.remove(member), 'btn-danger-text');
