@@ -27,7 +27,8 @@ export const ACTIONS = {
 };
 
 function duration(seconds) {
-  if (seconds % 86400 === 0) return `${seconds / 86400} d`;
+  // As the regenerate dialog offers them: 1 h, 24 h, 7 d.
+  if (seconds > 86400 && seconds % 86400 === 0) return `${seconds / 86400} d`;
   if (seconds % 3600 === 0) return `${seconds / 3600} h`;
   if (seconds % 60 === 0) return `${seconds / 60} min`;
   return `${seconds} s`;

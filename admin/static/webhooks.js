@@ -125,7 +125,7 @@ export class WebhooksView {
           this.button('chart', 'Deliveries', `Deliveries to ${hook.url}`, () => this.toggle(hook, row)),
           this.button('edit', 'Edit', `Edit ${hook.url}`, () => this.edit(hook)),
           this.button(hook.enabled ? 'lock' : 'check', hook.enabled ? 'Disable' : 'Enable', `${hook.enabled ? 'Disable' : 'Enable'} ${hook.url}`, () => this.setEnabled(hook, !hook.enabled)),
-          this.button('regenerate', 'Rotate secret', `Rotate the signing secret of ${hook.url}`, () => this.rotate(hook)),
+          this.button('regenerate', 'Rotate secret', `Rotate secret of ${hook.url}`, () => this.rotate(hook)),
           this.button('trash', 'Delete', `Delete ${hook.url}`, () => this.remove(hook), 'btn-danger-text'),
         ),
       ),
