@@ -177,8 +177,10 @@ export class AuditView {
       case 'member.update': {
         const changes = d.changes ?? {};
         const parts = [];
-        if (changes.role) parts.push(`changed ${this.memberName(event)}'s role from ${ROLE_NAMES[changes.role.from]} to ${ROLE_NAMES[changes.role.to]}`);
-        if (changes.name) parts.push(`renamed ${this.memberName(event)} to ‘${changes.name}’`);
+        const self = event.actor.id === event.target.id;
+        const whose = self ? 'their own' : `${this.memberName(event)}'s`;
+        if (changes.role) parts.push(`changed ${whose} role from ${ROLE_NAMES[changes.role.from]} to ${ROLE_NAMES[changes.role.to]}`);
+        if (changes.name) parts.push(self ? `set their name to ‘${changes.name}’` : `renamed ${this.memberName(event)} to ‘${changes.name}’`);
         return `${who} ${list(parts) || `updated ${this.memberName(event)}`}`;
       }
       case 'member.delete':

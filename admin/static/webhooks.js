@@ -268,7 +268,7 @@ export class WebhooksView {
         cell.replaceChildren(h('p', { class: 'muted', text: 'No deliveries yet.' }));
         return;
       }
-      const head = h('thead', {}, h('tr', {}, ['Event', 'Status', 'Attempts', 'Answer', 'When', ''].map((text) => h('th', { scope: 'col', text }))));
+      const head = h('thead', {}, h('tr', {}, ['Event', 'Status', 'Attempts', 'Answer', 'When'].map((text) => h('th', { scope: 'col', text })), h('th', { scope: 'col' }, h('span', { class: 'visually-hidden', text: 'Actions' }))));
       const rows = data.items.map((d) =>
         h(
           'tr',
