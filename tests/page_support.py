@@ -161,6 +161,8 @@ class Browser:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         modal = await self.page.evaluate("Boolean(document.querySelector('dialog[open]'))")
         await self.page.mouse.move(0, 0)  # no hover effects in the pictures
+        if not modal:  # a whole page from its top (the sticky top bar stays at the top)
+            await self.page.evaluate("window.scrollTo(0, 0)")
         for suffix, size in (("1280", WIDE), ("390", NARROW)):
             await self.page.set_viewport_size(size)
             await self.page.evaluate(
