@@ -272,17 +272,24 @@ async def test_a_readonly_member_is_told_plainly_that_keys_are_not_theirs(
         assert reply.status == 403, (method, path, reply.status)
 
 
-async def test_a_leaked_key_shows_a_red_badge_linking_to_the_leak(
+async def test_leaked_and_expired_keys_show_red_badges_the_leak_linked(
     browser: Browser, acme: Acme, client: AdminClient, seed: Seed
 ) -> None:
     leaked = await create_key(client, acme.owner, "Pasted in a gist")
     reported = await create_key(client, acme.owner, "Reported only")
     await create_key(client, acme.owner, "Fine")
+    expired = await create_key(client, acme.owner, "Old contractor")
     async with seed.pool.acquire() as conn, conn.transaction():
         url = "https://gist.github.com/someone/abc123"
         assert await seed.store.mark_leaked(conn, uuid.UUID(leaked["id"]), url, "disable")
         assert await seed.store.mark_leaked(conn, uuid.UUID(reported["id"]), None, "report")
+        await conn.execute(
+            "UPDATE api_keys SET expires_at = now() - interval '1 day' WHERE id = $1",
+            uuid.UUID(expired["id"]),
+        )
     await browser.sign_in(acme.owner)
+    await expect(browser.row("Old contractor").locator(".badge-danger")).to_have_text("Expired")
+    await expect(browser.row("Fine").locator(".badge")).to_have_count(0)
     badge = browser.row("Pasted in a gist").locator(".badge-leaked")
     await expect(badge).to_have_text("Leaked · disabled")
     await expect(badge).to_have_attribute("href", url)
