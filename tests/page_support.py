@@ -6,10 +6,10 @@ connects to it over the DevTools protocol and gets a fresh browser context (no s
 cookies, storage or permissions). Without Chromium or Playwright the browser tests skip,
 saying why, except under `CI=true`, where that is a failure.
 
-`Browser.state(name)` is called at every state of every page a test reaches: it runs
-axe-core (vendored in tests/vendor/, injected through the DevTools protocol, never served
-by the gateway) and fails on any serious or critical violation, then saves PNGs of the
-state at 1280 px and 390 px wide in `tests/artifacts/screenshots/` — or, with
+`Browser.state(name)` is called at every state of every page a test reaches: at 1280 px
+and at 390 px wide it runs axe-core (vendored in tests/vendor/, injected through the
+DevTools protocol, never served by the gateway), failing on any serious or critical
+violation, and saves a PNG of the state in `tests/artifacts/screenshots/` — or, with
 `UPDATE_SCREENSHOTS=1` (`make screenshots`), in `docs/screenshots/`.
 """
 
@@ -156,8 +156,9 @@ class Browser:
         assert grave == [], f"axe-core: serious or critical violations in {name}: {grave}"
         return violations
 
-    async def shot(self, name: str) -> None:
-        """PNGs of the page as it is now, 1280 px and 390 px wide."""
+    async def shot(self, name: str, *, check: bool = False) -> None:
+        """PNGs of the page as it is now, 1280 px and 390 px wide (with `check`, axe-core
+        at each width too)."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         modal = await self.page.evaluate("Boolean(document.querySelector('dialog[open]'))")
         await self.page.mouse.move(0, 0)  # no hover effects in the pictures
@@ -168,6 +169,8 @@ class Browser:
             await self.page.evaluate(
                 "new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))"
             )
+            if check:
+                await self.axe(f"{name}-{suffix}")
             await self.page.screenshot(
                 path=str(SCREENSHOTS / f"{name}-{suffix}.png"),
                 animations="disabled",
@@ -178,8 +181,7 @@ class Browser:
     async def state(self, name: str) -> None:
         """A state of a page worth checking and showing: axe-core, then the screenshots."""
         self.states.append(name)
-        await self.axe(name)
-        await self.shot(name)
+        await self.shot(name, check=True)
 
     def row(self, name: str) -> Locator:
         return self.page.locator("#keys-body tr").filter(
