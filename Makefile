@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test screenshots lint typecheck check clean distclean bench bench-quick wrk nginx soak fuzz image
+.PHONY: run test screenshots lint typecheck check clean distclean bench bench-quick wrk nginx caddy soak fuzz image
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,11 @@ run: $(STAMP)
 ## test: every test, against a throwaway embedded Postgres (unless DATABASE_URL)
 # Real components come from Debian's packages (nothing is downloaded by hand): Chromium for
 # the web page's browser tests (Playwright's own download is not possible here), and
-# HAProxy, PgBouncer and Prometheus (promtool) for the production-topology tests. Without
+# HAProxy, PgBouncer and Prometheus (promtool) for the production-topology tests, nginx and
+# Caddy for the shipped ingress configurations (deploy/nginx, deploy/caddy). Without
 # them those tests skip with the reason, except under CI=true, where that is a failure.
-TEST_PROGRAMS := chromium haproxy pgbouncer prometheus promtool systemd-analyze
-TEST_PACKAGES := chromium haproxy pgbouncer prometheus systemd
+TEST_PROGRAMS := chromium haproxy pgbouncer prometheus promtool systemd-analyze nginx caddy
+TEST_PACKAGES := chromium haproxy pgbouncer prometheus systemd nginx-light caddy
 # The opt-in image test builds with podman on a base made by mmdebstrap.
 ifeq ($(GATEWAY_TEST_IMAGE),1)
 TEST_PROGRAMS += podman mmdebstrap
@@ -87,17 +88,21 @@ distclean: clean
 	rm -rf $(VENV)
 
 ## bench: every benchmark figure as ratios from one run (under 10 minutes)
-bench: $(STAMP) wrk nginx
+bench: $(STAMP) wrk nginx caddy
 	$(BIN)/python bench/run.py
 
 ## bench-quick: the same, shorter runs and fewer keys (under 2 minutes)
-bench-quick: $(STAMP) wrk
+bench-quick: $(STAMP) wrk nginx caddy
 	$(BIN)/python bench/run.py --quick
 
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || { echo "the benchmark needs wrk (apt-get install wrk)"; exit 1; }
 
-# nginx is the benchmark's optional reference (a C proxy): installed where the OS packages
-# allow, left out of the run where they do not.
+# nginx is the benchmark's optional reference (a C proxy), and with Caddy the ingress in
+# front of /_gateway/verify: installed where the OS packages allow, left out of the run
+# where they do not.
 nginx:
 	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; } || echo "bench: nginx not installed, its reference figure is left out"
+
+caddy:
+	@command -v caddy >/dev/null || { apt-get update -qq && apt-get install -y -qq caddy >/dev/null; } || echo "bench: caddy not installed, its ingress figures are left out"

@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway import accounts
 from gateway.accounts import Account
 
+from . import paging
 from . import validation as v
 from .audit import client_ip, user_agent
 from .auth import PRINCIPAL
@@ -58,12 +59,12 @@ async def create_account(request: web.Request) -> web.Response:
 
 async def list_accounts(request: web.Request) -> web.Response:
     fields = v.query(request, {"limit", "cursor"})
-    limit = v.page_limit(fields)
-    after = fields.get("cursor", v.time_cursor("account"))
+    limit = paging.page_limit(fields)
+    after = fields.get("cursor", paging.time_cursor("account"))
     fields.check()
     async with request.app[POOL].acquire() as conn:
         found = await accounts.list_accounts(conn, limit=limit + 1, after=after)
-    page, next_cursor = v.time_page("account", found, limit)
+    page, next_cursor = paging.time_page("account", found, limit)
     return web.json_response(
         {"items": [account_object(a) for a in page], "next_cursor": next_cursor}
     )

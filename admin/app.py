@@ -20,9 +20,10 @@ from gateway.db import create_pool, sample_pool
 from gateway.deliverer import Deliverer
 from gateway.errors import error_middleware
 from gateway.headers import name_the_server
-from gateway.keys import Hasher, KeyFormat, KeyStore
+from gateway.keyformat import Hasher, KeyFormat
+from gateway.keys import KeyStore
 
-from . import accounts, audit, health, keys, members, openapi, page, usage, webhooks
+from . import accounts, audit, health, keys, members, openapi, page, permissions, usage, webhooks
 from .auth import AUTHENTICATOR, AdminAuthenticator, enforce_policy
 from .middleware import admin_errors
 from .state import CONFIG, HASHER, POOL, STORE
@@ -57,6 +58,7 @@ def create_admin_app(
     members.add_routes(app)
     keys.add_routes(app)
     usage.add_routes(app)
+    permissions.add_routes(app)
     audit.add_routes(app)
     webhooks.add_routes(app)
     page.add_routes(app)  # the web page at / and its files under /static/

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.accounts import AuditEvent, audit, audit_page
 
+from . import paging
 from . import validation as v
 from .auth import PRINCIPAL, Principal
 from .state import POOL
@@ -88,7 +89,7 @@ def event_object(event: AuditEvent) -> dict[str, Any]:
 
 
 def _before(value: Any) -> int:
-    (ident,) = v.decode_cursor(str(value), "audit", 2)
+    (ident,) = paging.decode_cursor(str(value), "audit", 2)
     if not ident.isdigit() or len(ident) > 18:
         raise v.FieldError("not a cursor from this API")
     return int(ident)
@@ -109,7 +110,7 @@ def _action(value: Any) -> str:
 
 async def list_events(request: web.Request) -> web.Response:
     fields = v.query(request, {"limit", "cursor", "actor", "action", "key"})
-    limit = v.page_limit(fields)
+    limit = paging.page_limit(fields)
     before = fields.get("cursor", _before)
     actor_id = fields.get("actor", _uuid)
     action = fields.get("action", _action)
@@ -126,7 +127,7 @@ async def list_events(request: web.Request) -> web.Response:
             key_id=key_id,
         )
     page = events[:limit]
-    next_cursor = v.encode_cursor("audit", str(page[-1].id)) if len(events) > limit else None
+    next_cursor = paging.encode_cursor("audit", str(page[-1].id)) if len(events) > limit else None
     return web.json_response({"items": [event_object(e) for e in page], "next_cursor": next_cursor})
 
 

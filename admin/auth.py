@@ -42,7 +42,7 @@ from gateway.accounts import ADMIN_TOKEN_FORMAT, Member, member_by_token_id
 from gateway.clock import Clock, SystemClock
 from gateway.config import FailedAuthConfig
 from gateway.errors import GatewayError
-from gateway.keys import Hasher
+from gateway.keyformat import Hasher
 from gateway.throttle import FailedAuthThrottle
 
 log = logging.getLogger("admin.auth")
@@ -85,6 +85,7 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/accounts"): _OPERATOR,
     ("GET", "/v1/me"): _MEMBERS,
     ("GET", "/v1/account"): _MEMBERS,
+    ("GET", "/v1/permissions"): _MEMBERS,
     ("GET", "/v1/members"): _MANAGERS,
     ("POST", "/v1/members"): _OWNERS,
     ("PATCH", "/v1/members/{id}"): _OWNERS,

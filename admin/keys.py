@@ -14,11 +14,12 @@ from typing import Any
 from aiohttp import web
 
 from gateway import metrics
-from gateway.config import SCOPES, Config
+from gateway.config import Config
 from gateway.errors import GatewayError
-from gateway.keys import KeyInfo, NewKey
+from gateway.records import KeyInfo, NewKey
 from gateway.webhooks import emit, key_data
 
+from . import paging
 from . import validation as v
 from .audit import record
 from .auth import PRINCIPAL
@@ -49,7 +50,7 @@ def key_object(info: KeyInfo, config: Config, now: dt.datetime | None = None) ->
         "regenerated_at": v.rfc3339(info.regenerated_at),
         "expires_at": v.rfc3339(info.expires_at),
         "enabled": info.enabled,
-        "scopes": list(info.scopes),
+        "permissions": list(info.permissions),
         "rate_limit": {
             "per_minute": info.rate_limit_per_minute or config.rate_limits.per_minute,
             "per_day": info.rate_limit_per_day or config.rate_limits.per_day,
@@ -82,7 +83,18 @@ def _limits(fields: v.Fields) -> dict[str, int | None]:
     }
 
 
-_CREATE_FIELDS = {"name", "scopes", "rate_limit", "ip_allowlist", "expires_at"}
+def _permissions(fields: v.Fields, config: Config) -> list[str] | None:
+    """`permissions`, or the deprecated `scopes` mapped to them; None when neither."""
+    defined = list(config.permissions)
+    if fields.has("scopes"):
+        if fields.has("permissions"):
+            fields.fail("scopes", "give permissions only (scopes is its deprecated alias)")
+            return None
+        return fields.get("scopes", v.legacy_scopes(defined))
+    return fields.get("permissions", v.permissions(defined))
+
+
+_CREATE_FIELDS = {"name", "permissions", "scopes", "rate_limit", "ip_allowlist", "expires_at"}
 _PATCH_FIELDS = {*_CREATE_FIELDS, "enabled"}
 
 
@@ -90,19 +102,20 @@ async def create_key(request: web.Request) -> web.Response:
     who = request[PRINCIPAL]
     fields = v.Fields(await v.json_body(request), _CREATE_FIELDS)
     name = fields.get("name", v.name, required=True)
-    scopes = fields.get("scopes", v.scopes)
+    permissions = _permissions(fields, request.app[CONFIG])
     limits = _limits(fields)
     allowlist = fields.get("ip_allowlist", v.cidrs)
     expires_at = fields.get("expires_at", v.future_timestamp, nullable=True)
     fields.check()
     assert name is not None
-    store = request.app[STORE]
+    store, config = request.app[STORE], request.app[CONFIG]
     async with request.app[POOL].acquire() as conn, conn.transaction():
         new = await store.create(
             who.account_id,
             name,
             created_by=who.actor_id,
-            scopes=SCOPES if scopes is None else scopes,
+            # Default: every permission the route table defines, listed on the key.
+            permissions=list(config.permissions) if permissions is None else permissions,
             ip_allowlist=allowlist or (),
             rate_limit_per_minute=limits.get("rate_limit_per_minute"),
             rate_limit_per_day=limits.get("rate_limit_per_day"),
@@ -123,13 +136,13 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     fields = v.query(request, {"limit", "cursor"})
-    limit = v.page_limit(fields)
-    after = fields.get("cursor", v.time_cursor("key"))
+    limit = paging.page_limit(fields)
+    after = fields.get("cursor", paging.time_cursor("key"))
     fields.check()
     keys = await request.app[STORE].list_page(
         request[PRINCIPAL].account_id, limit=limit + 1, after=after
     )
-    page, next_cursor = v.time_page("key", keys, limit)
+    page, next_cursor = paging.time_page("key", keys, limit)
     config, now = request.app[CONFIG], dt.datetime.now(dt.UTC)
     return web.json_response(
         {"items": [key_object(k, config, now) for k in page], "next_cursor": next_cursor}
@@ -152,8 +165,9 @@ async def update_key(request: web.Request) -> web.Response:
     changes: dict[str, Any] = {}
     if fields.has("name"):
         changes["name"] = fields.get("name", v.name)
-    if fields.has("scopes"):
-        changes["scopes"] = fields.get("scopes", v.scopes)
+    permissions = _permissions(fields, request.app[CONFIG])
+    if permissions is not None:
+        changes["permissions"] = permissions
     changes.update(_limits(fields))
     if fields.has("ip_allowlist"):
         changes["ip_allowlist"] = fields.get("ip_allowlist", v.cidrs)

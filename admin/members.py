@@ -18,6 +18,7 @@ from gateway.accounts import Member
 from gateway.errors import GatewayError
 from gateway.webhooks import emit
 
+from . import paging
 from . import validation as v
 from .audit import record
 from .auth import OWNER, PRINCIPAL, Principal, forbidden
@@ -50,14 +51,14 @@ def last_owner() -> GatewayError:
 
 async def list_members(request: web.Request) -> web.Response:
     fields = v.query(request, {"limit", "cursor"})
-    limit = v.page_limit(fields)
-    after = fields.get("cursor", v.time_cursor("member"))
+    limit = paging.page_limit(fields)
+    after = fields.get("cursor", paging.time_cursor("member"))
     fields.check()
     async with request.app[POOL].acquire() as conn:
         members = await accounts.list_members(
             conn, request[PRINCIPAL].account_id, limit=limit + 1, after=after
         )
-    page, next_cursor = v.time_page("member", members, limit)
+    page, next_cursor = paging.time_page("member", members, limit)
     return web.json_response(
         {"items": [member_object(m) for m in page], "next_cursor": next_cursor}
     )

@@ -6,7 +6,8 @@ import asyncpg
 from aiohttp import web
 
 from gateway.config import Config
-from gateway.keys import Hasher, KeyStore
+from gateway.keyformat import Hasher
+from gateway.keys import KeyStore
 
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)

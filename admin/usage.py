@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway.usage import OUTCOMES
 
+from . import paging
 from . import validation as v
 from .auth import PRINCIPAL
 from .state import POOL, STORE
@@ -114,7 +115,7 @@ def _key_row(row: Any) -> dict[str, Any]:
 
 async def account_usage(request: web.Request) -> web.Response:
     fields = v.query(request, {"from", "to", "limit"})
-    limit = v.page_limit(fields)
+    limit = paging.page_limit(fields)
     start, end = _range(fields)
     account_id = request[PRINCIPAL].account_id
     window = (account_id, start.replace(minute=0, second=0, microsecond=0), end)

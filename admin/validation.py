@@ -9,21 +9,18 @@ not UTF-8 JSON → 400 `invalid_json`, a path id that is not a UUID → 404 (no 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import ipaddress
 import json
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NoReturn, Protocol, TypeVar
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 
 from gateway.accounts import ROLES
-from gateway.config import SCOPES
 from gateway.errors import GatewayError
 
 T = TypeVar("T")
@@ -33,8 +30,6 @@ EMAIL_MAX = 254
 MAX_ALLOWLIST = 100
 MAX_INT = 2**31 - 1  # the integer columns' bound
 MAX_GRACE_SECONDS = 7 * 24 * 3600
-PAGE_DEFAULT = 50
-PAGE_MAX = 100
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
@@ -235,15 +230,54 @@ def boolean(value: Any) -> bool:
     return value
 
 
-def scopes(value: Any) -> list[str]:
-    if not isinstance(value, list):
-        raise FieldError("must be a list of scopes")
-    unknown = [s for s in value if s not in SCOPES]
-    if unknown:
-        raise FieldError(f"unknown scope {unknown[0]!r} (one of {', '.join(SCOPES)})")
-    if len(set(value)) != len(value):
-        raise FieldError("must not repeat a scope")
-    return sorted(value)
+def permissions(defined: Collection[str]) -> Callable[[Any], list[str]]:
+    """A list of permission names from the route table (`GET /v1/permissions`)."""
+
+    def check(value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise FieldError("must be a list of permission names")
+        unknown = [p for p in value if p not in defined]
+        if unknown:
+            raise FieldError(f"unknown permission {unknown[0]!r} (one of {', '.join(defined)})")
+        if len(set(value)) != len(value):
+            raise FieldError("must not repeat a permission")
+        return sorted(value)
+
+    return check
+
+
+# `scopes`, deprecated: each of the four former scopes is the permissions of the default
+# route table that cover what it used to (as migration 0007 mapped the stored keys).
+LEGACY_SCOPES = {
+    "reports": ("reports:read",),
+    "customers": ("customers:read",),
+    "data": ("data:read", "data:write"),
+    "account": ("account:read",),
+}
+
+
+def legacy_scopes(defined: Collection[str]) -> Callable[[Any], list[str]]:
+    """`scopes` as the permissions it stands for; deprecated in favour of `permissions`."""
+
+    def check(value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            raise FieldError("must be a list of scopes (deprecated: use permissions)")
+        unknown = [s for s in value if s not in LEGACY_SCOPES]
+        if unknown:
+            raise FieldError(
+                f"unknown scope {unknown[0]!r} (one of {', '.join(LEGACY_SCOPES)}); "
+                "scopes is deprecated: use permissions"
+            )
+        mapped = sorted({p for s in value for p in LEGACY_SCOPES[s]})
+        missing = [p for p in mapped if p not in defined]
+        if missing:
+            raise FieldError(
+                f"this gateway's route table has no {missing[0]!r}: use permissions "
+                f"(one of {', '.join(defined)})"
+            )
+        return mapped
+
+    return check
 
 
 def cidrs(value: Any) -> list[str]:
@@ -324,23 +358,6 @@ def rfc3339(moment: dt.datetime | None) -> str | None:
     return moment.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-# -- pagination -----------------------------------------------------------------------
-
-
-def page_limit(fields: Fields) -> int:
-    limit = fields.get("limit", _query_int(1, PAGE_MAX))
-    return PAGE_DEFAULT if limit is None else limit
-
-
-def _query_int(minimum: int, maximum: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,10}", value):
-            raise FieldError(f"must be an integer between {minimum} and {maximum}")
-        return integer(int(value), minimum=minimum, maximum=maximum)
-
-    return check
-
-
 def query(request: web.Request, allowed: Iterable[str]) -> Fields:
     """The query string as fields; a repeated parameter is a problem, not a guess."""
     data: dict[str, Any] = {}
@@ -354,58 +371,3 @@ def query(request: web.Request, allowed: Iterable[str]) -> Fields:
     for key in repeated:
         fields.fail(key, "given more than once")
     return fields
-
-
-def encode_cursor(*parts: str) -> str:
-    return base64.urlsafe_b64encode("|".join(parts).encode()).decode().rstrip("=")
-
-
-def decode_cursor(value: str, kind: str, size: int) -> list[str]:
-    """The parts of a cursor made by `encode_cursor(kind, ...)`; FieldError otherwise."""
-    try:
-        padded = value + "=" * (-len(value) % 4)
-        parts = base64.urlsafe_b64decode(padded.encode("ascii")).decode().split("|")
-    except (ValueError, binascii.Error, UnicodeError):
-        raise FieldError("not a cursor from this API") from None
-    if len(parts) != size or parts[0] != kind:
-        raise FieldError("not a cursor from this API")
-    return parts[1:]
-
-
-def time_cursor(kind: str) -> Callable[[Any], tuple[dt.datetime, uuid.UUID]]:
-    """Cursors over (created_at, id): exact to the microsecond."""
-
-    def check(value: Any) -> tuple[dt.datetime, uuid.UUID]:
-        micros, ident = decode_cursor(str(value), kind, 3)
-        try:
-            moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=int(micros))
-            return moment, uuid.UUID(ident)
-        except (ValueError, OverflowError):
-            raise FieldError("not a cursor from this API") from None
-
-    return check
-
-
-class _Dated(Protocol):
-    @property
-    def created_at(self) -> dt.datetime: ...
-
-    @property
-    def id(self) -> uuid.UUID: ...
-
-
-D = TypeVar("D", bound=_Dated)
-
-
-def time_page(kind: str, found: Sequence[D], limit: int) -> tuple[Sequence[D], str | None]:
-    """A page from `limit + 1` rows fetched in (created_at, id) order, and the cursor to
-    the next page when there is one."""
-    page = found[:limit]
-    more = len(found) > limit
-    return page, make_time_cursor(kind, page[-1].created_at, page[-1].id) if more else None
-
-
-def make_time_cursor(kind: str, created_at: dt.datetime, ident: uuid.UUID) -> str:
-    delta = created_at - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return encode_cursor(kind, str(micros), str(ident))

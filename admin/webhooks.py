@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.errors import GatewayError
 from gateway.webhooks import CHANNEL, EVENTS, UnsafeTarget, check_target, new_secret
 
+from . import paging
 from . import validation as v
 from .audit import record
 from .auth import PRINCIPAL
@@ -114,8 +115,8 @@ async def _endpoint(
 
 async def list_webhooks(request: web.Request) -> web.Response:
     fields = v.query(request, {"limit", "cursor"})
-    limit = v.page_limit(fields)
-    after = fields.get("cursor", v.time_cursor("webhook"))
+    limit = paging.page_limit(fields)
+    after = fields.get("cursor", paging.time_cursor("webhook"))
     fields.check()
     after_at, after_id = after if after is not None else (None, None)
     async with request.app[POOL].acquire() as conn:
@@ -134,7 +135,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
         )
     page = rows[:limit]
     next_cursor = (
-        v.make_time_cursor("webhook", page[-1]["created_at"], page[-1]["id"])
+        paging.make_time_cursor("webhook", page[-1]["created_at"], page[-1]["id"])
         if len(rows) > limit
         else None
     )
@@ -289,7 +290,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
 
 
 def _delivery_cursor(value: Any) -> int:
-    (ident,) = v.decode_cursor(str(value), "delivery", 2)
+    (ident,) = paging.decode_cursor(str(value), "delivery", 2)
     if not ident.isdigit() or len(ident) > 18:
         raise v.FieldError("not a cursor from this API")
     return int(ident)
@@ -299,7 +300,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     who = request[PRINCIPAL]
     webhook_id = _webhook_id(request)
     fields = v.query(request, {"limit", "cursor"})
-    limit = v.page_limit(fields)
+    limit = paging.page_limit(fields)
     before = fields.get("cursor", _delivery_cursor)
     fields.check()
     async with request.app[POOL].acquire() as conn:
@@ -317,7 +318,9 @@ async def list_deliveries(request: web.Request) -> web.Response:
             limit + 1,
         )
     page = rows[:limit]
-    next_cursor = v.encode_cursor("delivery", str(page[-1]["id"])) if len(rows) > limit else None
+    next_cursor = (
+        paging.encode_cursor("delivery", str(page[-1]["id"])) if len(rows) > limit else None
+    )
     return web.json_response(
         {"items": [delivery_object(r) for r in page], "next_cursor": next_cursor}
     )

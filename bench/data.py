@@ -20,10 +20,11 @@ from typing import Any
 import asyncpg
 
 from gateway.accounts import create_account
-from gateway.config import Argon2Config
+from gateway.config import DEFAULT_PERMISSIONS, Argon2Config
 from gateway.db import migrate
 from gateway.embedded_pg import EmbeddedPostgres
-from gateway.keys import Hasher, KeyFormat, KeyStore
+from gateway.keyformat import Hasher, KeyFormat
+from gateway.keys import KeyStore
 
 HIGH = 10**9  # rate limits that never bite: the limiter still runs on every request
 # Bulk keys are hashed with argon2's cheapest parameters so that setting up 100,000 keys
@@ -40,7 +41,10 @@ BULK_COLUMNS = [
     "secret_hash",
     "rate_limit_per_minute",
     "rate_limit_per_day",
+    "permissions",
 ]
+# Every key may call every route of the default table (and of the 200-route one).
+PERMISSIONS = sorted(DEFAULT_PERMISSIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +82,11 @@ async def prepare_database(url: str, bulk: int) -> Prepared:
     account = await create_account(pool, owasp, "Benchmark", "bench@example.com")
     store = KeyStore(pool, KeyFormat("gp_"), owasp)
     hot = await store.create(
-        account.account_id, "hot", rate_limit_per_minute=HIGH, rate_limit_per_day=HIGH
+        account.account_id,
+        "hot",
+        rate_limit_per_minute=HIGH,
+        rate_limit_per_day=HIGH,
+        permissions=PERMISSIONS,
     )
     keys, rows = _bulk_rows(account.account_id, bulk)
     async with pool.acquire() as c:
@@ -113,6 +121,7 @@ def _bulk_rows(account_id: uuid.UUID, count: int) -> tuple[list[str], list[tuple
                 cheap.hash(parts.secret),
                 HIGH,
                 HIGH,
+                PERMISSIONS,
             )
         )
     return keys, rows
@@ -124,7 +133,11 @@ async def new_owasp_keys(url: str, account_id: uuid.UUID, count: int) -> list[st
     keys = [
         (
             await store.create(
-                account_id, "cold", rate_limit_per_minute=HIGH, rate_limit_per_day=HIGH
+                account_id,
+                "cold",
+                rate_limit_per_minute=HIGH,
+                rate_limit_per_day=HIGH,
+                permissions=PERMISSIONS,
             )
         ).key
         for _ in range(count)

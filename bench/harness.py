@@ -1,7 +1,8 @@
 """The bench's harness: its settings, the processes it starts and how it loads them.
 
 Owns the run's settings (full or `--quick`), starting and stopping the demo upstream, the
-bare proxy, gateways and nginx, waiting for them to answer, the wrk runs, and reading a
+bare proxy, gateways, nginx and Caddy (plain, or with the shipped deploy/ configurations
+asking a gateway's `/_gateway/verify`), waiting for them to answer, the wrk runs, and reading a
 server's CPU time and the machine's steal share from `/proc`. The scenarios measure with
 these; none of them starts a process any other way.
 """
@@ -152,6 +153,45 @@ http {{
 """
 
 
+NGINX_VERIFY_CONF = """\
+worker_processes 1;
+daemon off;
+pid {home}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {home}/body;
+    proxy_temp_path {home}/proxy;
+    fastcgi_temp_path {home}/fastcgi;
+    uwsgi_temp_path {home}/uwsgi;
+    scgi_temp_path {home}/scgi;
+    upstream growpanel_gateway {{ server {gateway}; keepalive 64; }}
+    upstream growpanel_api {{ server {upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        include {deploy}/nginx/growpanel-verify.conf;
+        location / {{
+            include {deploy}/nginx/growpanel-protect.conf;
+            proxy_pass http://growpanel_api;
+        }}
+    }}
+}}
+"""
+
+CADDY_CONF = """\
+{{
+    admin off
+}}
+http://127.0.0.1:{port} {{
+    reverse_proxy {upstream}
+}}
+"""
+
+
+def program(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin")
+
+
 class Servers:
     """Every process the bench starts, stopped in reverse order at the end."""
 
@@ -161,7 +201,9 @@ class Servers:
         self.log_dir = log_dir
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def gateway(self, *args: str, **env: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    def gateway(
+        self, *args: str, config: Path = ROOT / "config.yaml", **env: str
+    ) -> tuple[subprocess.Popen[bytes], int, int]:
         port, admin_port = free_port(), free_port()
         environment = {
             **os.environ,
@@ -175,7 +217,7 @@ class Servers:
         environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
         log = open(self.log_dir / f"gateway-{port}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [PY, "-m", "gateway.cli", "--config", str(ROOT / "config.yaml"), "serve", *args],
+            [PY, "-m", "gateway.cli", "--config", str(config), "serve", *args],
             env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -206,18 +248,72 @@ class Servers:
     def nginx(self) -> tuple[subprocess.Popen[bytes], int] | None:
         """nginx as a pass-through proxy (one worker, keep-alive to the upstream), the
         optional reference of a C proxy; None when nginx is not installed."""
-        binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+        binary = program("nginx")
         if binary is None:
             return None
         port = free_port()
-        home = self.log_dir / "nginx"
+        home = self.log_dir / f"nginx-{port}"
         home.mkdir(exist_ok=True)
         upstream = self.upstream_url.removeprefix("http://")
         (home / "nginx.conf").write_text(NGINX_CONF.format(home=home, upstream=upstream, port=port))
+        return self._nginx(binary, home, port)
+
+    def nginx_verify(self, gateway_port: int) -> tuple[subprocess.Popen[bytes], int] | None:
+        """nginx with deploy/nginx/ as shipped, asking the gateway on `gateway_port`
+        (which must trust 127.0.0.1) about each request; None without nginx."""
+        binary = program("nginx")
+        if binary is None:
+            return None
+        port = free_port()
+        home = self.log_dir / f"nginx-verify-{port}"
+        home.mkdir(exist_ok=True)
+        conf = NGINX_VERIFY_CONF.format(
+            home=home,
+            gateway=f"127.0.0.1:{gateway_port}",
+            upstream=self.upstream_url.removeprefix("http://"),
+            port=port,
+            deploy=ROOT / "deploy",
+        )
+        (home / "nginx.conf").write_text(conf)
+        return self._nginx(binary, home, port)
+
+    def _nginx(self, binary: str, home: Path, port: int) -> tuple[subprocess.Popen[bytes], int]:
         process = subprocess.Popen(
             [binary, "-p", str(home), "-c", str(home / "nginx.conf"), "-e", "stderr"],
             stdout=subprocess.DEVNULL,
             stderr=open(home / "error.log", "wb"),  # noqa: SIM115
+        )
+        self.running.append(process)
+        wait_http(url_of(port, "/v1/customers"))  # any answer: with verify, a 401
+        return process, port
+
+    def caddy(self, gateway_port: int | None = None) -> tuple[subprocess.Popen[bytes], int] | None:
+        """Caddy as a plain reverse proxy, or with `gateway_port`: deploy/caddy/Caddyfile
+        as shipped, asking that gateway about each request; None without Caddy."""
+        binary = program("caddy")
+        if binary is None:
+            return None
+        port = free_port()
+        home = self.log_dir / f"caddy-{port}"
+        home.mkdir(exist_ok=True)
+        upstream = self.upstream_url.removeprefix("http://")
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_DATA_HOME": str(home)}
+        if gateway_port is None:
+            (home / "Caddyfile").write_text(CADDY_CONF.format(port=port, upstream=upstream))
+            config = home / "Caddyfile"
+        else:
+            config = ROOT / "deploy" / "caddy" / "Caddyfile"
+            env.update(
+                GROWPANEL_SITE=f"http://127.0.0.1:{port}",
+                GROWPANEL_GATEWAY=f"127.0.0.1:{gateway_port}",
+                GROWPANEL_UPSTREAM=upstream,
+                GROWPANEL_CADDY_ADMIN=f"127.0.0.1:{free_port()}",
+            )
+        process = subprocess.Popen(
+            [binary, "run", "--adapter", "caddyfile", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(home / "caddy.log", "wb"),  # noqa: SIM115
         )
         self.running.append(process)
         wait_http(url_of(port, "/v1/customers"))

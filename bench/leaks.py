@@ -40,11 +40,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.accounts import create_account  # noqa: E402
-from gateway.config import Argon2Config  # noqa: E402
+from gateway.config import DEFAULT_PERMISSIONS, Argon2Config  # noqa: E402
 from gateway.db import migrate  # noqa: E402
 from gateway.demo_upstream import create_demo_app  # noqa: E402
 from gateway.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
-from gateway.keys import Hasher, KeyFormat, KeyStore  # noqa: E402
+from gateway.keyformat import Hasher, KeyFormat  # noqa: E402
+from gateway.keys import KeyStore  # noqa: E402
+
+PERMISSIONS = sorted(DEFAULT_PERMISSIONS)
 
 RESULTS = ROOT / "bench" / "results"
 PATH = "/_gateway/secret-scanning/github"
@@ -207,7 +210,7 @@ async def main(runs: int, events: int) -> dict[str, Any]:
                 # -- leaked keys --------------------------------------------------------
                 leak_times: list[float] = []
                 for _ in range(runs):
-                    key = await store.create(account.account_id, "bench")
+                    key = await store.create(account.account_id, "bench", permissions=PERMISSIONS)
                     for base in proxies:
                         assert await status(base, key.key) == 200
                     body = json.dumps(
@@ -247,7 +250,10 @@ async def main(runs: int, events: int) -> dict[str, Any]:
                     headers=auth,
                 ) as r:
                     assert r.status == 201, await r.text()
-                subjects = [await store.create(account.account_id, f"w{i}") for i in range(10)]
+                subjects = [
+                    await store.create(account.account_id, f"w{i}", permissions=PERMISSIONS)
+                    for i in range(10)
+                ]
                 admins = [f"http://127.0.0.1:{a}" for _, _, a in started]
                 sent: list[str] = []
                 for i in range(events):

@@ -28,7 +28,9 @@ from gateway.cache import CacheEntry, KeyCache
 from gateway.clock import SystemClock
 from gateway.config import Argon2Config, DatabaseConfig, UsageConfig
 from gateway.db import create_pool
-from gateway.keys import RECORD_COLUMNS, Hasher, KeyFormat, KeyRecord, KeyStore, key_record
+from gateway.keyformat import Hasher, KeyFormat
+from gateway.keys import KeyStore
+from gateway.records import RECORD_COLUMNS, KeyRecord, key_record
 from gateway.usage import UsageRecorder
 
 ROOT = Path(__file__).resolve().parent.parent

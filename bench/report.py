@@ -39,6 +39,8 @@ def report(figures: dict[str, Any]) -> None:
     table = Table()
     _throughput(table, figures["throughput"], figures["settings"])
     _latency(table, figures["latency_c1"])
+    if figures.get("ingress"):
+        _ingress(table, figures["ingress"])
     _workers(table, figures["workers"])
     _cold(table, figures["cold"])
     _revocation(table, figures["revocation"])
@@ -78,6 +80,8 @@ def _throughput(table: Table, t: dict[str, Any], keys: dict[str, int]) -> None:
     table.row("hot path req/s ÷ bare", f"{ratio:.2f}", "≥ 0.90", ratio >= 0.9)
     ratio = s["hot_cpu_ratio"]
     table.row("hot path CPU/req ÷ bare", f"{ratio:.2f}", "≤ 1.10", ratio <= 1.1)
+    s["hot_routes200_rps_ratio"] = ratio = _paired(t, "hot_routes200", "bare", "rps")
+    table.row("hot path, 200 routes, req/s ÷ bare", f"{ratio:.2f}", "≥ 0.90", ratio >= 0.9)
     table.row(
         "hot path on asyncio's loop",
         f"{asyncio_cpu:.0f} µs CPU/req (uvloop saves {s['uvloop_cpu_saving']:.0%})",
@@ -122,6 +126,54 @@ def _latency(table: Table, lat: dict[str, list[dict[str, float]]]) -> None:
     table.summary["added_latency_p50_ms"], table.summary["added_latency_p99_ms"] = added50, added99
     table.row("added latency p50 (c=1)", f"{added50:.3f} ms", "≤ 0.3 ms", added50 <= 0.3)
     table.row("added latency p99 (c=1)", f"{added99:.3f} ms", "≤ 1 ms", added99 <= 1.0)
+
+
+def _ingress(table: Table, i: dict[str, Any]) -> None:
+    """nginx / Caddy + verify: req/s ÷ the gateway's proxy, added p50 ÷ the plain daemon."""
+    s, t, lat = table.summary, i["throughput"], i["latency_c1"]
+    for name, label, target in (("nginx", "nginx", 2.0), ("caddy", "Caddy", None)):
+        verify = f"{name}_verify"
+        if verify in t:
+            ratio = _paired(t, verify, f"{verify}_proxy", "rps")
+            proxy_gw_cpu = _median(t[f"{verify}_proxy"], "gateway_cpu_us_per_request")
+            s[f"ingress_{verify}_rps_ratio"] = ratio
+            table.row(
+                f"{label} + verify req/s ÷ gateway proxy",
+                f"{ratio:.2f} ({_median(t[verify], 'rps'):.0f} req/s)",
+                f"≥ {target:.1f}" if target else "",
+                ratio >= target if target else None,
+            )
+            gw_cpu = _median(t[verify], "gateway_cpu_us_per_request")
+            daemon_cpu = _median(t[verify], "daemon_cpu_us_per_request")
+            s[f"ingress_{verify}_gateway_cpu_us"] = gw_cpu
+            table.row(
+                "  CPU/req: gateway verify, daemon (proxy: gateway)",
+                f"{gw_cpu:.0f}, {daemon_cpu:.0f} µs ({proxy_gw_cpu:.0f} µs)",
+            )
+        if verify in lat and name in lat:
+            added = statistics.median(
+                v["p50_ms"] - p["p50_ms"] for v, p in zip(lat[verify], lat[name], strict=True)
+            )
+            added99 = statistics.median(
+                v["p99_ms"] - p["p99_ms"] for v, p in zip(lat[verify], lat[name], strict=True)
+            )
+            s[f"ingress_{verify}_added_p50_ms"] = added
+            s[f"ingress_{verify}_added_p99_ms"] = added99
+            table.row(
+                f"{label} + verify added latency p50 / p99 vs plain {label} (c=1)",
+                f"{added:.3f} / {added99:.3f} ms",
+                "p50 ≤ 0.3 ms" if name == "nginx" else "",
+                added <= 0.3 if name == "nginx" else None,
+            )
+        if f"{verify}_revocation" in i:
+            r = i[f"{verify}_revocation"]
+            s.update({f"ingress_{verify}_revocation_{k}": v for k, v in r.items()})
+            table.row(
+                f"revocation through {label} + verify p50 / p99 / max",
+                f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.1f} ms",
+                "p99 ≤ 100 ms",
+                r["p99_ms"] <= 100,
+            )
 
 
 def _workers(table: Table, w: dict[str, list[dict[str, float]]]) -> None:

@@ -19,7 +19,10 @@ ratio is the median over the rounds of pairs measured seconds apart.
 - memory per cached key, and flushes of 10,000 distinct keys' last used and usage counts
   (bench/memory.py);
 - optional, full runs only: nginx as a pass-through proxy, where it is installed
-  (bench/throughput.py).
+  (bench/throughput.py);
+- nginx + verify and Caddy + verify (deploy/nginx, deploy/caddy) against the gateway's own
+  proxy and against plain nginx and Caddy, and revocation through them, where they are
+  installed (bench/ingress.py).
 
 The processes and wrk are bench/harness.py's, the database and its keys bench/data.py's.
 This module owns the command line and the order of the scenarios; bench/report.py prints
@@ -44,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as `python bench/run.py`: the bench is a package
 
-from bench import latency, memory, revocation, statements, throughput  # noqa: E402
+from bench import ingress, latency, memory, revocation, statements, throughput  # noqa: E402
 from bench.data import Prepared, database, prepare_database  # noqa: E402
 from bench.harness import Servers, Settings, rotating_script, start_upstream, url_of  # noqa: E402
 from bench.report import report  # noqa: E402
@@ -83,6 +86,10 @@ def measure(
         "throughput": throughput.hot_and_mix(servers, settings, data.hot, mix, script)
     }
     figures.update(_on_one_gateway(settings, url, data, servers))
+    print("bench: ingress (nginx and Caddy + verify)", flush=True)
+    figures["ingress"] = ingress.run(
+        servers, settings, data.hot, data.owner_token, data.bulk, data.bulk_ids
+    )
     print("bench: workers", flush=True)
     figures["workers"] = throughput.workers(servers, settings, data.hot)
     print("bench: revocation", flush=True)

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
+import yaml
 
-from bench.harness import Servers, Settings, in_turn, measured, url_of, wrk
+from bench.harness import ROOT, Servers, Settings, in_turn, measured, url_of, wrk
 
 Rows = dict[str, list[dict[str, float]]]
 
@@ -32,13 +33,22 @@ class Target(NamedTuple):
 def hot_and_mix(
     servers: Servers, settings: Settings, hot: str, mix: list[str], script: Path
 ) -> Rows:
-    rows: Rows = {"bare": [], "bare_mix": [], "hot": [], "mix": [], "hot_asyncio": []}
+    rows: Rows = {
+        "bare": [],
+        "bare_mix": [],
+        "hot": [],
+        "hot_routes200": [],
+        "mix": [],
+        "hot_asyncio": [],
+    }
     bare, bare_port = servers.bare()
     # The hot path and the mix each in a gateway of its own: a gateway that also
     # served the mix spent 1.0-1.14x the CPU a hot request (median 1.055 over
     # seven rounds) of one serving only the hot key, the mix's keys re-confirmed
     # and flushed in the hot runs.
     gateway, port, _ = servers.gateway()
+    # the same with a route table of 200 routes instead of the default five
+    routed, routed_port, _ = servers.gateway(config=big_route_table(servers.log_dir))
     keyed, keyed_port, _ = servers.gateway()
     # the same hot path on asyncio's own event loop: is uvloop worth it?
     plain, plain_port, _ = servers.gateway(GATEWAY__SERVER__UVLOOP="false")
@@ -46,6 +56,7 @@ def hot_and_mix(
     reference = None if settings.quick else servers.nginx()
     bare_url = url_of(bare_port, "/v1/customers")
     gw_url = url_of(port, "/v1/customers")
+    routed_url = url_of(routed_port, "/v1/customers")
     mix_url = url_of(keyed_port, "/v1/customers")
     plain_url = url_of(plain_port, "/v1/customers")
     # Warm every key of the mix (one query and argon2 each), as many clients
@@ -53,12 +64,17 @@ def hot_and_mix(
     asyncio.run(warm_keys(mix_url, mix))
     _warm(settings, bare_url, {})
     _warm(settings, gw_url, {"key": hot})
+    _warm(settings, routed_url, {"key": hot})
     _warm(settings, mix_url, {"script": script})
     _warm(settings, plain_url, {"key": hot})
     # The same rotating-key script for the mix and its baseline: wrk's Lua costs
     # CPU on the same two cores, so the mix is compared with the bare proxy under it.
     pairs = [
-        (Target("bare", bare.pid, bare_url, {}), Target("hot", gateway.pid, gw_url, {"key": hot})),
+        (
+            Target("bare", bare.pid, bare_url, {}),
+            Target("hot", gateway.pid, gw_url, {"key": hot}),
+            Target("hot_routes200", routed.pid, routed_url, {"key": hot}),
+        ),
         (
             Target("bare_mix", bare.pid, bare_url, {"script": script}),
             Target("mix", keyed.pid, mix_url, {"script": script}),
@@ -72,11 +88,28 @@ def hot_and_mix(
         rows["nginx"] = []
         pairs.append((Target("nginx", nginx.pid, nginx_url, {}),))
     _rounds(settings, pairs, rows)
-    for process in (plain, keyed, gateway, bare):
+    for process in (plain, keyed, routed, gateway, bare):
         servers.stop(process)
     if reference is not None:
         servers.stop(reference[0])
     return rows
+
+
+def big_route_table(directory: Path, size: int = 200) -> Path:
+    """config.yaml with `size` routes: 195 resources of an API's usual shape (a list, an
+    item, its sub-resources) before the default five, which the hot path's key calls."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    extra = size - len(config["routes"])
+    routes = []
+    for i in range(extra):
+        name = f"resource{i}:read"
+        config["permissions"][name] = f"Read resource {i}"
+        path = [f"/v1/resource{i}/**", f"/v1/resource{i}/{{id}}", f"/v2/resource{i}/**"][i % 3]
+        routes.append({"methods": ["GET", "HEAD"], "path": path, "permission": name})
+    config["routes"] = routes + config["routes"]
+    path = directory / "config-routes200.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def workers(servers: Servers, settings: Settings, hot: str) -> Rows:

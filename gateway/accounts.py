@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from .keys import Hasher, KeyFormat
+from .keyformat import Hasher, KeyFormat
 
 ADMIN_TOKEN_FORMAT = KeyFormat("gpa_")
 ROLES = ("owner", "admin", "readonly")

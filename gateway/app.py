@@ -7,12 +7,13 @@ finished, so the final usage flush still has its database pool.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
 from aiohttp import web
 
-from . import limit_events, metrics, reserved, secret_scanning
+from . import ingress, limit_events, metrics, reserved, secret_scanning
 from .auth import Authenticator
 from .background import running
 from .cache import NotificationListener
@@ -20,14 +21,18 @@ from .clock import Clock, SystemClock
 from .config import Config
 from .counters import PostgresCounters
 from .db import create_pool, sample_pool
-from .keys import Hasher, KeyFormat, KeyStore
+from .keyformat import Hasher, KeyFormat
+from .keys import KeyStore
 from .logs import AccessLog
 from .proxy import Proxy
 from .ratelimit import RateLimiter, SlidingWindowLimiter
+from .routes import RouteTable
 from .throttle import FailedAuthThrottle
 from .tls import upstream_context
 from .upstream import UpstreamPool
 from .usage import UsageRecorder
+
+log = logging.getLogger("gateway")
 
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", Clock)
@@ -39,6 +44,7 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 USAGE = web.AppKey("usage", UsageRecorder)
 UPSTREAM = web.AppKey("upstream", UpstreamPool)
 PROXY = web.AppKey("proxy", Proxy)
+VERIFY = web.AppKey("verify", ingress.VerifyEndpoint)
 
 
 def create_app(
@@ -60,6 +66,7 @@ def create_app(
     # /_gateway/... before the proxy's catch-all, so never forwarded and no key asked;
     # its endpoints before the prefix's own catch-all 404 (reserved.py).
     secret_scanning.add_routes(app)
+    ingress.add_routes(app, VERIFY)
     reserved.add_routes(app)
     # `expect_handler`: aiohttp's default answers `Expect: 100-continue` before the handler
     # runs; the proxy sends its 100 only once the request is authorised (SPEC §10).
@@ -135,6 +142,14 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
 async def _proxy(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     access_log = AccessLog.from_config(config.logging)
+    routes = RouteTable(
+        config.routes, config.permissions, unmatched_allowed=config.routes_unmatched == "allow"
+    )
+    if routes.unmatched_allowed:
+        log.warning(
+            "routes_unmatched: allow: requests that match no route are forwarded, needing"
+            " no permission; set 'deny' to refuse them"
+        )
     app[PROXY] = Proxy(
         config.proxy,
         app[AUTH],
@@ -142,8 +157,10 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         app[LIMITER],
         app[USAGE],
         app[UPSTREAM],
+        routes,
         access_log=access_log,
     )
+    app[VERIFY] = ingress.VerifyEndpoint(app[PROXY])
     yield
     if access_log is not None:
         access_log.flush()

@@ -34,7 +34,8 @@ from .clock import Clock, utcnow
 from .config import KeysConfig
 from .db import UNAVAILABLE
 from .errors import GatewayError, Outcome
-from .keys import KeyFormat, KeyRecord, ParsedKey
+from .keyformat import KeyFormat, ParsedKey
+from .records import KeyRecord
 from .verify import KeySource, KeyVerifier
 
 log = logging.getLogger("gateway.auth")

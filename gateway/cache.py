@@ -23,7 +23,7 @@ from . import metrics
 from .background import cancel
 from .config import DatabaseConfig
 from .db import UNAVAILABLE, connect
-from .keys import KeyRecord
+from .records import KeyRecord
 
 log = logging.getLogger("gateway.cache")
 

@@ -9,24 +9,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
 import re
-import signal
-import ssl
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
-from .config import Config, ConfigError, ServerConfig, config_path, load_config
+from .config import Config, config_path, load_config
 from .db import UNAVAILABLE, MigrationError, connect, migrate, pending_migrations
 from .logs import configure_logging
-from .tls import Reloader
+from .serving import serve_one, serve_supervised
+from .settings import ConfigError
 from .tls import check as check_tls
 
 log = logging.getLogger("gateway")
@@ -70,190 +68,9 @@ async def serve(
         )
         await _check_schema(config, apply_migrations)
     if workers > 1:
-        await _serve_supervised(config, workers, config_path_arg)
+        await serve_supervised(config, workers, config_path_arg)
     else:
-        await _serve_one(config, worker=worker)
-
-
-# CPython's cyclic collector runs generation 0 after every 700 net allocations of
-# containers and then walks every tracked object of the generations it collects. A
-# serving gateway allocates for each request and keeps many long-lived containers (cached
-# keys, rate-limit windows), so with the defaults collections took 17-41 µs a request,
-# more the more keys were cached (full collections walk the whole cache). Its garbage is
-# almost all freed by reference counting, so running the collector ~14 times less often
-# costs little memory. Measured side by side (two processes, alternating 6-s runs): 2-4%
-# less CPU a request on the hot path, ~14% with 10,000 keys in use.
-GC_THRESHOLDS = (10_000, 10, 10)
-
-
-def _tune_gc() -> None:
-    """Once serving: what start-up made is never garbage, and collect less often."""
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
-def _stop_event() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
-def _on_sighup(reload: Callable[[], object]) -> None:
-    """SIGHUP reloads the TLS certificate files (renewed certificates, no restart)."""
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
-
-
-async def _start_listener(
-    name: str,
-    app: web.Application,
-    host: str,
-    port: int,
-    server: ServerConfig,
-    reuse_port: bool,
-    ssl_context: ssl.SSLContext | None = None,
-) -> web.AppRunner:
-    # aiohttp's keep-alive timer runs from the connection's start (and from each response)
-    # until a whole request head has arrived, so it bounds slow heads as well as idle
-    # connections; its default is an hour.
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        shutdown_timeout=server.shutdown_timeout_seconds,
-        keepalive_timeout=server.keepalive_timeout_seconds,
-    )
-    await runner.setup()
-    try:
-        await web.TCPSite(
-            runner, host, port, reuse_port=reuse_port or None, ssl_context=ssl_context
-        ).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    scheme = "https" if ssl_context is not None else "http"
-    log.info("listening", extra={"listener": name, "url": f"{scheme}://{host}:{port}"})
-    return runner
-
-
-async def _serve_one(config: Config, *, worker: bool) -> None:
-    """The proxy and (unless this is a worker) the admin listener, in this process."""
-    from admin.app import create_admin_app
-    from admin.health import LISTENER_CHECK
-
-    from .app import LISTENER, create_app
-
-    stop = _stop_event()
-    if worker:
-        from .workers import stop_with_parent
-
-        stop_with_parent()
-    tls = Reloader()
-    proxy_tls = tls.server_context(config.proxy.tls, "proxy.tls")
-    admin_tls = None if worker else tls.server_context(config.admin.tls, "admin.tls")
-    _on_sighup(tls.reload)
-    runners: list[web.AppRunner] = []
-    try:
-        proxy_app = None
-        if config.proxy.enabled:
-            proxy_app = create_app(config)
-            runners.append(
-                await _start_listener(
-                    "proxy",
-                    proxy_app,
-                    config.proxy.host,
-                    config.proxy.port,
-                    config.server,
-                    worker,
-                    proxy_tls,
-                )
-            )
-        if config.admin.enabled and not worker:
-            admin_app = create_admin_app(config)
-            if proxy_app is not None:
-                listener = proxy_app[LISTENER]
-                admin_app[LISTENER_CHECK] = lambda: (
-                    None if listener.connected.is_set() else "listener disconnected"
-                )
-            runners.append(
-                await _start_listener(
-                    "admin",
-                    admin_app,
-                    config.admin.host,
-                    config.admin.port,
-                    config.server,
-                    False,
-                    admin_tls,
-                )
-            )
-        _tune_gc()
-        await stop.wait()
-        log.info("shutting down: finishing in-flight requests, then flushing")
-    finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
-    log.info("stopped")
-
-
-async def _serve_supervised(config: Config, workers: int, config_path: str | None) -> None:
-    """N proxy workers sharing the port, the admin listener here, metrics summed."""
-    from .workers import Supervisor, prepare_metrics_directory, remove_metrics_directory
-
-    directory, created = prepare_metrics_directory()
-    # Only now may prometheus_client be imported: it reads the directory at import.
-    from admin.app import create_admin_app
-    from admin.health import LISTENER_CHECK, registry
-
-    stop = _stop_event()
-    timeout = config.server.shutdown_timeout_seconds
-    child_args = [*(["--config", config_path] if config_path else []), "serve", "--worker"]
-    supervisor = Supervisor(workers, child_args, timeout)
-    tls = Reloader()
-    admin_tls = tls.server_context(config.admin.tls, "admin.tls")
-
-    def reload() -> None:
-        tls.reload()
-        supervisor.signal(signal.SIGHUP)  # each worker reloads the proxy's files
-
-    _on_sighup(reload)
-    runner: web.AppRunner | None = None
-    log.info("starting workers", extra={"workers": workers, "metrics_dir": str(directory)})
-    try:
-        await supervisor.start()
-        if config.admin.enabled:
-            admin_app = create_admin_app(config)
-
-            def listeners_connected() -> str | None:
-                connected = 0.0
-                for family in registry().collect():
-                    if family.name == "gateway_listener_connected":
-                        connected = sum(sample.value for sample in family.samples)
-                alive = supervisor.alive()
-                if alive < workers:
-                    return f"{workers - alive} of {workers} workers down"
-                if connected < workers:
-                    return f"{workers - int(connected)} of {workers} listeners disconnected"
-                return None
-
-            admin_app[LISTENER_CHECK] = listeners_connected
-            runner = await _start_listener(
-                "admin",
-                admin_app,
-                config.admin.host,
-                config.admin.port,
-                config.server,
-                False,
-                admin_tls,
-            )
-        await stop.wait()
-        log.info("shutting down: stopping workers, which finish requests and flush")
-    finally:
-        await supervisor.stop()
-        if runner is not None:
-            await runner.cleanup()
-        if created:
-            remove_metrics_directory(directory)
-    log.info("stopped")
+        await serve_one(config, worker=worker)
 
 
 async def _check_schema(config: Config, apply_migrations: bool) -> None:
@@ -302,7 +119,7 @@ async def run_migrate(config: Config) -> None:
 async def run_bootstrap(config: Config, account: str, owner_email: str, as_json: bool) -> None:
     from .accounts import create_account
     from .db import create_pool
-    from .keys import Hasher
+    from .keyformat import Hasher
 
     name = account.strip()
     if not 1 <= len(name) <= 100:

@@ -4,6 +4,7 @@ Precedence, lowest first: the defaults below, the YAML file, `GATEWAY__<SECTION>
 environment variables (values parsed as YAML scalars, so `8080`, `true` and `[a, b]` work),
 and `DATABASE_URL` for `database.url`. Every mistake raises `ConfigError` whose message
 starts with the dotted name of the setting, so start-up can fail with one clear line.
+This module declares the sections and their checks; `gateway.settings` reads them.
 """
 
 from __future__ import annotations
@@ -12,21 +13,44 @@ import dataclasses
 import ipaddress
 import os
 import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from yarl import URL
 
-ENV_PREFIX = "GATEWAY__"
+from .routes import RouteConfig, compile_routes
+from .settings import (
+    ConfigError,
+    apply_environment,
+    build,
+    port,
+    positive,
+    read_yaml,
+    readable_file,
+)
+
 DEFAULT_CONFIG_PATH = "config.yaml"
-SCOPES = ("reports", "customers", "data", "account")
-
-
-class ConfigError(Exception):
-    """A setting is missing, unknown or invalid; the message names it."""
+# The default route table models the GrowPanel REST API (the paths `gateway demo-upstream`
+# serves); config.yaml carries the same, for operators to edit.
+DEFAULT_PERMISSIONS: Mapping[str, str] = types.MappingProxyType(
+    {
+        "reports:read": "Read reports and metrics (MRR, churn, cohorts)",
+        "customers:read": "Read customers and their subscriptions",
+        "data:read": "Read and download imported data",
+        "data:write": "Push data (imports)",
+        "account:read": "Read the account's details",
+    }
+)
+DEFAULT_ROUTES: tuple[RouteConfig, ...] = (
+    RouteConfig(methods=("GET", "HEAD"), path="/v1/reports/**", permission="reports:read"),
+    RouteConfig(methods=("GET", "HEAD"), path="/v1/customers/**", permission="customers:read"),
+    RouteConfig(methods=("GET", "HEAD"), path="/v1/data/**", permission="data:read"),
+    RouteConfig(
+        methods=("POST", "PUT", "PATCH", "DELETE"), path="/v1/data/**", permission="data:write"
+    ),
+    RouteConfig(methods=("GET", "HEAD"), path="/v1/account", permission="account:read"),
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,7 +75,7 @@ class TLSConfig:
         for name in ("certificate", "key", "client_ca"):
             path = getattr(self, name)
             if path:
-                _readable_file(f"{where}.{name}", path)
+                readable_file(f"{where}.{name}", path)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,17 +94,6 @@ class ProxyConfig:
     # PEM file of the CA(s) that sign an https upstream's certificate (a private CA);
     # empty: the system's CA store.
     upstream_ca: str = ""
-    # Path prefix -> scope needed to call it. Paths under no prefix need no scope.
-    scopes: Mapping[str, str] = dataclasses.field(
-        default_factory=lambda: types.MappingProxyType(
-            {
-                "/v1/reports": "reports",
-                "/v1/customers": "customers",
-                "/v1/data": "data",
-                "/v1/account": "account",
-            }
-        )
-    )
 
     def validate(self) -> None:
         url = URL(self.upstream)
@@ -93,7 +106,7 @@ class ProxyConfig:
         if self.upstream_ca:
             if url.scheme != "https":
                 raise ConfigError("proxy.upstream_ca: only used with an https:// upstream")
-            _readable_file("proxy.upstream_ca", self.upstream_ca)
+            readable_file("proxy.upstream_ca", self.upstream_ca)
         self.tls.validate("proxy.tls")
         for i, cidr in enumerate(self.trusted_proxies):
             try:
@@ -102,18 +115,11 @@ class ProxyConfig:
                 raise ConfigError(
                     f"proxy.trusted_proxies[{i}]: not an IP address or CIDR: {cidr!r}"
                 ) from None
-        for prefix, scope in self.scopes.items():
-            if not prefix.startswith("/"):
-                raise ConfigError(f"proxy.scopes: path prefix must start with '/': {prefix!r}")
-            if scope not in SCOPES:
-                raise ConfigError(
-                    f"proxy.scopes.{prefix}: unknown scope {scope!r} (one of {', '.join(SCOPES)})"
-                )
-        _positive("proxy.timeout_seconds", self.timeout_seconds)
-        _positive("proxy.connect_timeout_seconds", self.connect_timeout_seconds)
-        _positive("proxy.max_body_bytes", self.max_body_bytes)
-        _positive("proxy.max_upstream_connections", self.max_upstream_connections)
-        _port("proxy.port", self.port)
+        positive("proxy.timeout_seconds", self.timeout_seconds)
+        positive("proxy.connect_timeout_seconds", self.connect_timeout_seconds)
+        positive("proxy.max_body_bytes", self.max_body_bytes)
+        positive("proxy.max_upstream_connections", self.max_upstream_connections)
+        port("proxy.port", self.port)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,7 +130,7 @@ class AdminConfig:
     tls: TLSConfig = dataclasses.field(default_factory=TLSConfig)
 
     def validate(self) -> None:
-        _port("admin.port", self.port)
+        port("admin.port", self.port)
         self.tls.validate("admin.tls")
 
 
@@ -156,11 +162,11 @@ class DatabaseConfig:
                 "database.listen_url: required with database.pgbouncer: true"
                 " (LISTEN needs a direct connection to Postgres)"
             )
-        _positive("database.pool_max_size", self.pool_max_size)
+        positive("database.pool_max_size", self.pool_max_size)
         if not 0 <= self.pool_min_size <= self.pool_max_size:
             raise ConfigError("database.pool_min_size: must be between 0 and pool_max_size")
-        _positive("database.connect_timeout_seconds", self.connect_timeout_seconds)
-        _positive("database.statement_timeout_seconds", self.statement_timeout_seconds)
+        positive("database.connect_timeout_seconds", self.connect_timeout_seconds)
+        positive("database.statement_timeout_seconds", self.statement_timeout_seconds)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -170,10 +176,10 @@ class Argon2Config:
     parallelism: int = 1
 
     def validate(self) -> None:
-        _positive("keys.argon2.time_cost", self.time_cost)
+        positive("keys.argon2.time_cost", self.time_cost)
         if self.memory_kib < 8 * self.parallelism:
             raise ConfigError("keys.argon2.memory_kib: must be at least 8 × parallelism")
-        _positive("keys.argon2.parallelism", self.parallelism)
+        positive("keys.argon2.parallelism", self.parallelism)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -191,12 +197,12 @@ class KeysConfig:
             c.isascii() and (c.isalnum() or c == "_") for c in self.prefix
         ):
             raise ConfigError("keys.prefix: must be one or more of [A-Za-z0-9_]")
-        _positive("keys.rotation_days", self.rotation_days)
-        _positive("keys.cache_ttl_seconds", self.cache_ttl_seconds)
-        _positive("keys.cache_max_entries", self.cache_max_entries)
+        positive("keys.rotation_days", self.rotation_days)
+        positive("keys.cache_ttl_seconds", self.cache_ttl_seconds)
+        positive("keys.cache_max_entries", self.cache_max_entries)
         if self.stale_if_error_seconds < 0:
             raise ConfigError("keys.stale_if_error_seconds: must be 0 or more")
-        _positive("keys.verify_concurrency", self.verify_concurrency)
+        positive("keys.verify_concurrency", self.verify_concurrency)
         self.argon2.validate()
 
 
@@ -207,9 +213,9 @@ class FailedAuthConfig:
     max_tracked: int = 100_000
 
     def validate(self) -> None:
-        _positive("rate_limits.failed_auth.per_ip_per_minute", self.per_ip_per_minute)
-        _positive("rate_limits.failed_auth.per_key_per_minute", self.per_key_per_minute)
-        _positive("rate_limits.failed_auth.max_tracked", self.max_tracked)
+        positive("rate_limits.failed_auth.per_ip_per_minute", self.per_ip_per_minute)
+        positive("rate_limits.failed_auth.per_key_per_minute", self.per_key_per_minute)
+        positive("rate_limits.failed_auth.max_tracked", self.max_tracked)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -220,9 +226,9 @@ class RateLimitConfig:
     failed_auth: FailedAuthConfig = dataclasses.field(default_factory=FailedAuthConfig)
 
     def validate(self) -> None:
-        _positive("rate_limits.per_minute", self.per_minute)
-        _positive("rate_limits.per_day", self.per_day)
-        _positive("rate_limits.sync_interval_seconds", self.sync_interval_seconds)
+        positive("rate_limits.per_minute", self.per_minute)
+        positive("rate_limits.per_day", self.per_day)
+        positive("rate_limits.sync_interval_seconds", self.sync_interval_seconds)
         self.failed_auth.validate()
 
 
@@ -232,8 +238,8 @@ class UsageConfig:
     max_pending_keys: int = 1_000_000
 
     def validate(self) -> None:
-        _positive("usage.flush_interval_seconds", self.flush_interval_seconds)
-        _positive("usage.max_pending_keys", self.max_pending_keys)
+        positive("usage.flush_interval_seconds", self.flush_interval_seconds)
+        positive("usage.max_pending_keys", self.max_pending_keys)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -250,8 +256,8 @@ class ServerConfig:
     uvloop: bool = True
 
     def validate(self) -> None:
-        _positive("server.shutdown_timeout_seconds", self.shutdown_timeout_seconds)
-        _positive("server.keepalive_timeout_seconds", self.keepalive_timeout_seconds)
+        positive("server.shutdown_timeout_seconds", self.shutdown_timeout_seconds)
+        positive("server.keepalive_timeout_seconds", self.keepalive_timeout_seconds)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -271,11 +277,11 @@ class SecretScanningConfig:
                 "secret_scanning.public_keys_url: expected an http:// or https:// URL,"
                 f" got {self.public_keys_url!r}"
             )
-        _positive("secret_scanning.max_tokens", self.max_tokens)
-        _positive("secret_scanning.max_body_bytes", self.max_body_bytes)
+        positive("secret_scanning.max_tokens", self.max_tokens)
+        positive("secret_scanning.max_body_bytes", self.max_body_bytes)
         if self.refresh_min_interval_seconds < 0:
             raise ConfigError("secret_scanning.refresh_min_interval_seconds: must be 0 or more")
-        _positive("secret_scanning.fetch_timeout_seconds", self.fetch_timeout_seconds)
+        positive("secret_scanning.fetch_timeout_seconds", self.fetch_timeout_seconds)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -291,16 +297,16 @@ class WebhooksConfig:
     scan_interval_seconds: float = 60.0
 
     def validate(self) -> None:
-        _positive("webhooks.timeout_seconds", self.timeout_seconds)
-        _positive("webhooks.concurrency", self.concurrency)
-        _positive("webhooks.retry_base_seconds", self.retry_base_seconds)
+        positive("webhooks.timeout_seconds", self.timeout_seconds)
+        positive("webhooks.concurrency", self.concurrency)
+        positive("webhooks.retry_base_seconds", self.retry_base_seconds)
         if self.retry_max_interval_seconds < self.retry_base_seconds:
             raise ConfigError(
                 "webhooks.retry_max_interval_seconds: must be at least retry_base_seconds"
             )
-        _positive("webhooks.give_up_after_seconds", self.give_up_after_seconds)
-        _positive("webhooks.poll_interval_seconds", self.poll_interval_seconds)
-        _positive("webhooks.scan_interval_seconds", self.scan_interval_seconds)
+        positive("webhooks.give_up_after_seconds", self.give_up_after_seconds)
+        positive("webhooks.poll_interval_seconds", self.poll_interval_seconds)
+        positive("webhooks.scan_interval_seconds", self.scan_interval_seconds)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -315,8 +321,14 @@ class Config:
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     secret_scanning: SecretScanningConfig = dataclasses.field(default_factory=SecretScanningConfig)
     webhooks: WebhooksConfig = dataclasses.field(default_factory=WebhooksConfig)
+    # The route table (gateway/routes.py): permission names with their descriptions, the
+    # routes in order, and what happens to a request that matches none.
+    permissions: Mapping[str, str] = dataclasses.field(default_factory=lambda: DEFAULT_PERMISSIONS)
+    routes: tuple[RouteConfig, ...] = DEFAULT_ROUTES
+    routes_unmatched: Literal["deny", "allow"] = "deny"
 
     def validate(self) -> None:
+        compile_routes(self.routes, self.permissions)
         for field in dataclasses.fields(self):
             section = getattr(self, field.name)
             validate = getattr(section, "validate", None)
@@ -333,9 +345,9 @@ def load_config(
     path = config_path(path, env)
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_yaml(Path(path))
-    _apply_environment(data, env)
-    config: Config = _build(Config, data, "")
+        data = read_yaml(Path(path))
+    apply_environment(data, env, top_level=("routes_unmatched",))
+    config: Config = build(Config, data, "")
     config.validate()
     return config
 
@@ -354,144 +366,6 @@ def config_path(
 
 def from_dict(data: Mapping[str, Any]) -> Config:
     """Build a validated Config from plain data (tests, tools)."""
-    config: Config = _build(Config, dict(data), "")
+    config: Config = build(Config, dict(data), "")
     config.validate()
     return config
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"config file {str(path)!r}: cannot read it: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {str(path)!r}: not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {str(path)!r}: not valid YAML{where}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r}: expected a mapping of sections")
-    return data
-
-
-def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if len(parts) < 2 or not all(parts):
-            raise ConfigError(f"{name}: expected GATEWAY__<SECTION>__<KEY>")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(
-                    f"{'.'.join(parts)}: set by {name}, but its parent is not a section"
-                )
-            node = child
-        node[parts[-1]] = value
-    database_url = env.get("DATABASE_URL")
-    if database_url:
-        data.setdefault("database", {})
-        if not isinstance(data["database"], dict):
-            raise ConfigError("database: expected a mapping")
-        data["database"]["url"] = database_url
-
-
-def _build(cls: type[Any], data: Any, where: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {_kind(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(map(str, data)) - set(fields))
-    if unknown:
-        name = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"{name}: unknown setting")
-    values = {}
-    for key, value in data.items():
-        name = f"{where}.{key}" if where else str(key)
-        values[key] = _coerce(hints[key], value, name)
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, name: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(typing.cast(type[Any], hint), value, name)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected true or false, got {_kind(value)}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected an integer, got {_kind(value)}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{name}: expected a number, got {_kind(value)}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{name}: expected a string, got {_kind(value)}")
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value in choices:
-            return value
-        raise ConfigError(f"{name}: expected one of {', '.join(map(str, choices))}, got {value!r}")
-    if origin is tuple:
-        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-        if not isinstance(value, list):
-            raise ConfigError(f"{name}: expected a list, got {_kind(value)}")
-        return tuple(_coerce(item, v, f"{name}[{i}]") for i, v in enumerate(value))
-    if origin in (Mapping, dict) or origin is getattr(types, "MappingProxyType", None):
-        _, vtype = typing.get_args(hint)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{name}: expected a mapping, got {_kind(value)}")
-        return types.MappingProxyType(
-            {str(k): _coerce(vtype, v, f"{name}.{k}") for k, v in value.items()}
-        )
-    raise TypeError(f"unsupported config type {hint!r} for {name}")  # programming error
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"a boolean ({value!r})"
-    if isinstance(value, int | float):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return f"a string ({value!r})"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
-
-
-def _readable_file(name: str, path: str) -> None:
-    try:
-        with open(path, "rb") as file:
-            file.read(1)
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror or exc}") from None
-
-
-def _port(name: str, value: int) -> None:
-    if not 0 <= value <= 65535:
-        raise ConfigError(f"{name}: not a TCP port: {value!r}")

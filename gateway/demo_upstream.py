@@ -28,8 +28,8 @@ def _identity(request: web.Request) -> dict[str, Any]:
     return {
         "account_id": request.headers.get("X-GrowPanel-Account-Id"),
         "key_id": request.headers.get("X-GrowPanel-Key-Id"),
-        "scopes": request.headers.get("X-GrowPanel-Key-Scopes", "").split(",")
-        if request.headers.get("X-GrowPanel-Key-Scopes")
+        "permissions": request.headers.get("X-GrowPanel-Key-Permissions", "").split(",")
+        if request.headers.get("X-GrowPanel-Key-Permissions")
         else [],
     }
 

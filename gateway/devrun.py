@@ -28,10 +28,12 @@ import urllib.request
 from pathlib import Path
 
 from .accounts import create_account, regenerate_member_token
-from .config import Config, ConfigError, load_config
+from .config import Config, load_config
 from .db import connect, create_pool, migrate
 from .embedded_pg import EmbeddedPostgres, free_port
-from .keys import Hasher, KeyFormat, KeyStore
+from .keyformat import Hasher, KeyFormat
+from .keys import KeyStore
+from .settings import ConfigError
 
 DATA_DIR = Path(".data")
 DEMO_ACCOUNT = "Demo account"
@@ -82,7 +84,9 @@ async def _prepare(database_url: str, config_path: str | None) -> tuple[str, str
         if key_id is not None:
             new = await store.regenerate(account_id, key_id)
         if new is None:
-            new = await store.create(account_id, DEMO_KEY, created_by=member_id)
+            new = await store.create(
+                account_id, DEMO_KEY, created_by=member_id, permissions=config.permissions
+            )
         return token, new.key
     finally:
         await pool.close()

@@ -101,15 +101,20 @@ class GatewayError(Exception):
         self.details = details
 
 
-def error_response(request: web.Request, exc: GatewayError) -> web.Response:
-    """The one JSON rendering of an error, for both listeners."""
-    request_id = request.get(REQUEST_ID) or new_request_id()
+def error_body(exc: GatewayError, request_id: str) -> str:
+    """The JSON body of an error (ASCII, one line: it also travels in a header to nginx)."""
     error: dict[str, Any] = {"code": exc.code, "message": exc.message, "request_id": request_id}
     if exc.details:
         error.update(exc.details)
+    return json.dumps({"error": error})
+
+
+def error_response(request: web.Request, exc: GatewayError) -> web.Response:
+    """The one JSON rendering of an error, for both listeners."""
+    request_id = request.get(REQUEST_ID) or new_request_id()
     response = web.Response(
         status=exc.status,
-        text=json.dumps({"error": error}),
+        text=error_body(exc, request_id),
         content_type="application/json",
         headers=exc.headers,
     )

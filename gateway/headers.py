@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .keys import KeyRecord
+from .records import KeyRecord
 
 # RFC 9110 §7.6.1 plus the non-standard ones proxies still meet in the wild.
 HOP_BY_HOP = frozenset(
@@ -231,11 +231,11 @@ def identity_headers(key: KeyRecord) -> tuple[tuple[str, str], ...]:
     return (
         ("X-GrowPanel-Account-Id", key.account_id_text),
         ("X-GrowPanel-Key-Id", key.id_text),
-        _scopes_header(key.scopes),
+        _permissions_header(key.permissions),
     )
 
 
 @functools.lru_cache(maxsize=1024)
-def _scopes_header(scopes: frozenset[str]) -> tuple[str, str]:
-    # Made once per distinct set of scopes, and shared by every cached key that has it.
-    return ("X-GrowPanel-Key-Scopes", ",".join(sorted(scopes)))
+def _permissions_header(permissions: frozenset[str]) -> tuple[str, str]:
+    # Made once per distinct set of permissions, and shared by every cached key that has it.
+    return ("X-GrowPanel-Key-Permissions", ",".join(sorted(permissions)))

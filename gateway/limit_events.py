@@ -22,7 +22,8 @@ from aiohttp import web
 from .config import RateLimitConfig
 from .counters import DAY, MINUTE
 from .db import UNAVAILABLE
-from .keys import KeyRecord, KeyStore
+from .keys import KeyStore
+from .records import KeyRecord
 from .webhooks import emit, key_data, rfc3339
 
 log = logging.getLogger("gateway.webhooks")

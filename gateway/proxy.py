@@ -2,22 +2,21 @@
 
     parse → throttle admits → authenticate → authorise → limit → record → forward
 
-`_pipeline` reads as that list. Every step either passes or raises a `GatewayError`,
-which carries its status, code and `Outcome`; `handle` renders it (`errors.error_response`),
+`_pipeline` reads as that list. Every step before forward is `admit`, which the verify
+endpoint for an ingress (`ingress.py`, `/_gateway/verify`) runs too, on the method and
+path the ingress names. Every step either passes or raises a `GatewayError`, which
+carries its status, code and `Outcome`; `serve` renders it (`errors.error_response`),
 then counts the request (metrics, hourly usage) and writes its access-log line, whatever
-happened.
+happened, for the proxy and the verify endpoint alike.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import ipaddress
 import logging
-import re
 import time
-from collections.abc import AsyncIterator, Mapping
-from urllib.parse import unquote
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -33,39 +32,23 @@ from .errors import (
     internal_error,
     new_request_id,
 )
+from .forward import Forwarder, expects_continue
 from .headers import (
     ClientAddress,
     Network,
-    copy_response_headers,
-    identity_headers,
     parse_networks,
-    upstream_request_headers,
 )
-from .keys import KeyRecord
 from .logs import AccessLog
 from .ratelimit import RateLimiter
+from .records import KeyRecord
+from .routes import RouteTable
 from .throttle import AuthAttempt, FailedAuthThrottle
 from .upstream import (
-    UnsafeRequest,
-    UpstreamBodyError,
-    UpstreamError,
     UpstreamPool,
-    UpstreamResponse,
-    UpstreamTimeout,
 )
 from .usage import UsageRecorder
 
 log = logging.getLogger("gateway.proxy")
-
-_CHUNK = 64 * 1024
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-def body_too_large(limit: int) -> GatewayError:
-    return GatewayError(413, "request_too_large", f"The request body exceeds {limit} bytes.")
 
 
 @dataclasses.dataclass(slots=True)
@@ -74,6 +57,8 @@ class Call:
 
     request_id: str
     client_ip: str
+    method: str  # of the request the key is used for (the ingress's original request)
+    path: str
     key: KeyRecord | None = None
     outcome: Outcome = Outcome.OK
     auth_result: str = "ok"  # or the AuthError reason (gateway_auth_total)
@@ -91,36 +76,39 @@ class Proxy:
         limiter: RateLimiter,
         usage: UsageRecorder,
         upstream: UpstreamPool,
+        routes: RouteTable,
         *,
         access_log: AccessLog | None = None,
     ) -> None:
         self.config = config
+        self.routes = routes
         self.auth = authenticator
         self.key_format = authenticator.key_format
         self.throttle = throttle
         self.limiter = limiter
         self.usage = usage
-        self.upstream = upstream
+        self.forwarder = Forwarder(config, upstream)
         self.trusted: tuple[Network, ...] = parse_networks(config.trusted_proxies)
-        # Longest prefix first, so /v1/data/exports can map apart from /v1/data; matched
-        # without regard to case, as a case-insensitive upstream would route.
-        self.scope_prefixes = sorted(
-            ((prefix.lower(), scope) for prefix, scope in config.scopes.items()),
-            key=lambda kv: -len(kv[0]),
-        )
         self.access_log = access_log
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        return await self.serve(request, self._pipeline)
+
+    async def serve(self, request: web.Request, pipeline: Pipeline) -> web.StreamResponse:
+        """Run `pipeline` (the proxy's, or the verify endpoint's) on a request, render a
+        refusal, and count and log the request whatever happened."""
         started = time.perf_counter()
         client = ClientAddress(request.remote, request.headers, request.scheme, self.trusted)
         call = Call(
             request_id=client.incoming_request_id(request.headers) or new_request_id(),
             client_ip=client.ip,
+            method=request.method,
+            path=request.rel_url.raw_path,
         )
         request[REQUEST_ID] = call.request_id
         response: web.StreamResponse | None = None
         try:
-            response = await self._pipeline(request, call, client)
+            response = await pipeline(request, call, client)
         except GatewayError as exc:
             if isinstance(exc, AuthError):
                 call.auth_result = exc.reason
@@ -129,7 +117,7 @@ class Proxy:
             call.outcome = exc.outcome
             response = error_response(request, exc)
             response.headers.update(call.extra_headers)
-            if _expects_continue(request):
+            if expects_continue(request):
                 # Refused before any 100 Continue: the client keeps its body, so this
                 # connection has none to skip to the next request.
                 response.force_close()
@@ -145,20 +133,30 @@ class Proxy:
             # A response we could not finish (client gone, upstream died mid-body) is
             # logged with the status that had been sent, or 499 when none was.
             call.status = 499 if response is None or call.client_gone else response.status
-            self._record(request, call, time.perf_counter() - started)
+            self._record(call, time.perf_counter() - started)
         return response
 
     async def _pipeline(
         self, request: web.Request, call: Call, client: ClientAddress
     ) -> web.StreamResponse:
         _check_head(request)
-        credentials = parse_authorization(request.headers.get("Authorization"), self.key_format)
+        authorization = request.headers.get("Authorization")
+        key = await self.admit(authorization, call.method, call.path, call)
+        return await self.forwarder.forward(request, call, client, key)
+
+    async def admit(
+        self, authorization: str | None, method: str, raw_path: str, call: Call
+    ) -> KeyRecord:
+        """Every step before forward: parse → throttle admits → authenticate → authorise
+        → limit → record. The key, or a `GatewayError`; the proxy and `/_gateway/verify`
+        both decide here, so an ingress refuses exactly what the proxy refuses."""
+        credentials = parse_authorization(authorization, self.key_format)
         attempt = self.throttle.admit(call.client_ip, credentials.public_id)
         call.key = key = await self._authenticate(credentials, attempt)
-        self._authorise(request, key, call)
+        self._authorise(method, raw_path, key, call)
         self._limit(key, call)
         self.usage.mark_used(key.id)
-        return await self._forward(request, call, client, key)
+        return key
 
     # -- authenticate -------------------------------------------------------------------
 
@@ -178,21 +176,22 @@ class Proxy:
 
     # -- authorise ----------------------------------------------------------------------
 
-    def _authorise(self, request: web.Request, key: KeyRecord, call: Call) -> None:
-        """Step 4: the key's IP allowlist and the route's scope. A refusal is not counted
-        against the limits, but the client sees its budget."""
+    def _authorise(self, method: str, raw_path: str, key: KeyRecord, call: Call) -> None:
+        """Step 4: the route the method and path match (`routes.RouteTable`), the key's
+        IP allowlist and the route's permission. A refusal is not counted against the
+        limits, but the client sees its budget."""
         try:
-            path = _normalised_path(request.rel_url.raw_path)
+            permission = self.routes.permission_for(method, raw_path)
             if key.ip_allowlist and not _allowed(call.client_ip, key):
                 raise GatewayError(
                     403, "ip_not_allowed", "This API key may not be used from this address."
                 )
-            scope = self._scope_for(path)
-            if scope is not None and scope not in key.scopes:
+            if permission is not None and permission not in key.permissions:
                 raise GatewayError(
                     403,
-                    "insufficient_scope",
-                    f"This API key lacks the '{scope}' scope needed for this route.",
+                    "insufficient_permission",
+                    f"This API key lacks the '{permission}' permission needed for this route.",
+                    details={"permission": permission},
                 )
         except GatewayError:
             call.extra_headers = self.limiter.headers(key)
@@ -211,142 +210,9 @@ class Proxy:
                 outcome=Outcome.RATE_LIMITED,
             )
 
-    def _scope_for(self, path: str) -> str | None:
-        path = path.lower()
-        for prefix, scope in self.scope_prefixes:
-            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
-                return scope
-        return None
-
-    # -- forward ------------------------------------------------------------------------
-
-    async def _forward(
-        self, request: web.Request, call: Call, client: ClientAddress, key: KeyRecord
-    ) -> web.StreamResponse:
-        config = self.config
-        body: AsyncIterator[bytes] | None = None
-        length = None
-        if request.body_exists:
-            length = request.content_length
-            if length is not None and length > config.max_body_bytes:
-                raise body_too_large(config.max_body_bytes)
-            body = self._stream_body(request, config.max_body_bytes)
-        headers = upstream_request_headers(
-            request.headers,
-            client=client,
-            request_id=call.request_id,
-            identity=identity_headers(key),
-            forward_authorization=config.forward_authorization,
-        )
-        target = request.rel_url.raw_path
-        if request.rel_url.raw_query_string:
-            target += "?" + request.rel_url.raw_query_string
-        started = time.perf_counter()
-        try:
-            upstream = await self.upstream.request(
-                request.method,
-                target,
-                headers,
-                body,
-                content_length=length,
-                timeout=config.timeout_seconds,
-            )
-        except BodyTooLarge:
-            raise body_too_large(config.max_body_bytes) from None
-        except UnsafeRequest as exc:
-            raise GatewayError(400, "invalid_request", f"The request was refused: {exc}.") from None
-        except UpstreamTimeout:
-            metrics.UPSTREAM_ERRORS.labels("timeout").inc()
-            raise GatewayError(
-                504, "upstream_timeout", "The upstream did not answer in time."
-            ) from None
-        except UpstreamError as exc:
-            metrics.UPSTREAM_ERRORS.labels(exc.kind).inc()
-            raise GatewayError(
-                502, "upstream_unavailable", "The upstream could not be reached."
-            ) from None
-        metrics.upstream_duration.observe(time.perf_counter() - started)
-        try:
-            call.outcome = Outcome.of_status(upstream.status)
-            small = _small_body_length(upstream, request.method)
-            if small is not None:
-                return await self._relay_small(upstream, call, small)
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            copy_response_headers(upstream.raw_headers, response.headers)
-            response.headers.update(call.extra_headers)
-            response.headers["X-Request-Id"] = call.request_id
-            try:
-                await response.prepare(request)
-                async for chunk in upstream.iter_chunks(config.timeout_seconds):
-                    # A client that stops reading (slow-read) must not hold the upstream
-                    # connection: each write gets the timeout each upstream read gets.
-                    async with asyncio.timeout(config.timeout_seconds):
-                        await response.write(chunk)
-                await response.write_eof()
-            except (ConnectionError, TimeoutError):
-                # The client left (aiohttp raises plain ConnectionError as well as
-                # ConnectionResetError) or stopped reading: nobody to answer.
-                call.client_gone = True
-                if request.transport is not None:
-                    request.transport.abort()
-            except UpstreamBodyError as exc:
-                # Headers are sent: all we can honestly do is cut the connection.
-                metrics.UPSTREAM_ERRORS.labels("protocol").inc()
-                call.outcome = Outcome.UPSTREAM_5XX
-                log.warning(
-                    "upstream failed mid-body: %s", exc, extra={"request_id": call.request_id}
-                )
-                if request.transport is not None:
-                    request.transport.abort()
-            return response
-        finally:
-            upstream.release()
-
-    async def _relay_small(
-        self, upstream: UpstreamResponse, call: Call, length: int
-    ) -> web.Response:
-        """A body of known, small length: read it, then send headers and body in one write.
-
-        Streaming costs a write for the headers, one per chunk and one for the end; for
-        the typical API answer of a few KiB that is most of a proxy's system calls. The
-        bound (`SMALL_BODY`) keeps memory per request small, and reading first means an
-        upstream that breaks mid-body still gets an honest 502 instead of a cut connection.
-        """
-        chunks = []
-        try:
-            async for chunk in upstream.iter_chunks(self.config.timeout_seconds):
-                chunks.append(chunk)
-        except UpstreamBodyError:
-            metrics.UPSTREAM_ERRORS.labels("protocol").inc()
-            raise GatewayError(
-                502, "upstream_unavailable", "The upstream failed while answering."
-            ) from None
-        body = b"".join(chunks)
-        if len(body) != length:  # cannot happen with a sound parser: refuse, never guess
-            raise GatewayError(502, "upstream_unavailable", "The upstream answer was truncated.")
-        response = web.Response(status=upstream.status, reason=upstream.reason, body=body)
-        copy_response_headers(upstream.raw_headers, response.headers, skip_length=True)
-        response.headers.update(call.extra_headers)
-        response.headers["X-Request-Id"] = call.request_id
-        return response
-
-    @staticmethod
-    async def _stream_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-        if _expects_continue(request):
-            # The request passed every check and the upstream wants its body: now the
-            # client may send it (aiohttp's own expect handler is disabled in app.py).
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0
-        seen = 0
-        async for chunk in request.content.iter_chunked(_CHUNK):
-            seen += len(chunk)
-            if seen > limit:
-                raise BodyTooLarge
-            yield chunk
-
     # -- record -------------------------------------------------------------------------
 
-    def _record(self, request: web.Request, call: Call, elapsed: float) -> None:
+    def _record(self, call: Call, elapsed: float) -> None:
         status_class = f"{call.status // 100}xx"
         metrics.count(metrics.requests_by(call.outcome, status_class))
         metrics.count(metrics.auth_results_by(call.auth_result))
@@ -360,8 +226,8 @@ class Proxy:
                 request_id=call.request_id,
                 account_id=key.account_id_text if key else None,
                 key_id=key.id_text if key else None,
-                method=request.method,
-                path=request.rel_url.raw_path,
+                method=call.method,
+                path=call.path,
                 status=call.status,
                 latency_ms=round(elapsed * 1000, 3),
                 client_ip=call.client_ip,
@@ -390,48 +256,6 @@ def _allowed(client_ip: str, key: KeyRecord) -> bool:
     return any(ip in net for net in key.ip_allowlist)
 
 
-def _normalised_path(raw_path: str) -> str:
-    """The path as scope rules see it; refuses paths that could mean two things.
-
-    Upstreams differ on dot segments, encoded slashes, empty segments (many merge `//`)
-    and path parameters (some drop `;x` from `/a;x/b`): the scope rules see the path with
-    its parameters dropped, and a path that an upstream could read as another is refused.
-    """
-    lowered = raw_path.lower()
-    if not raw_path.startswith("/") or "%2f" in lowered or "%5c" in lowered or "\\" in raw_path:
-        raise GatewayError(400, "invalid_path", "The request path is not allowed.")
-    path = unquote(raw_path)
-    if ";" in path:
-        path = _PATH_PARAMETERS.sub("", path)
-    segments = path.split("/")
-    if any(s in (".", "..") for s in segments) or "//" in path or "\x00" in path:
-        raise GatewayError(400, "invalid_path", "The request path is not allowed.")
-    return path
-
-
-_PATH_PARAMETERS = re.compile(r";[^/]*")
+Pipeline = Callable[[web.Request, Call, ClientAddress], Awaitable[web.StreamResponse]]
 # The whole request head, less the request line; aiohttp's own limits are per line.
 MAX_HEADER_BYTES = 64 * 1024
-
-
-SMALL_BODY = 64 * 1024
-_NO_BODY_STATUSES = frozenset({204, 304})
-
-
-def _small_body_length(upstream: UpstreamResponse, method: str) -> int | None:
-    """The body length when the whole answer may be sent in one write, else None."""
-    if method == "HEAD" or upstream.status in _NO_BODY_STATUSES or upstream.status < 200:
-        return None  # their Content-Length describes a body that is not there
-    for name, value in upstream.raw_headers:
-        if name.lower() == "content-length":
-            return int(value) if value.isdigit() and int(value) <= SMALL_BODY else None
-    return None
-
-
-def _expects_continue(request: web.Request) -> bool:
-    expect = request.headers.get("Expect")
-    return (
-        expect is not None
-        and expect.strip().lower() == "100-continue"
-        and request.version >= (1, 1)
-    )

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import ssl
 
-from .config import Config, ConfigError, TLSConfig
+from .config import Config, TLSConfig
+from .settings import ConfigError
 
 log = logging.getLogger("gateway.tls")
 

@@ -23,7 +23,8 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from . import metrics
-from .keys import Hasher, KeyFormat, KeyRecord
+from .keyformat import Hasher, KeyFormat
+from .records import KeyRecord
 
 
 class KeySource(Protocol):

@@ -37,7 +37,7 @@ import asyncpg
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from .keys import KeyInfo
+from .records import KeyInfo
 
 CHANNEL = "gateway_webhooks"
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the secrets' prefix, not a secret

@@ -30,7 +30,9 @@ from gateway.config import Config
 from gateway.db import migrate
 from gateway.demo_upstream import create_demo_app
 from gateway.embedded_pg import EmbeddedPostgres
-from gateway.keys import Hasher, KeyFormat, KeyStore, NewKey
+from gateway.keyformat import Hasher, KeyFormat
+from gateway.keys import KeyStore
+from gateway.records import NewKey
 
 from . import secret_scan
 from .helpers import make_config
@@ -168,6 +170,7 @@ class Seed:
     pool: asyncpg.Pool
     store: KeyStore
     hasher: Hasher
+    permissions: tuple[str, ...]
 
     async def account(self, name: str = "Test account") -> Account:
         created = await create_account(
@@ -179,6 +182,7 @@ class Seed:
         self, account: Account | None = None, name: str = "Test key", **kw: Any
     ) -> NewKey:
         account = account or await self.account()
+        kw.setdefault("permissions", self.permissions)
         return await self.store.create(account.account_id, name, created_by=account.member_id, **kw)
 
 
@@ -186,7 +190,8 @@ class Seed:
 async def seed(config: Config) -> AsyncIterator[Seed]:
     pool = await asyncpg.create_pool(config.database.url, min_size=1, max_size=2)
     hasher = Hasher(config.keys.argon2)
-    yield Seed(pool, KeyStore(pool, KeyFormat(config.keys.prefix), hasher), hasher)
+    store = KeyStore(pool, KeyFormat(config.keys.prefix), hasher)
+    yield Seed(pool, store, hasher, tuple(config.permissions))
     await pool.close()
 
 

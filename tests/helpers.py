@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
 from gateway import metrics
-from gateway.config import Config, from_dict
+from gateway.config import DEFAULT_PERMISSIONS, DEFAULT_ROUTES, Config, from_dict
 
 # Cheap argon2 parameters keep the suite fast; the OWASP defaults have their own test.
 FAST_ARGON2 = {"time_cost": 1, "memory_kib": 1024, "parallelism": 1}
@@ -34,9 +37,41 @@ def make_config(
         # Receivers in the tests listen on 127.0.0.1.
         "webhooks": {"allow_private_targets": True},
     }
+    routes = sections.pop("routes", None)
+    if routes is None:
+        # The default table, then every other path for the test upstreams' own routes
+        # (/v1/echo, /v1/slow, ...): tests of other features reach them with any key.
+        data["routes"] = [*DEFAULT_ROUTE_DATA, TEST_ROUTE]
+        data["permissions"] = {**DEFAULT_PERMISSIONS, "test:any": "The tests' own routes"}
+    else:
+        data["routes"] = routes
+        data["permissions"] = sections.pop("permissions", None) or {
+            r["permission"]: DEFAULT_PERMISSIONS.get(r["permission"], "") for r in routes
+        }
+    for name in ("permissions", "routes_unmatched"):
+        if name in sections:
+            data[name] = sections.pop(name)
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
     return from_dict(data)
+
+
+DEFAULT_ROUTE_DATA = [
+    {"methods": list(r.methods), "path": r.path, "permission": r.permission} for r in DEFAULT_ROUTES
+]
+TEST_ROUTE = {"methods": ["*"], "path": "/**", "permission": "test:any"}
+
+
+@functools.cache
+def served_config_file() -> Path:
+    """The repository's config.yaml with `TEST_ROUTE` after its routes, for the tests
+    that start `gateway serve` processes: their upstreams' own routes are reachable."""
+    data = yaml.safe_load((REPO_ROOT / "config.yaml").read_text(encoding="utf-8"))
+    data["routes"].append(TEST_ROUTE)
+    data["permissions"]["test:any"] = "The tests' own routes"
+    path = Path(tempfile.mkdtemp(prefix="gateway-test-config-")) / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
 
 
 async def wait_for(

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.embedded_pg import free_port
 
-from .helpers import FAST_ARGON2, REPO_ROOT, gateway_command, wait_for
+from .helpers import FAST_ARGON2, gateway_command, served_config_file, wait_for
 
 # Limits no test here means to reach: these tests are about faults, not rate limiting.
 NO_LIMITS = {
@@ -128,7 +128,7 @@ async def serve(database_url: str, tmp_path: Path) -> AsyncIterator[StartServe]:
             **env,
         }
         environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        args = ["--config", str(REPO_ROOT / "config.yaml"), "serve"]
+        args = ["--config", str(served_config_file()), "serve"]
         if workers > 1:
             args += ["--workers", str(workers)]
         with open(log_path, "wb") as log:

@@ -28,7 +28,7 @@ from pathlib import Path
 import asyncpg
 
 from gateway.accounts import ADMIN_TOKEN_FORMAT
-from gateway.keys import CHECKSUM_LENGTH, PUBLIC_ID_LENGTH, SECRET_LENGTH, KeyFormat
+from gateway.keyformat import CHECKSUM_LENGTH, PUBLIC_ID_LENGTH, SECRET_LENGTH, KeyFormat
 from gateway.logs import JsonFormatter
 
 FORMATS = (KeyFormat("gp_"), ADMIN_TOKEN_FORMAT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.keys import KeyFormat
+from gateway.keyformat import KeyFormat
 
 from .helpers import key_status, wait_for
 from .test_admin_support import (  # noqa: F401 - fixtures
@@ -93,8 +93,8 @@ async def test_patch_changes_what_the_proxy_enforces(world: World, gateway: Test
     await client.call("PATCH", path, owner, json_body={"enabled": True})
     await answers_within(gateway, key, 200)
 
-    scoped = await client.call("PATCH", path, owner, json_body={"scopes": ["reports"]})
-    assert scoped.body["scopes"] == ["reports"]
+    scoped = await client.call("PATCH", path, owner, json_body={"permissions": ["reports:read"]})
+    assert scoped.body["permissions"] == ["reports:read"]
     await answers_within(gateway, key, 403, "/v1/customers")
     assert await key_status(gateway, key, "/v1/reports/mrr") == 200
 

@@ -25,7 +25,7 @@ KEY_FIELDS = {
     "regenerated_at",
     "expires_at",
     "enabled",
-    "scopes",
+    "permissions",
     "rate_limit",
     "ip_allowlist",
     "rotation_due",
@@ -47,7 +47,14 @@ async def test_created_key_object_has_every_field_and_the_key_once(world: World)
     assert key.startswith("gp_") and len(key) == 49
     assert body["partial_key"] == f"{key[:15]}…{key[-4:]}"
     assert body["created_by"] == str(world.admin_id)
-    assert body["scopes"] == ["account", "customers", "data", "reports"]
+    assert body["permissions"] == [
+        "account:read",
+        "customers:read",
+        "data:read",
+        "data:write",
+        "reports:read",
+        "test:any",
+    ]
     assert body["rate_limit"] == {"per_minute": 600, "per_day": 50_000}
     assert (body["status"], body["enabled"], body["rotation_due"]) == ("active", True, False)
     assert body["ip_allowlist"] == [] and body["expires_at"] is None

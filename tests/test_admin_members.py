@@ -15,7 +15,7 @@ from admin.auth import AdminAuthenticator
 from gateway.accounts import ADMIN_TOKEN_FORMAT
 from gateway.config import Config, FailedAuthConfig
 from gateway.errors import GatewayError
-from gateway.keys import Hasher
+from gateway.keyformat import Hasher
 
 from .test_admin_support import (  # noqa: F401 - fixtures
     OPERATOR_TOKEN,

@@ -30,6 +30,7 @@ MATRIX: dict[tuple[str, str], tuple[Any, tuple[int, ...]]] = {
     ("GET", "/v1/accounts"): (None, (401, 401, 403, 403, 403, 200, 403)),
     ("GET", "/v1/me"): (None, (401, 401, 200, 200, 200, 403, 200)),
     ("GET", "/v1/account"): (None, (401, 401, 200, 200, 200, 403, 200)),
+    ("GET", "/v1/permissions"): (None, (401, 401, 200, 200, 200, 403, 200)),
     ("GET", "/v1/members"): (None, (401, 401, 200, 200, 403, 403, 200)),
     ("POST", "/v1/members"): (
         {"email": "m@example.com", "name": "M", "role": "readonly"},

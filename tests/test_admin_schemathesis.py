@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from admin.app import create_admin_app
 from admin.openapi import document
 from gateway.accounts import create_account
-from gateway.keys import Hasher
+from gateway.keyformat import Hasher
 
 from .conftest import Cluster
 from .helpers import make_config

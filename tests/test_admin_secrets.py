@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.embedded_pg import free_port
 
-from .helpers import FAST_ARGON2, REPO_ROOT, gateway_command, wait_for
+from .helpers import FAST_ARGON2, gateway_command, served_config_file, wait_for
 from .test_admin_support import OPERATOR_TOKEN, AdminClient
 
 SECRET_START, SECRET_END = 12, -6  # public id (12) before the secret, checksum (6) after
@@ -61,7 +61,7 @@ async def test_keys_and_tokens_appear_in_exactly_one_response_and_nowhere_else(
     }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            gateway_command("--config", str(REPO_ROOT / "config.yaml"), "serve"),
+            gateway_command("--config", str(served_config_file()), "serve"),
             env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,

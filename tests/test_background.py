@@ -15,8 +15,8 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.config import Config
 from gateway.counters import PostgresCounters
-from gateway.keys import KeyRecord
 from gateway.ratelimit import SlidingWindowLimiter
+from gateway.records import KeyRecord
 from gateway.usage import UsageRecorder
 
 from .conftest import Seed

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import Argon2Config, Config, ConfigError, from_dict, load_config
+from gateway.config import Argon2Config, Config, from_dict, load_config
+from gateway.settings import ConfigError
 
 from .helpers import REPO_ROOT, gateway_command
 
@@ -70,7 +71,7 @@ def test_repository_config_yaml_sets_every_setting() -> None:
         found = set()
         for key, value in node.items():
             name = f"{where}{key}"
-            if isinstance(value, dict) and not name.endswith("scopes"):
+            if isinstance(value, dict) and name != "permissions":
                 found |= written(value, f"{name}.")
             else:
                 found.add(name)
@@ -180,7 +181,7 @@ def test_config_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.proxy.port = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
-        config.proxy.scopes["/v1/x"] = "data"  # type: ignore[index]
+        config.permissions["x:read"] = "x"  # type: ignore[index]
 
 
 # -- one clear error per mistake --------------------------------------------------------
@@ -214,11 +215,13 @@ def test_config_is_frozen() -> None:
         ({"database": {"listen_url": "http://db.example/"}}, "database.listen_url"),
         ({"database": {"pgbouncer": True}}, "database.listen_url"),
         ({"database": {"pgbouncer": "yes"}}, "database.pgbouncer"),
-        # bad addresses and scopes
+        # bad addresses and routes
         ({"proxy": {"trusted_proxies": ["10.0.0.0/8", "not-an-ip"]}}, "proxy.trusted_proxies[1]"),
         ({"proxy": {"trusted_proxies": ["10.0.0.0/33"]}}, "proxy.trusted_proxies[0]"),
-        ({"proxy": {"scopes": {"/v1/billing": "billing"}}}, "proxy.scopes./v1/billing"),
-        ({"proxy": {"scopes": {"v1/data": "data"}}}, "proxy.scopes"),
+        ({"proxy": {"scopes": {"/v1/billing": "billing"}}}, "proxy.scopes"),
+        ({"routes": [{"methods": ["GET"], "path": "v1/data"}]}, "routes[0].path"),
+        ({"routes": "all"}, "routes"),
+        ({"routes_unmatched": "maybe"}, "routes_unmatched"),
         # values out of range
         ({"proxy": {"port": 70000}}, "proxy.port"),
         ({"admin": {"port": -1}}, "admin.port"),

@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestServer
 from gateway.clock import FakeClock
 from gateway.config import Config
 from gateway.db import create_pool
-from gateway.keys import KeyStore, NewKey
+from gateway.keys import KeyStore
+from gateway.records import NewKey
 from gateway.usage import OUTCOMES, UsageRecorder
 
 from .conftest import Cluster, Seed

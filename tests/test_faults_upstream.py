@@ -27,7 +27,8 @@ from gateway.app import UPSTREAM
 from gateway.config import Config
 from gateway.embedded_pg import free_port
 from gateway.proxy import Call
-from gateway.upstream import UpstreamPool, UpstreamResponse, _Connection
+from gateway.upstream import UpstreamPool
+from gateway.upstream_wire import Connection, UpstreamResponse
 
 from .conftest import GatewayFactory, Seed
 from .helpers import make_config, wait_for
@@ -186,7 +187,7 @@ def fds_but_database(database_url: str) -> int:
 
 
 LEAK_TYPES = (
-    _Connection,
+    Connection,
     UpstreamResponse,
     Call,
     web.BaseRequest,

@@ -18,7 +18,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import UPSTREAM
-from gateway.upstream import UnsafeRequest, UpstreamPool
+from gateway.upstream import UpstreamPool
+from gateway.upstream_wire import UnsafeRequest
 
 from .conftest import GatewayFactory, Seed
 from .helpers import make_config, wait_for

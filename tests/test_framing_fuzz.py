@@ -38,14 +38,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.accounts import create_account
-from gateway.config import Argon2Config, KeysConfig
+from gateway.config import DEFAULT_PERMISSIONS, Argon2Config, KeysConfig
 from gateway.embedded_pg import free_port
-from gateway.keys import Hasher, KeyFormat, KeyStore
+from gateway.keyformat import Hasher, KeyFormat
+from gateway.keys import KeyStore
 
 from . import secret_scan
 from .conftest import Cluster
 from .h11_upstream import Answer, H11Upstream, Seen, ok_answer
-from .helpers import FAST_ARGON2, REPO_ROOT, gateway_command
+from .helpers import FAST_ARGON2, gateway_command, served_config_file
 from .reliability import NO_LIMITS
 
 EXAMPLES = int(os.environ.get("FRAMING_EXAMPLES", "150"))
@@ -81,7 +82,12 @@ async def _account_and_key(url: str) -> tuple[str, str]:
         account = await create_account(pool, hasher, "Framing", "framing@example.com")
         secret_scan.register(account.token)
         store = KeyStore(pool, KeyFormat(KeysConfig().prefix), hasher)
-        key = await store.create(account.account_id, "fuzzed", created_by=account.member_id)
+        key = await store.create(
+            account.account_id,
+            "fuzzed",
+            created_by=account.member_id,
+            permissions=[*DEFAULT_PERMISSIONS, "test:any"],
+        )
         return str(account.account_id), key.key
     finally:
         await pool.close()
@@ -125,7 +131,7 @@ def rig(
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            gateway_command("--config", str(REPO_ROOT / "config.yaml"), "serve"),
+            gateway_command("--config", str(served_config_file()), "serve"),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -238,7 +244,7 @@ WORDS = [
     "gzip",
 ]
 HOP_NAMES = ["Connection", "TE", "Trailer", "Upgrade", "Keep-Alive", "Proxy-Connection"]
-CLAIMS = ["X-GrowPanel-Account-Id", "X-GrowPanel-Key-Scopes", "X-Forwarded-For", "X-Real-IP"]
+CLAIMS = ["X-GrowPanel-Account-Id", "X-GrowPanel-Key-Permissions", "X-Forwarded-For", "X-Real-IP"]
 SAFE_TEXT = st.text(alphabet="abcXYZ019 -_./=,;:", max_size=6)
 
 header_names = st.one_of(

@@ -14,13 +14,13 @@ from gateway.headers import (
     parse_networks,
     upstream_request_headers,
 )
-from gateway.keys import KeyRecord
+from gateway.records import KeyRecord
 
 ACCOUNT_ID = uuid.UUID("6f1c2a47-0b1e-4c57-9a43-4d1c9d6a0f3e")
 KEY_ID = uuid.UUID("0b7c1f6e-2d3a-4c5b-9e8f-1a2b3c4d5e6f")
 
 
-def record(scopes: set[str]) -> KeyRecord:
+def record(permissions: set[str]) -> KeyRecord:
     return KeyRecord(
         id=KEY_ID,
         account_id=ACCOUNT_ID,
@@ -28,7 +28,7 @@ def record(scopes: set[str]) -> KeyRecord:
         secret_hash="h",
         previous_secret_hash=None,
         previous_secret_expires_at=None,
-        scopes=frozenset(scopes),
+        permissions=frozenset(permissions),
         ip_allowlist=(),
         rate_limit_per_minute=None,
         rate_limit_per_day=None,
@@ -38,7 +38,7 @@ def record(scopes: set[str]) -> KeyRecord:
 
 
 TRUSTED = parse_networks(["10.0.0.0/8", "2001:db8::/32"])
-IDENTITY = identity_headers(record({"reports", "customers"}))
+IDENTITY = identity_headers(record({"reports:read", "customers:read"}))
 HOP_BY_HOP = [
     "Connection",
     "Keep-Alive",
@@ -188,7 +188,8 @@ def test_proxy_authorization_is_dropped_even_when_authorization_is_forwarded() -
         "X-GrowPanel-Account-Id",
         "x-growpanel-account-id",
         "X-GROWPANEL-KEY-ID",
-        "X-Growpanel-Key-Scopes",
+        "X-Growpanel-Key-Permissions",
+        "X-GrowPanel-Key-Scopes",
         "X-GrowPanel-Admin",
         "x-growpanel-",
     ],
@@ -200,17 +201,17 @@ def test_incoming_growpanel_headers_are_replaced_by_the_identity(name: str) -> N
     assert "forged again" not in out.values()
     assert out.getall("X-GrowPanel-Account-Id") == [str(ACCOUNT_ID)]
     assert out.getall("X-GrowPanel-Key-Id") == [str(KEY_ID)]
-    assert out.getall("X-GrowPanel-Key-Scopes") == ["customers,reports"]
+    assert out.getall("X-GrowPanel-Key-Permissions") == ["customers:read,reports:read"]
     growpanel = [k for k in out if k.lower().startswith("x-growpanel-")]
     assert sorted(growpanel) == sorted(name for name, _ in IDENTITY)
 
 
-def test_identity_headers_list_scopes_sorted() -> None:
-    """The identity names the account, the key and its scopes in a stable order."""
-    assert identity_headers(record({"data", "account", "reports"})) == (
+def test_identity_headers_list_permissions_sorted() -> None:
+    """The identity names the account, the key and its permissions in a stable order."""
+    assert identity_headers(record({"data:write", "account:read", "reports:read"})) == (
         ("X-GrowPanel-Account-Id", str(ACCOUNT_ID)),
         ("X-GrowPanel-Key-Id", str(KEY_ID)),
-        ("X-GrowPanel-Key-Scopes", "account,data,reports"),
+        ("X-GrowPanel-Key-Permissions", "account:read,data:write,reports:read"),
     )
 
 

@@ -20,7 +20,7 @@ import aiohttp
 import asyncpg
 from aiohttp.test_utils import TestServer
 
-from gateway.keys import KeyFormat
+from gateway.keyformat import KeyFormat
 
 from .conftest import Seed
 from .helpers import wait_for

@@ -32,13 +32,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import SCOPES
+from gateway.config import DEFAULT_PERMISSIONS
 from gateway.embedded_pg import free_port
-from gateway.keys import KeyFormat
+from gateway.keyformat import KeyFormat
 
 from . import secret_scan
 from .conftest import Cluster
-from .helpers import FAST_ARGON2, REPO_ROOT, gateway_command
+from .helpers import FAST_ARGON2, gateway_command, served_config_file
 from .reliability import NO_LIMITS
 from .test_admin_support import OPERATOR_TOKEN
 
@@ -164,7 +164,7 @@ def live(
             stderr=subprocess.STDOUT,
         )
         gateway = subprocess.Popen(
-            gateway_command("--config", str(REPO_ROOT / "config.yaml"), "serve"),
+            gateway_command("--config", str(served_config_file()), "serve"),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -300,8 +300,12 @@ key_fields = st.fixed_dictionaries(
     {},
     optional={
         "name": names,
+        "permissions": st.one_of(
+            st.lists(st.sampled_from([*DEFAULT_PERMISSIONS, "admin:all", ""]), max_size=5),
+            json_values,
+        ),
         "scopes": st.one_of(
-            st.lists(st.sampled_from([*SCOPES, "admin", ""]), max_size=5), json_values
+            st.lists(st.sampled_from(["reports", "data", "admin", ""]), max_size=5), json_values
         ),
         "rate_limit": st.one_of(
             st.fixed_dictionaries(

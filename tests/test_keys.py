@@ -19,13 +19,7 @@ from hypothesis import strategies as st
 
 from gateway.accounts import ADMIN_TOKEN_FORMAT
 from gateway.config import Argon2Config
-from gateway.keys import (
-    BASE62,
-    PUBLIC_ID_LENGTH,
-    SECRET_LENGTH,
-    Hasher,
-    KeyFormat,
-)
+from gateway.keyformat import BASE62, PUBLIC_ID_LENGTH, SECRET_LENGTH, Hasher, KeyFormat
 
 from .conftest import Seed
 
@@ -310,12 +304,12 @@ async def test_lookup_returns_the_live_key_by_public_id(seed: Seed) -> None:
     """`lookup` finds the key by its public id with its settings."""
     account = await seed.account()
     new = await seed.key(
-        account, scopes=["reports"], ip_allowlist=["10.0.0.0/8"], rate_limit_per_minute=5
+        account, permissions=["reports:read"], ip_allowlist=["10.0.0.0/8"], rate_limit_per_minute=5
     )
     record = await seed.store.lookup(new.public_id)
     assert record is not None
     assert (record.id, record.account_id) == (new.id, account.account_id)
-    assert record.scopes == frozenset({"reports"})
+    assert record.permissions == frozenset({"reports:read"})
     assert [str(n) for n in record.ip_allowlist] == ["10.0.0.0/8"]
     assert record.rate_limit_per_minute == 5
     assert record.enabled is True

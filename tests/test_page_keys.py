@@ -99,10 +99,10 @@ async def test_create_use_copy_last_used_regenerate_delete_through_the_proxy(
     await expect(row.locator(".col-used")).to_have_text("Never")
     listed = await client.call("GET", "/v1/keys", acme.owner)
     key = next(k for k in listed.body["items"] if k["name"] == "Production integration")
-    assert (key["scopes"], key["rate_limit"]["per_minute"]) == (
-        ["customers", "data", "reports"],
-        120,
-    )
+    # Everything the route table defines except the one unchecked, and the limit.
+    assert "account:read" not in key["permissions"]
+    assert {"reports:read", "customers:read", "data:read", "data:write"} <= set(key["permissions"])
+    assert key["rate_limit"]["per_minute"] == 120
     await expect(row.locator(".partial-key")).to_have_text(key["partial_key"])
 
     # Usable through the proxy; "Last used" follows after the flush and a refresh.
@@ -166,7 +166,7 @@ async def test_table_shows_rotation_due_relative_times_and_pages(
         name: await create_key(client, acme.owner, name, **fields)
         for name, fields in [
             ("Zapier – CRM sync", {}),
-            ("Google Sheets extension", {"scopes": ["reports"]}),
+            ("Google Sheets extension", {"permissions": ["reports:read"]}),
             ("Production integration", {}),
             ("Staging dashboard", {"expires_at": expiry.isoformat()}),
         ]
@@ -212,7 +212,7 @@ async def test_table_shows_rotation_due_relative_times_and_pages(
     assert title and re.search(r"\d{1,2}:\d{2}:\d{2}", title), title
     await expect(page.locator("#keys-body .badge", has_text="Rotation due")).to_have_count(1)
     await expect(browser.row("Zapier – CRM sync")).to_contain_text("Rotation due")
-    await expect(browser.row("Google Sheets extension")).to_contain_text("Scope: reports")
+    await expect(browser.row("Google Sheets extension")).to_contain_text("Permission: reports:read")
     await expect(page.locator("#keys-range")).to_have_text("4 keys")
     await expect(page.locator("#page-next")).to_be_hidden()
     await expect(browser.row("Staging dashboard")).to_contain_text(
@@ -319,6 +319,15 @@ async def test_edit_in_place_with_the_apis_messages_then_disable_and_enable(
     await expect(page.locator("#edit-per-minute")).to_have_value("600")
     await browser.state("key-edit")
 
+    # Permissions come from GET /v1/permissions, grouped by resource with read/write.
+    data = dialog.get_by_role("group", name="Data")
+    await expect(data.get_by_role("checkbox")).to_have_count(2)
+    await expect(data.get_by_label("Read")).to_be_checked()
+    await expect(data.get_by_label("Write")).to_be_checked()
+    await expect(data).to_contain_text("Push data (imports)")
+    await expect(dialog.get_by_role("group", name="Reports").get_by_role("checkbox")).to_have_count(
+        1
+    )
     await page.locator("#edit-name").fill("Zapier – CRM sync")
     await dialog.get_by_role("group", name="Data").get_by_label("Read").uncheck()
     await page.locator("#edit-per-minute").fill("0")
@@ -337,9 +346,10 @@ async def test_edit_in_place_with_the_apis_messages_then_disable_and_enable(
     await expect(dialog).to_be_hidden()
     await expect(page.locator("#toasts")).to_contain_text("Saved “Zapier – CRM sync”")
     row = browser.row("Zapier – CRM sync")
-    await expect(row).to_contain_text("Scopes: account, customers, reports")
+    await expect(row.locator(".badge-outline")).to_contain_text("data:write")
+    await expect(row.locator(".badge-outline")).not_to_contain_text("data:read")
     saved = (await client.call("GET", f"/v1/keys/{made['id']}", acme.owner)).body
-    assert saved["scopes"] == ["account", "customers", "reports"]
+    assert "data:read" not in saved["permissions"] and "data:write" in saved["permissions"]
     assert saved["rate_limit"]["per_minute"] == 60
     assert saved["ip_allowlist"] == ["127.0.0.1/32"]
     assert await key_status(gateway, made["key"], "/v1/reports/mrr") == 200

@@ -18,9 +18,9 @@ from yarl import URL
 from gateway import metrics
 from gateway.clock import FakeClock, utcnow
 from gateway.config import Config
-from gateway.keys import KeyRecord
-from gateway.proxy import SMALL_BODY
+from gateway.forward import SMALL_BODY
 from gateway.ratelimit import Decision, Unlimited
+from gateway.records import KeyRecord
 
 from .conftest import GatewayFactory, Seed, UpstreamFactory
 from .helpers import key_status, make_config, sample, wait_for
@@ -157,24 +157,23 @@ async def test_ip_outside_allowlist_is_403(gateway: TestServer, seed: Seed) -> N
 
 
 @pytest.mark.parametrize(
-    ("path", "scope"),
+    ("path", "permission"),
     [
-        ("/v1/reports/mrr", "reports"),
-        ("/v1/customers", "customers"),
-        ("/v1/data/anything", "data"),
-        ("/v1/account", "account"),
+        ("/v1/reports/mrr", "reports:read"),
+        ("/v1/customers", "customers:read"),
+        ("/v1/data/anything", "data:read"),
+        ("/v1/account", "account:read"),
     ],
 )
-async def test_route_outside_granted_scopes_is_403(
-    gateway: TestServer, seed: Seed, path: str, scope: str
+async def test_route_outside_granted_permissions_is_403(
+    gateway: TestServer, seed: Seed, path: str, permission: str
 ) -> None:
-    others = await seed.key(
-        scopes=[s for s in ("reports", "customers", "data", "account") if s != scope]
-    )
-    only = await seed.key(scopes=[scope])
+    others = await seed.key(permissions=[p for p in seed.permissions if p != permission])
+    only = await seed.key(permissions=[permission])
     status, headers, body = await call(gateway, path, headers=bearer(others.key))
     assert status == 403
-    assert_error(status, headers, body, "insufficient_scope")
+    assert_error(status, headers, body, "insufficient_permission")
+    assert body["error"]["permission"] == permission
     assert (await call(gateway, path, headers=bearer(only.key)))[0] == 200
 
 
@@ -299,14 +298,14 @@ async def test_upstream_never_sees_the_key_or_forged_identity_and_does_see_ident
     gateway: TestServer, seed: Seed
 ) -> None:
     account = await seed.account()
-    key = await seed.key(account, scopes=["reports", "data"])
+    key = await seed.key(account, permissions=["data:write", "test:any"])
     status, _, echo = await call(
         gateway,
         headers={
             **bearer(key.key),
             "X-GrowPanel-Account-Id": "forged-account",
             "x-growpanel-key-id": "forged-key",
-            "X-GROWPANEL-KEY-SCOPES": "admin",
+            "X-GROWPANEL-KEY-PERMISSIONS": "admin:all",
             "X-GrowPanel-Anything": "forged",
             "X-Forwarded-For": "6.6.6.6",
             "Connection": "X-Drop-Me",
@@ -326,7 +325,7 @@ async def test_upstream_never_sees_the_key_or_forged_identity_and_does_see_ident
     assert growpanel == {
         "x-growpanel-account-id": str(account.account_id),
         "x-growpanel-key-id": str(key.id),
-        "x-growpanel-key-scopes": "data,reports",
+        "x-growpanel-key-permissions": "data:write,test:any",
     }
     assert dict(pairs)["x-forwarded-for"] == "127.0.0.1"
     assert names.count("x-forwarded-for") == 1
@@ -387,8 +386,8 @@ async def test_large_download_streams_through(gateway: TestServer, seed: Seed) -
     ],
 )
 async def test_ambiguous_paths_are_refused(gateway: TestServer, seed: Seed, path: str) -> None:
-    """Dot segments and encoded slashes could dodge scope rules: refused, never forwarded."""
-    key = await seed.key(scopes=["reports"])
+    """Dot segments and encoded slashes could dodge permissions: refused, never forwarded."""
+    key = await seed.key(permissions=["reports:read"])
     status, body = await raw_request(gateway.port, f"GET {path} HTTP/1.1", bearer(key.key))
     assert status == 400
     assert b'"invalid_path"' in body

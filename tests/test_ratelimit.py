@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 
 from gateway.app import LIMITER
 from gateway.clock import FakeClock
-from gateway.config import SCOPES, Config, ConfigError, RateLimitConfig
+from gateway.config import DEFAULT_PERMISSIONS, Config, RateLimitConfig
 from gateway.counters import DAY, Deltas, PostgresCounters, bucket
-from gateway.keys import KeyRecord
 from gateway.ratelimit import SlidingWindowLimiter
+from gateway.records import KeyRecord
+from gateway.settings import ConfigError
 
 from .conftest import Cluster, GatewayFactory, Seed
 from .helpers import make_config, sample, wait_for
@@ -42,7 +43,7 @@ def record(per_minute: int | None = None, per_day: int | None = None) -> KeyReco
         secret_hash="",
         previous_secret_hash=None,
         previous_secret_expires_at=None,
-        scopes=frozenset(SCOPES),
+        permissions=frozenset(DEFAULT_PERMISSIONS),
         ip_allowlist=(),
         rate_limit_per_minute=per_minute,
         rate_limit_per_day=per_day,
@@ -294,7 +295,7 @@ async def test_every_authenticated_response_carries_the_rate_limit_headers(
     dead_upstream = "http://127.0.0.1:9" if case == "upstream_down" else None
     gateway = await start_gateway(limits_config(config, dead_upstream, per_minute=50))
     options: dict[str, Any] = {
-        "scope": {"scopes": ["reports"]},
+        "scope": {"permissions": ["reports:read"]},
         "allowlist": {"ip_allowlist": ["10.0.0.0/8"]},
         "rate_limited": {"rate_limit_per_minute": 1},
     }.get(case, {})
@@ -335,7 +336,7 @@ async def test_every_forwarded_request_counts_whatever_the_upstream_answers(
 ) -> None:
     """Upstream 2xx, 4xx and 5xx all count; a 403 refused before the limit step does not."""
     gateway = await start_gateway(limits_config(config, per_minute=10))
-    key = await seed.key(scopes=["customers"])
+    key = await seed.key(permissions=["customers:read", "test:any"])
     remaining = []
     for path in ("/v1/customers", "/v1/status/404", "/v1/status/503", "/v1/reports/mrr"):
         response = await get(gateway, key.key, path)

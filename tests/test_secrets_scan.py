@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 
 from gateway.accounts import ADMIN_TOKEN_FORMAT
-from gateway.keys import KeyFormat
+from gateway.keyformat import KeyFormat
 
 from . import secret_scan
 

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from gateway.clock import FakeClock
 from gateway.config import Config, FailedAuthConfig
 from gateway.errors import GatewayError
-from gateway.keys import KeyFormat
+from gateway.keyformat import KeyFormat
 from gateway.throttle import FailedAuthThrottle
 
 from .conftest import GatewayFactory, Seed

@@ -14,10 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.embedded_pg import free_port
-from gateway.upstream import (
+from gateway.upstream import UpstreamPool
+from gateway.upstream_wire import (
     UpstreamBodyError,
     UpstreamError,
-    UpstreamPool,
     UpstreamResponse,
     UpstreamTimeout,
 )

@@ -112,12 +112,12 @@ async def test_usage_is_counted_per_hour_by_outcome(
     clock = FakeClock(start=dt.datetime.now(dt.UTC).timestamp())
     gateway = await start_gateway(clock=clock)
     account = await seed.account()
-    key = await seed.key(account, scopes=["customers"])
+    key = await seed.key(account, permissions=["customers:read", "test:any"])
     wrong_secret, _ = seed.store.format.generate(key.public_id)
     await hit(gateway, key.key, "/v1/customers", n=3)  # ok
     await hit(gateway, key.key, "/v1/status/404", n=2)  # upstream 4xx
     await hit(gateway, key.key, "/v1/status/502", n=1)  # upstream 5xx
-    await hit(gateway, key.key, "/v1/reports/mrr", n=2)  # denied: scope
+    await hit(gateway, key.key, "/v1/reports/mrr", n=2)  # denied: permission
     await hit(gateway, wrong_secret, n=2)  # failed_auth for this key id
     assert await gateway.app[USAGE].flush()
     assert await usage_counts(db, key.id) == {

@@ -26,7 +26,7 @@ from yarl import URL
 
 from gateway.embedded_pg import _make_traversable, _service_user, free_port
 
-from .helpers import FAST_ARGON2, REPO_ROOT, gateway_command, wait_for
+from .helpers import FAST_ARGON2, REPO_ROOT, gateway_command, served_config_file, wait_for
 
 DEPLOY = REPO_ROOT / "deploy"
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
@@ -150,7 +150,7 @@ class Replica:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self, *extra: str) -> None:
-        args = ["--config", str(REPO_ROOT / "config.yaml"), "serve", *extra]
+        args = ["--config", str(served_config_file()), "serve", *extra]
         if self.workers > 1:
             args += ["--workers", str(self.workers)]
         with open(self.log_path, "ab") as log:

@@ -6,6 +6,7 @@ import { ApiError } from './api.js';
 import { confirmAction, createKeyDialog, editKeyDialog, revealKey } from './dialogs.js';
 import { byId, copyText, h, icon, show, toast } from './dom.js';
 import { exactTime, relativeTime, shortDate } from './format.js';
+import { permissionChoices } from './permissions.js';
 
 export const PAGE_SIZE = 20;
 export const REFRESH_MS = 15_000;
@@ -43,6 +44,10 @@ function leakedBadge(key) {
   return h('span', props);
 }
 
+// How many permissions the route table defines (null until known): a key with fewer gets
+// a badge naming the ones it has.
+let allPermissions = null;
+
 function badges(key) {
   const out = [];
   if (key.leaked_at) out.push(leakedBadge(key));
@@ -61,9 +66,10 @@ function badges(key) {
       text: 'Rotation due',
     }));
   }
-  if (key.scopes.length < 4) {
-    const label = key.scopes.length === 1 ? 'Scope' : 'Scopes';
-    out.push(h('span', { class: 'badge badge-outline', title: 'This key may call only these parts of the API', text: `${label}: ${key.scopes.join(', ') || 'none'}` }));
+  const granted = key.permissions ?? [];
+  if (allPermissions !== null && granted.length < allPermissions) {
+    const label = granted.length === 1 ? 'Permission' : 'Permissions';
+    out.push(h('span', { class: 'badge badge-outline', title: 'This key may call only these parts of the API', text: `${label}: ${granted.join(', ') || 'none'}` }));
   }
   return out;
 }
@@ -195,6 +201,9 @@ export class KeysView {
       show(byId('keys-table'), false);
       show(byId('keys-empty'), false);
       show(byId('keys-footer'), false);
+    }
+    if (allPermissions === null) {
+      allPermissions = await permissionChoices(this.api).then((p) => p.choices.length, () => null);
     }
     const request = (this.loading = this.api.get(`/v1/keys?${query}`));
     let data;

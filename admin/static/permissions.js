@@ -1,29 +1,27 @@
 // What a key may do, as the create and edit dialogs offer it: choices grouped by resource,
-// each with a Read and a Write toggle where the API has that action.
+// each with a Read and a Write toggle (and any other action the route table defines).
 //
-// `permissionChoices()` is the only place that knows where the choices come from. Today
-// they are the four scopes of the key object's `scopes` field (all read-only). When route
-// permissions land, it becomes one call to `GET /v1/permissions` ({name, description,
-// routes}, names `resource:action`) returning `field: 'permissions'`; nothing else here
-// or in the dialogs changes.
+// `permissionChoices()` is the only place that knows where the choices come from: the
+// route table's permissions, `GET /v1/permissions` ({name, description, resource, action,
+// routes}), held in the key object's `permissions` field. (Before route permissions it
+// returned the four fixed scopes and the field `scopes`; nothing else changed.)
 
 import { h } from './dom.js';
-
-const SCOPES = [
-  ['reports', 'MRR, churn and other metrics'],
-  ['customers', 'Customer records'],
-  ['data', 'Raw data exports'],
-  ['account', 'Account details'],
-];
 
 /**
  * The permission choices and the key field that holds them.
  * @returns {Promise<{field: string, choices: {value: string, resource: string, action: string, description: string}[]}>}
  */
 export async function permissionChoices(api) {
+  const data = await api.get('/v1/permissions');
   return {
-    field: 'scopes',
-    choices: SCOPES.map(([scope, description]) => ({ value: scope, resource: scope, action: 'read', description })),
+    field: 'permissions',
+    choices: data.items.map((item) => ({
+      value: item.name,
+      resource: item.resource,
+      action: item.action,
+      description: item.description,
+    })),
   };
 }
 
@@ -43,7 +41,9 @@ export function renderPermissions(container, { choices }, selected) {
   }
   const groups = [...resources].map(([resource, items]) => {
     const heading = `${container.id}-${resource}`;
-    const toggles = ACTIONS.map((action) => {
+    // Read, then Write, then whatever other actions the route table names.
+    const actions = [...new Set([...ACTIONS, ...items.map((item) => item.action)])];
+    const toggles = actions.map((action) => {
       const choice = items.find((item) => item.action === action);
       if (!choice) return null;
       return h(
