@@ -28,7 +28,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from .helpers import REPO_ROOT
+from gateway.config import Config
+
+from .helpers import DEFAULT_PERMISSIONS, DEFAULT_ROUTE_DATA, REPO_ROOT, make_config
 from .test_admin_support import OPERATOR_TOKEN, AdminClient
 
 try:
@@ -107,6 +109,18 @@ def chromium_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(name="config")
+def config_fixture(database_url: str, upstream: TestServer) -> Config:
+    """The route table and permissions as config.yaml ships them, without the other tests'
+    catch-all route: the console shows (and pictures) what an operator would see."""
+    return make_config(
+        database_url,
+        str(upstream.make_url("")).rstrip("/"),
+        routes=DEFAULT_ROUTE_DATA,
+        permissions=dict(DEFAULT_PERMISSIONS),
+    )
 
 
 @dataclasses.dataclass

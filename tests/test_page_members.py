@@ -13,6 +13,7 @@ from .page_support import (  # noqa: F401 - fixtures
     acme_fixture,
     browser_fixture,
     chromium_fixture,
+    config_fixture,
     create_key,
 )
 from .test_admin_support import (  # noqa: F401 - fixtures
