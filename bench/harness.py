@@ -40,13 +40,21 @@ class Settings:
     warm: int  # seconds of load before measuring a server
     bulk: int  # keys in Postgres
     mix: int  # keys in the rotating-key traffic
+    leak_runs: int  # leaked keys timed from the signed POST to refused on two processes
+    webhook_events: int  # webhook deliveries timed
     connections: int = 64
 
     @classmethod
     def of(cls, quick: bool) -> Settings:
         if quick:
-            return cls(quick, rounds=2, seconds=3, warm=1, bulk=10_000, mix=1_000)
-        return cls(quick, rounds=5, seconds=6, warm=2, bulk=100_000, mix=10_000)
+            return cls(
+                quick, rounds=2, seconds=3, warm=1, bulk=10_000, mix=1_000,
+                leak_runs=10, webhook_events=40,
+            )  # fmt: skip
+        return cls(
+            quick, rounds=5, seconds=6, warm=2, bulk=100_000, mix=10_000,
+            leak_runs=50, webhook_events=200,
+        )  # fmt: skip
 
     def as_json(self) -> dict[str, int]:
         return {
@@ -55,6 +63,8 @@ class Settings:
             "connections": self.connections,
             "keys_in_database": self.bulk,
             "keys_in_traffic": self.mix,
+            "leak_runs": self.leak_runs,
+            "webhook_events": self.webhook_events,
         }
 
 

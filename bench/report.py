@@ -44,6 +44,7 @@ def report(figures: dict[str, Any]) -> None:
     _workers(table, figures["workers"])
     _cold(table, figures["cold"])
     _revocation(table, figures["revocation"])
+    _leaks(table, figures["leaks_and_webhooks"])
     _statements(table, figures["db_transactions_per_second"])
     _memory(table, figures["memory_and_flush"])
     _failures(table, figures["throughput"])
@@ -204,6 +205,26 @@ def _revocation(table: Table, r: dict[str, float]) -> None:
         f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.1f} ms",
         "p99 ≤ 100 ms",
         r["p99_ms"] <= 100,
+    )
+
+
+def _leaks(table: Table, figures: dict[str, dict[str, float]]) -> None:
+    leak, hooks = figures["leak_to_refused_on_two_processes"], figures["webhook_delivery_latency"]
+    s = table.summary
+    s["leak_to_refused_median_ms"], s["leak_to_refused_max_ms"] = leak["median_ms"], leak["max_ms"]
+    s["webhook_latency_median_ms"], s["webhook_latency_p99_ms"] = (
+        hooks["median_ms"],
+        hooks["p99_ms"],
+    )
+    table.row(
+        f"leak POST to refused on 2 processes, median / max ({leak['n']:.0f})",
+        f"{leak['median_ms']:.1f} / {leak['max_ms']:.1f} ms",
+        "max < 1 s",
+        leak["max_ms"] < 1000,
+    )
+    table.row(
+        f"webhook delivery latency, median / p99 ({hooks['n']:.0f})",
+        f"{hooks['median_ms']:.1f} / {hooks['p99_ms']:.1f} ms",
     )
 
 

@@ -14,6 +14,8 @@ ratio is the median over the rounds of pairs measured seconds apart.
   while new keys are being verified (bench/latency.py);
 - revocation propagation through the admin API to two gateway processes
   (bench/revocation.py);
+- leaked keys, from a signed secret-scanning POST to refused on two processes (median,
+  max), and webhook delivery latency (median, p99) (bench/leaks.py);
 - Postgres transactions per second from the gateway at two request rates
   (bench/statements.py);
 - memory per cached key, and flushes of 10,000 distinct keys' last used and usage counts
@@ -47,7 +49,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as `python bench/run.py`: the bench is a package
 
-from bench import ingress, latency, memory, revocation, statements, throughput  # noqa: E402
+from bench import (  # noqa: E402
+    ingress,
+    latency,
+    leaks,
+    memory,
+    revocation,
+    statements,
+    throughput,
+)
 from bench.data import Prepared, database, prepare_database  # noqa: E402
 from bench.harness import Servers, Settings, rotating_script, start_upstream, url_of  # noqa: E402
 from bench.report import report  # noqa: E402
@@ -94,6 +104,10 @@ def measure(
     figures["workers"] = throughput.workers(servers, settings, data.hot)
     print("bench: revocation", flush=True)
     figures["revocation"] = revocation.run(servers, data.owner_token, data.bulk, data.bulk_ids)
+    print("bench: leaked keys and webhooks", flush=True)
+    figures["leaks_and_webhooks"] = leaks.run(
+        servers, settings, url, data.account_id, data.owner_token
+    )
     print("bench: memory and flush", flush=True)
     figures["memory_and_flush"] = memory.memory_and_flush(url, settings.bulk)
     return figures

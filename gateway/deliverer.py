@@ -11,8 +11,11 @@ twice: the claim and the record of the answer are one transaction.
 A failed attempt (no answer in `timeout_seconds`, a connection error, anything but 2xx;
 redirects are not followed) is retried after `retry_base_seconds × 2^(attempts − 1)`, at
 most `retry_max_interval_seconds` apart, until the delivery is `give_up_after_seconds`
-old, when it is marked failed. Workers wake on the NOTIFY of a new event and otherwise
-look every `poll_interval_seconds`.
+old, when it is marked failed. Workers wake on the NOTIFY of a new event; otherwise they
+sleep until one statement, run every `poll_interval_seconds` (it also feeds the backlog
+gauges), finds a delivery due (a retry whose time came, an event whose NOTIFY was
+missed). Idle, a deliverer costs that one statement a second: it shares its process and
+event loop with the proxy unless `--workers N` is used (bench: docs/performance.md).
 
 Every `scan_interval_seconds` the deliverer also queues the time-driven key events
 (`key.expiring` 7 days and 1 day before `expires_at`, `key.rotation_due`), one process
@@ -59,6 +62,22 @@ SELECT d.id, d.attempts, d.created_at, e.msg_id, e.payload, e.type,
  ORDER BY d.next_attempt_at, d.id
  LIMIT 1
    FOR UPDATE OF d SKIP LOCKED
+"""
+
+# The backlog gauges and whether a worker would find anything to claim (the claim's
+# conditions, without its locks): one statement a poll interval, idle or not.
+_LOOK = """
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest,
+       EXISTS (
+           SELECT 1
+             FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id
+            WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND w.enabled
+              AND NOT EXISTS (
+                  SELECT 1 FROM webhook_deliveries p
+                   WHERE p.endpoint_id = d.endpoint_id AND p.subject = d.subject
+                     AND p.status = 'pending' AND p.id < d.id)) AS due
+  FROM webhook_deliveries WHERE status = 'pending'
 """
 
 _RECORD = """
@@ -156,16 +175,17 @@ class Deliverer:
         self._wake.clear()
 
     async def _tick(self) -> None:
-        """Wake the workers every poll interval; keep the listener, gauges and scan going."""
+        """Every poll interval: wake the workers if a delivery is due; keep the listener,
+        gauges and scan going."""
         loop = asyncio.get_running_loop()
         next_scan = loop.time() + self.webhooks.scan_interval_seconds
         while True:
             await asyncio.sleep(self.webhooks.poll_interval_seconds)
-            await self.wake()
             try:
                 if self._listener is None or self._listener.is_closed():
                     await self._listen()
-                await self._sample()
+                if await self.look():
+                    await self.wake()
                 if loop.time() >= next_scan:
                     next_scan = loop.time() + self.webhooks.scan_interval_seconds
                     await self.scan()
@@ -174,15 +194,13 @@ class Deliverer:
             except Exception:
                 log.exception("webhook upkeep failed")
 
-    async def _sample(self) -> None:
+    async def look(self) -> bool:
+        """Set the backlog gauges; True when a worker would find a delivery to claim."""
         assert self._pool is not None
-        row = await self._pool.fetchrow(
-            "SELECT count(*) AS pending,"
-            " coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest"
-            " FROM webhook_deliveries WHERE status = 'pending'"
-        )
+        row = await self._pool.fetchrow(_LOOK)
         metrics.WEBHOOK_PENDING.set(row["pending"])
         metrics.WEBHOOK_OLDEST_PENDING.set(float(row["oldest"]))
+        return bool(row["due"])
 
     # -- delivering -----------------------------------------------------------------------
 
@@ -198,8 +216,9 @@ class Deliverer:
                 log.exception("webhook delivery failed")
                 sent = False
             if not sent and generation == self._generation:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.webhooks.poll_interval_seconds)
+                # Until a NOTIFY, or the tick's look, finds something due: an idle worker
+                # costs no statement of its own.
+                await self._wake.wait()
 
     async def deliver_one(self) -> bool:
         """Claim, send and record one due delivery; False when none is due."""

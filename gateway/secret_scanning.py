@@ -6,7 +6,9 @@ of work bounds what an unsigned or hostile request can cost:
 
 1. both signature headers present, the body no larger than `max_body_bytes` (401 / 413);
 2. the signature verified against the named public key (fetched when first needed, again
-   for an unknown key id at most once per `refresh_min_interval_seconds`): 401 otherwise;
+   for an unknown key id or an hour-old document; at most one fetch per
+   `refresh_min_interval_seconds`, failed fetches included): 401 otherwise, 503 while the
+   document cannot be read;
 3. the body a JSON array of at most `max_tokens` `{token, type, url, source}` (400 / 413);
 4. per token: the checksum (no I/O), the live row by public id (one indexed query), one
    argon2 verification; a real key of ours gets `secret_scanning.action` (disable,
@@ -67,6 +69,10 @@ class PublicKeys:
         self._config = config
         self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
         self._fetched_at: float | None = None
+        # The last fetch, whether it worked: unsigned requests naming any key id must not
+        # make the gateway fetch once each, even while GitHub is unreachable.
+        self._attempted_at: float | None = None
+        self._failed = False
         self._lock = asyncio.Lock()
 
     async def get(self, key_id: str) -> ec.EllipticCurvePublicKey | None:
@@ -77,7 +83,11 @@ class PublicKeys:
             key = self._keys.get(key_id)
             if key is not None and not self._stale():
                 return key
-            if key is None and not self._may_refresh():
+            if not self._may_fetch():
+                if key is not None:
+                    return key  # stale, and the last refresh failed: still GitHub's key
+                if self._failed:
+                    raise _unavailable()  # it may be a new key of GitHub's: retry later
                 return None
             try:
                 await self._fetch()
@@ -90,13 +100,15 @@ class PublicKeys:
     def _stale(self) -> bool:
         return self._fetched_at is None or time.monotonic() - self._fetched_at > KEYS_MAX_AGE
 
-    def _may_refresh(self) -> bool:
+    def _may_fetch(self) -> bool:
         return (
-            self._fetched_at is None
-            or time.monotonic() - self._fetched_at >= self._config.refresh_min_interval_seconds
+            self._attempted_at is None
+            or time.monotonic() - self._attempted_at >= self._config.refresh_min_interval_seconds
         )
 
     async def _fetch(self) -> None:
+        self._attempted_at = time.monotonic()
+        self._failed = True  # until it worked
         url = self._config.public_keys_url
         timeout = aiohttp.ClientTimeout(total=self._config.fetch_timeout_seconds)
         try:
@@ -110,15 +122,20 @@ class PublicKeys:
         except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as exc:
             metrics.SECRET_SCANNING_KEY_FETCHES.labels("failed").inc()
             log.warning("cannot read the secret-scanning public keys from %s: %s", url, exc)
-            raise GatewayError(
-                503,
-                "secret_scanning_unavailable",
-                "The signing keys cannot be read right now; retry later.",
-                {"Retry-After": "60"},
-            ) from None
+            raise _unavailable() from None
         metrics.SECRET_SCANNING_KEY_FETCHES.labels("ok").inc()
         self._keys = keys
         self._fetched_at = time.monotonic()
+        self._failed = False
+
+
+def _unavailable() -> GatewayError:
+    return GatewayError(
+        503,
+        "secret_scanning_unavailable",
+        "The signing keys cannot be read right now; retry later.",
+        {"Retry-After": "60"},
+    )
 
 
 def _parse_keys(document: Any) -> dict[str, ec.EllipticCurvePublicKey]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import errno
 import hashlib
 import hmac
 import ipaddress
@@ -210,7 +211,8 @@ class PublicOnlyResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         if not results or not all(public_address(r["host"]) for r in results):
-            raise OSError(f"{host} resolves to a non-public address")
+            # With an errno, aiohttp's connection error quotes the reason (the delivery log).
+            raise OSError(errno.EACCES, f"{host} resolves to a non-public address")
         return results
 
     async def close(self) -> None:

@@ -301,6 +301,44 @@ async def test_unreachable_public_keys_answer_503(
     assert (status, answer["error"]["code"]) == (503, "secret_scanning_unavailable")
 
 
+async def test_failed_fetches_of_the_public_keys_are_spaced_too(
+    start_gateway: GatewayFactory, config: Config, github: FakeGitHub
+) -> None:
+    """While GitHub's document cannot be read, requests naming any key id (signed or
+    not) cause at most one fetch per refresh_min_interval_seconds, each answered 503."""
+    github.up = False
+    gateway = await start_gateway(
+        config=scanning_config(config, github, refresh_min_interval_seconds=3600)
+    )
+    body = alert("gp_x")
+    for key_id in (github.key_id, "f" * 64, github.key_id):
+        headers = {**github.sign(body), "Github-Public-Key-Identifier": key_id}
+        status, answer = await post(gateway, body, headers)
+        assert (status, answer["error"]["code"]) == (503, "secret_scanning_unavailable")
+    assert github.fetches == 1
+
+
+async def test_each_token_costs_at_most_one_argon2_verification_and_malformed_none(
+    start_gateway: GatewayFactory, config: Config, github: FakeGitHub, seed: Seed
+) -> None:
+    """The per-alert budget: checksum first (no I/O), a row look-up only for a valid
+    checksum, argon2 only for a public id that exists."""
+    gateway = await start_gateway(config=scanning_config(config, github))
+    account = await seed.account()
+    live, other = await seed.key(account), await seed.key(account)
+    wrong_secret, _ = seed.store.format.generate(other.public_id)
+    unknown_id, _ = seed.store.format.generate()
+    tokens = [live.key, wrong_secret, unknown_id, mistype(other.key), "ghp_" + "x" * 36]
+    body = alert(*tokens)
+    verifications = sample("gateway_argon2_verifications_total")
+    lookups = _lookups()
+    status, answer = await post(gateway, body, github.sign(body))
+    assert status == 200
+    assert [a["label"] for a in answer] == ["true_positive"] + ["false_positive"] * 4
+    assert _lookups() - lookups == 3  # the three with a valid checksum
+    assert sample("gateway_argon2_verifications_total") - verifications == 2  # known ids
+
+
 async def test_leaked_key_is_refused_by_two_processes_within_a_second(
     serve: StartServe,  # noqa: F811
     upstream: TestServer,

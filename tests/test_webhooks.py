@@ -242,12 +242,28 @@ async def test_only_subscribed_events_of_the_account_go_out(
     assert receiver.types() == ["key.deleted"]
 
 
-async def test_receiver_down_then_up_everything_arrives_in_order_per_key(
+OUTAGE_SECONDS = 30.0
+
+
+async def test_receiver_down_for_30_s_then_up_everything_arrives_in_order_per_key(
     start_admin: StartAdmin, db: asyncpg.Connection
 ) -> None:
+    """A real 30-second outage (the suite's one long test), with the real back-off.
+
+    The retry times are Postgres's `now()` plus the back-off, so a fake clock in the test
+    would not move them; shrinking the outage (it used to end after three quick retries,
+    about a second) would not show that the schedule keeps trying, with growing gaps,
+    for as long as the receiver is down. So the receiver really is down for 30 s, and
+    the back-off is the production formula with a 1 s base instead of 5 s: attempts at
+    0, 1, 3, 7, 15 and 31 s, so the first event of each key arrives one attempt after
+    the outage, after about six attempts (a fixed 0.2 s interval would have made ~150).
+    Every later event of a key waits behind its first (order per key) and follows it.
+    """
     receiver = Receiver(free_port())  # not started: connections are refused
-    admin = await start_admin()
+    admin = await start_admin(retry_base_seconds=1.0, retry_max_interval_seconds=3600.0)
     webhook_id, secret = await admin.webhook(receiver.url, ["key.created", "key.updated"])
+    loop = asyncio.get_running_loop()
+    down_since = loop.time()
     keys = [await admin.key(f"key {i}") for i in range(3)]
     for round_ in range(4):
         for key in keys:
@@ -260,16 +276,17 @@ async def test_receiver_down_then_up_everything_arrives_in_order_per_key(
             assert reply.status == 200
     total = 3 + 3 * 4
 
-    async def retried() -> bool:
-        # The receiver has been down long enough for back-off to have happened.
-        return bool(
-            await db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE attempts >= 3")
-        )
-
-    await wait_for(retried, timeout=20)
+    # The outage's length is the scenario itself, not a wait for something to happen.
+    await asyncio.sleep(OUTAGE_SECONDS - (loop.time() - down_since))
+    # Through the outage: each key's first event retried with growing gaps, nothing
+    # given up, the later events held back behind it.
+    rows = await db.fetch("SELECT status, attempts FROM webhook_deliveries ORDER BY id")
+    assert [r["status"] for r in rows] == ["pending"] * total
+    assert all(4 <= r["attempts"] <= 6 for r in rows[:3]), [r["attempts"] for r in rows]
+    assert all(r["attempts"] == 0 for r in rows[3:])
     try:
         await receiver.start()
-        await wait_for(lambda: len(receiver.received) >= total, timeout=20)
+        await wait_for(lambda: len(receiver.received) >= total, timeout=30)
     finally:
         await receiver.stop()
     ids = [d.headers["webhook-id"] for d in receiver.received]
@@ -283,7 +300,9 @@ async def test_receiver_down_then_up_everything_arrives_in_order_per_key(
         assert names == [key["name"]] + [f"{key['name']} v{r}" for r in range(4)]
     log = await admin.deliveries(webhook_id)
     assert all(d["status"] == "succeeded" for d in log)
-    assert max(d["attempts"] for d in log) >= 3
+    attempts = sorted(d["attempts"] for d in log)
+    assert attempts[: total - 3] == [1] * (total - 3)
+    assert all(5 <= a <= 7 for a in attempts[total - 3 :]), attempts
 
 
 async def test_delivery_gives_up_after_the_deadline_and_resend_delivers_it(
@@ -322,10 +341,75 @@ async def test_delivery_gives_up_after_the_deadline_and_resend_delivers_it(
     await wait_for(succeeded)
 
 
+async def test_delivery_metrics_count_sent_failed_pending_and_latency(
+    start_admin: StartAdmin, receiver: Receiver
+) -> None:
+    """What the backlog alert and the dashboards read: attempts by result, the pending
+    gauges (set by each look for due deliveries), and latency from commit to delivery."""
+
+    async def failing(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    def results() -> dict[str, float]:
+        return {
+            r: sample("gateway_webhook_deliveries_total", result=r)
+            for r in ("succeeded", "retrying", "failed")
+        }
+
+    receiver.behaviour = failing
+    admin = await start_admin(give_up_after_seconds=3)
+    deliverer = admin.server.app[DELIVERER]
+    webhook_id, _ = await admin.webhook(receiver.url, ["key.created"])
+    before = results()
+    latencies = sample("gateway_webhook_delivery_latency_seconds_count")
+    attempts = sample("gateway_webhook_attempt_duration_seconds_count")
+    await admin.key()
+    await wait_for(lambda: len(receiver.received) >= 1)
+
+    async def pending() -> bool:
+        await deliverer.look()
+        return (
+            sample("gateway_webhook_pending") == 1
+            and sample("gateway_webhook_oldest_pending_seconds") > 0
+        )
+
+    await wait_for(pending, timeout=3)
+
+    async def failed() -> bool:
+        return (await admin.deliveries(webhook_id))[0]["status"] == "failed"
+
+    await wait_for(failed, timeout=15)
+    after = results()
+    assert after["failed"] - before["failed"] == 1
+    assert after["retrying"] - before["retrying"] == len(receiver.received) - 1
+    await deliverer.look()
+    assert sample("gateway_webhook_pending") == 0
+    assert sample("gateway_webhook_oldest_pending_seconds") == 0
+    assert sample("gateway_webhook_delivery_latency_seconds_count") == latencies  # none sent
+
+    receiver.behaviour = None
+    (entry,) = await admin.deliveries(webhook_id)
+    resent = await admin.client.call(
+        "POST", f"/v1/webhooks/{webhook_id}/deliveries/{entry['id']}/resend", admin.owner
+    )
+    assert resent.status == 202
+
+    def sent() -> bool:
+        return results()["succeeded"] - before["succeeded"] == 1
+
+    await wait_for(sent)
+    assert sample("gateway_webhook_delivery_latency_seconds_count") == latencies + 1
+    assert sample("gateway_webhook_attempt_duration_seconds_count") == attempts + len(
+        receiver.received
+    )
+
+
 async def test_redirects_are_not_followed_and_slow_receivers_time_out(
     start_admin: StartAdmin, receiver: Receiver
 ) -> None:
-    answers: list[str] = ["redirect", "slow"]
+    """The timeout covers the whole attempt: a receiver that sends its head and then
+    stalls in its body fails the attempt as one that never answers does."""
+    answers: list[str] = ["redirect", "slow", "stall"]
 
     async def behaviour(request: web.Request) -> web.StreamResponse:
         what = answers.pop(0) if answers else "ok"
@@ -333,6 +417,12 @@ async def test_redirects_are_not_followed_and_slow_receivers_time_out(
             raise web.HTTPFound(location="/elsewhere")
         if what == "slow":
             await asyncio.sleep(5)
+        if what == "stall":  # a 200 head, then not a byte of the body it announced
+            stalled = web.StreamResponse()
+            stalled.content_length = 10
+            await stalled.prepare(request)
+            await asyncio.sleep(5)
+            return stalled
         return web.Response(text="ok")
 
     receiver.behaviour = behaviour
@@ -345,9 +435,9 @@ async def test_redirects_are_not_followed_and_slow_receivers_time_out(
 
     await wait_for(delivered, timeout=15)
     (entry,) = await admin.deliveries(webhook_id)
-    assert entry["attempts"] == 3
-    assert len(receiver.received) == 3  # /elsewhere was never called by the deliverer
-    assert sample("gateway_webhook_deliveries_total", result="retrying") >= 2
+    assert entry["attempts"] == 4
+    assert len(receiver.received) == 4  # /elsewhere was never called by the deliverer
+    assert sample("gateway_webhook_deliveries_total", result="retrying") >= 3
 
 
 @pytest.mark.parametrize(
@@ -394,6 +484,59 @@ async def test_deliverer_refuses_a_private_target_saved_before(
     error = await db.fetchval("SELECT last_error FROM webhook_deliveries")
     assert "public" in error
     assert receiver.received == []
+
+
+async def test_a_host_name_that_resolves_to_loopback_is_refused_at_connection_time(
+    start_admin: StartAdmin, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """DNS rebinding: the name was public when saved (the row is written directly, as if
+    its DNS answer changed since) and now resolves to 127.0.0.1, where a receiver listens.
+    The deliverer's resolver checks the addresses it is about to connect to, so the
+    receiver is never reached."""
+    assert await asyncio.get_running_loop().getaddrinfo("localhost", receiver.port)
+    admin = await start_admin(allow_private_targets=False)
+    url = f"http://localhost:{receiver.port}/hook"
+    await db.execute(
+        "INSERT INTO webhook_endpoints (account_id, url, events, secret)"
+        " VALUES ($1, $2, '{key.created}', 'whsec_AAAA')",
+        admin.account_id,
+        url,
+    )
+    await admin.key()
+
+    async def attempted() -> bool:
+        return bool(await db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE attempts > 0"))
+
+    await wait_for(attempted)
+    error = await db.fetchval("SELECT last_error FROM webhook_deliveries")
+    assert "localhost resolves to a non-public address" in error
+    assert receiver.received == []
+    # The same URL through the API is refused when saved.
+    reply = await admin.client.call(
+        "POST", "/v1/webhooks", admin.owner, json_body={"url": url, "events": ["key.created"]}
+    )
+    assert reply.status == 400, reply.text
+
+
+async def test_proxy_environment_variables_choose_no_route(
+    start_admin: StartAdmin, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy from the environment would pick the address connected to, past the
+    resolver's check: the deliverer ignores HTTP(S)_PROXY and goes to the URL's host."""
+    proxy = Receiver(free_port())
+    await proxy.start()
+    try:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        admin = await start_admin()
+        await admin.webhook(receiver.url, ["key.created"])
+        await admin.key()
+        await wait_for(lambda: len(receiver.received) == 1)
+        assert proxy.received == []
+    finally:
+        await proxy.stop()
 
 
 async def test_rotated_secret_signs_alongside_the_old_one_during_grace(
