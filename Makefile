@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck check clean distclean bench bench-quick wrk nginx caddy soak fuzz image
+.PHONY: run test screenshots lint typecheck check clean distclean bench bench-quick wrk nginx caddy soak fuzz image
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ endif
 test: $(STAMP)
 	@PATH="$$PATH:/usr/sbin:/sbin" command -v $(TEST_PROGRAMS) >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES) >/dev/null; } || echo "note: could not install $(TEST_PACKAGES) (not root?): the tests that need them will skip, or fail under CI=true"
 	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+## screenshots: every state of every console page at 1280 and 390 px into docs/screenshots/
+## (the browser tests with UPDATE_SCREENSHOTS=1; each state is also checked with axe-core)
+screenshots: $(STAMP)
+	@PATH="$$PATH:/usr/sbin:/sbin" command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "note: could not install chromium (not root?)"
+	rm -f docs/screenshots/*.png
+	UPDATE_SCREENSHOTS=1 CI=true $(BIN)/python -m pytest -q tests/test_page.py tests/test_page_keys.py \
+		tests/test_page_usage.py tests/test_page_members.py tests/test_page_audit.py tests/test_page_webhooks.py $(PYTEST_ARGS)
 
 ## soak: keys churn through the admin API under traffic for minutes, two workers; prints
 ## the totals and the wrong-decision count (SOAK_SECONDS, SOAK_WORKERS, SOAK_CLIENTS, SOAK_KEYS)

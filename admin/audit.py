@@ -7,6 +7,7 @@ its event (or an event without its change) cannot be committed.
 from __future__ import annotations
 
 import ipaddress
+import re
 import uuid
 from typing import Any
 
@@ -94,14 +95,36 @@ def _before(value: Any) -> int:
     return int(ident)
 
 
+def _uuid(value: Any) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise v.FieldError("must be an id (UUID)") from None
+
+
+def _action(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z_]{1,40}\.[a-z_]{1,40}", value):
+        raise v.FieldError("must be an action such as key.regenerate")
+    return value
+
+
 async def list_events(request: web.Request) -> web.Response:
-    fields = v.query(request, {"limit", "cursor"})
+    fields = v.query(request, {"limit", "cursor", "actor", "action", "key"})
     limit = paging.page_limit(fields)
     before = fields.get("cursor", _before)
+    actor_id = fields.get("actor", _uuid)
+    action = fields.get("action", _action)
+    key_id = fields.get("key", _uuid)
     fields.check()
     async with request.app[POOL].acquire() as conn:
         events = await audit_page(
-            conn, request[PRINCIPAL].account_id, limit=limit + 1, before=before
+            conn,
+            request[PRINCIPAL].account_id,
+            limit=limit + 1,
+            before=before,
+            actor_id=actor_id,
+            action=action,
+            key_id=key_id,
         )
     page = events[:limit]
     next_cursor = paging.encode_cursor("audit", str(page[-1].id)) if len(events) > limit else None

@@ -98,6 +98,7 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/keys/{id}/regenerate"): _MANAGERS,
     ("DELETE", "/v1/keys/{id}"): _MANAGERS,
     ("GET", "/v1/keys/{id}/usage"): _MANAGERS,
+    ("GET", "/v1/usage"): _MANAGERS,
     ("GET", "/v1/audit-log"): _MANAGERS,
     # Webhook endpoints carry signing secrets and point the gateway at other systems:
     # Owners only.

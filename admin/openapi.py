@@ -72,6 +72,24 @@ _PARAMETERS = {
         "required": True,
         "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,17}$"},
     },
+    "AuditActor": {
+        "name": "actor",
+        "in": "query",
+        "schema": UUID,
+        "description": "Only events by this member.",
+    },
+    "AuditAction": {
+        "name": "action",
+        "in": "query",
+        "schema": {"type": "string", "pattern": "^[a-z_]{1,40}[.][a-z_]{1,40}$"},
+        "description": "Only this action, e.g. key.regenerate.",
+    },
+    "AuditKey": {
+        "name": "key",
+        "in": "query",
+        "schema": UUID,
+        "description": "Only events about this key.",
+    },
     "To": {
         "name": "to",
         "in": "query",
@@ -234,6 +252,13 @@ def _paths() -> dict[str, Any]:
         ),
         _operation(
             "get",
+            "/v1/usage",
+            "The account's hourly counts by outcome, and its busiest and most failing keys",
+            ok=(200, "AccountUsage", "Counts."),
+            params=("From", "To", "Limit"),
+        ),
+        _operation(
+            "get",
             "/v1/webhooks",
             "List webhook endpoints",
             ok=(200, "WebhookList", "A page."),
@@ -288,7 +313,7 @@ def _paths() -> dict[str, Any]:
             "/v1/audit-log",
             "Audit events, newest first",
             ok=(200, "AuditLog", "A page."),
-            params=page,
+            params=(*page, "AuditActor", "AuditAction", "AuditKey"),
         ),
     ]
     paths: dict[str, Any] = {}

@@ -57,11 +57,13 @@ _CONTENT_TYPES = {
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*\.(?:css|js|svg)$")
 
 
-def _static_files() -> dict[str, Path]:
+def _static_files(folder: Path = STATIC_DIR) -> dict[str, Path]:
     """The files `/static/{name}` may serve, fixed at start-up: no path ever reaches disk."""
+    if not folder.is_dir():
+        return {}
     return {
         path.name: path
-        for path in STATIC_DIR.iterdir()
+        for path in folder.iterdir()
         if path.is_file() and _NAME.fullmatch(path.name)
     }
 
@@ -79,6 +81,9 @@ def add_routes(app: web.Application) -> None:
         log.warning("the web page's files are missing from %s: / is not served", STATIC_DIR)
         return
     files = _static_files()
+    # Third-party files copied from npm at a pinned version (uPlot for the usage charts),
+    # with their licences beside them: see admin/static/vendor/README.md.
+    vendored = _static_files(STATIC_DIR / "vendor")
 
     async def page(request: web.Request) -> web.FileResponse:
         return _file(index)
@@ -89,5 +94,12 @@ def add_routes(app: web.Application) -> None:
             raise web.HTTPNotFound()
         return _file(path)
 
+    async def vendor(request: web.Request) -> web.FileResponse:
+        path = vendored.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound()
+        return _file(path)
+
     app.router.add_get("/", page)
     app.router.add_get("/static/{name}", static)
+    app.router.add_get("/static/vendor/{name}", vendor)

@@ -300,6 +300,33 @@ def schemas(permissions: Sequence[str]) -> dict[str, Any]:
             "endpoint (/_gateway/verify, an ingress moves the bytes) counts as `ok`, "
             "meaning authorised: the upstream's answer is unknown to the gateway there.",
         ),
+        "KeyUsageTotals": obj(
+            {
+                "key_id": UUID,
+                "name": {"type": "string"},
+                "deleted": {"type": "boolean"},
+                **counts,
+                "failures": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "failed_auth + denied.",
+                },
+            }
+        ),
+        "AccountUsage": obj(
+            {
+                "from": TIME,
+                "to": TIME,
+                "totals": ref("UsageCounts"),
+                "items": {"type": "array", "items": ref("UsageHour")},
+                "top_by_requests": {"type": "array", "items": ref("KeyUsageTotals")},
+                "top_by_failures": {
+                    "type": "array",
+                    "items": ref("KeyUsageTotals"),
+                    "description": "Keys with at least one failure, most first.",
+                },
+            }
+        ),
         "AuditEvent": obj(
             {
                 "id": {"type": "string"},

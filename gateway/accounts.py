@@ -352,21 +352,35 @@ async def replace_member_token(
 
 
 async def audit_page(
-    conn: asyncpg.Connection, account_id: uuid.UUID, *, limit: int, before: int | None
+    conn: asyncpg.Connection,
+    account_id: uuid.UUID,
+    *,
+    limit: int,
+    before: int | None,
+    actor_id: uuid.UUID | None = None,
+    action: str | None = None,
+    key_id: uuid.UUID | None = None,
 ) -> list[AuditEvent]:
-    """Newest first; `before` is the id of the previous page's last event."""
+    """Newest first; `before` is the id of the previous page's last event. The filters
+    (who acted, what was done, on which key) are optional and combine."""
     rows = await conn.fetch(
         """
         SELECT id, at, actor_type, actor_id, action, target_type, target_id,
                host(client_ip) AS client_ip, user_agent, details::text AS details
           FROM audit_log
          WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2)
+           AND ($4::uuid IS NULL OR actor_id = $4)
+           AND ($5::text IS NULL OR action = $5)
+           AND ($6::uuid IS NULL OR (target_type = 'key' AND target_id = $6))
          ORDER BY id DESC
          LIMIT $3
         """,
         account_id,
         before,
         limit,
+        actor_id,
+        action,
+        key_id,
     )
     return [
         AuditEvent(

@@ -52,6 +52,7 @@ MATRIX: dict[tuple[str, str], tuple[Any, tuple[int, ...]]] = {
     ("POST", "/v1/keys/{key}/regenerate"): (None, (401, 401, 200, 200, 403, 403, 404)),
     ("DELETE", "/v1/keys/{key}"): (None, (401, 401, 204, 204, 403, 403, 404)),
     ("GET", "/v1/keys/{key}/usage"): (None, (401, 401, 200, 200, 403, 403, 404)),
+    ("GET", "/v1/usage"): (None, (401, 401, 200, 200, 403, 403, 200)),
     ("GET", "/v1/audit-log"): (None, (401, 401, 200, 200, 403, 403, 200)),
     ("GET", "/v1/webhooks"): (None, (401, 401, 200, 403, 403, 403, 200)),
     ("POST", "/v1/webhooks"): (

@@ -16,7 +16,13 @@ const UNREACHABLE =
 
 const FIELD_LABELS = {
   name: 'Name',
-  scopes: 'Scopes',
+  scopes: 'Permissions',
+  permissions: 'Permissions',
+  email: 'Email',
+  role: 'Role',
+  url: 'URL',
+  events: 'Events',
+  enabled: 'Enabled',
   rate_limit: 'Rate limits',
   'rate_limit.per_minute': 'Requests per minute',
   'rate_limit.per_day': 'Requests per day',

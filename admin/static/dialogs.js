@@ -1,18 +1,17 @@
-// The three dialogs: create a key, show a new key once, confirm a destructive action.
+// The dialogs: create and edit a key, show a new secret once, confirm a destructive action.
 
 import { ApiError, fieldLabel } from './api.js';
 import { byId, clearToasts, copyText, h, icon, show } from './dom.js';
+import { permissionChoices, readPermissions, renderPermissions } from './permissions.js';
 
-const ALL_SCOPES = ['reports', 'customers', 'data', 'account'];
-
-function closeButtons(dialog) {
+export function closeButtons(dialog) {
   for (const button of dialog.querySelectorAll('[data-close]')) {
     button.addEventListener('click', () => dialog.close());
   }
 }
 
 /** An error in words: the API's message, and each offending field by its label. */
-function showError(box, error, lead, { allowlist = [] } = {}) {
+export function showError(box, error, lead, { allowlist = [] } = {}) {
   const message = error instanceof ApiError ? error.message : String(error.message ?? error);
   const fields = error instanceof ApiError ? error.fields : [];
   const items = fields.map(({ field, message: problem }) => {
@@ -41,26 +40,37 @@ function showError(box, error, lead, { allowlist = [] } = {}) {
 
 let createDialogReady = false;
 
-function readCreateForm() {
-  const body = { name: byId('create-name').value.trim() };
-  const scopes = [...document.querySelectorAll('#create-form input[name="scope"]:checked')].map(
-    (box) => box.value,
-  );
-  if (scopes.length !== ALL_SCOPES.length) body.scopes = scopes;
-  const perMinute = byId('create-per-minute').value.trim();
-  const perDay = byId('create-per-day').value.trim();
-  if (perMinute || perDay) {
+function readLimits(prefix, body, { clear = false } = {}) {
+  const perMinute = byId(`${prefix}-per-minute`).value.trim();
+  const perDay = byId(`${prefix}-per-day`).value.trim();
+  if (perMinute || perDay || clear) {
     body.rate_limit = {};
-    if (perMinute) body.rate_limit.per_minute = Number(perMinute);
-    if (perDay) body.rate_limit.per_day = Number(perDay);
+    if (perMinute || clear) body.rate_limit.per_minute = perMinute ? Number(perMinute) : null;
+    if (perDay || clear) body.rate_limit.per_day = perDay ? Number(perDay) : null;
   }
-  const allowlist = byId('create-allowlist')
-    .value.split(/[\s,]+/)
-    .filter(Boolean);
+}
+
+function readAllowlist(id) {
+  return byId(id).value.split(/[\s,]+/).filter(Boolean);
+}
+
+/** A datetime-local value ("2026-12-24T18:00", the browser's zone) from an RFC 3339 time. */
+function localInput(iso) {
+  if (!iso) return '';
+  const date = new Date(iso);
+  return new Date(date.getTime() - date.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+}
+
+function readCreateForm(permissions) {
+  const body = { name: byId('create-name').value.trim() };
+  const granted = readPermissions(byId('create-permissions'));
+  if (granted.length !== permissions.choices.length) body[permissions.field] = granted;
+  readLimits('create', body);
+  const allowlist = readAllowlist('create-allowlist');
   if (allowlist.length) body.ip_allowlist = allowlist;
   const expires = byId('create-expires').value;
   if (expires) body.expires_at = new Date(expires).toISOString();
-  return { body, allowlist, scopes };
+  return { body, allowlist, granted };
 }
 
 function resetCreateForm() {
@@ -88,22 +98,22 @@ export function createKeyDialog(api) {
     createDialogReady = true;
   }
   resetCreateForm();
-  const now = new Date(Date.now() - new Date().getTimezoneOffset() * 60000);
-  byId('create-expires').min = now.toISOString().slice(0, 16);
+  byId('create-expires').min = localInput(new Date().toISOString());
 
-  return new Promise((resolve) => {
+  return permissionChoices(api).then((permissions) => new Promise((resolve) => {
+    renderPermissions(byId('create-permissions'), permissions, permissions.choices.map((c) => c.value));
     let created = null;
     const onSubmit = async (event) => {
       event.preventDefault();
-      const { body, allowlist, scopes } = readCreateForm();
+      const { body, allowlist, granted } = readCreateForm(permissions);
       if (!body.name) {
         name.setAttribute('aria-invalid', 'true');
         showError(errorBox, new Error('Give the key a name that says where it is used.'), 'A name is needed.');
         name.focus();
         return;
       }
-      if (!scopes.length) {
-        showError(errorBox, new Error('Choose at least one scope, or the key cannot call anything.'), 'No scope chosen.');
+      if (!granted.length) {
+        showError(errorBox, new Error('Choose at least one permission, or the key cannot call anything.'), 'No permission chosen.');
         return;
       }
       name.removeAttribute('aria-invalid');
@@ -130,6 +140,128 @@ export function createKeyDialog(api) {
     clearToasts();
     dialog.showModal();
     name.focus();
+  }));
+}
+
+// -- Edit --------------------------------------------------------------------------------
+
+let editDialogReady = false;
+
+/**
+ * Edit a key in place: only the fields that changed are sent, and the API's validation
+ * messages are shown beside the form. `onToggle` disables or enables the key at once.
+ * Resolves with the updated key, or null when nothing was saved.
+ */
+export async function editKeyDialog(api, key) {
+  const dialog = byId('edit-dialog');
+  const form = byId('edit-form');
+  const name = byId('edit-name');
+  const submit = byId('edit-submit');
+  const toggle = byId('edit-toggle');
+  const errorBox = byId('edit-error');
+  if (!editDialogReady) {
+    closeButtons(dialog);
+    editDialogReady = true;
+  }
+  const permissions = await permissionChoices(api);
+  let current = key;
+  const fill = () => {
+    byId('edit-title').textContent = `Edit “${current.name}”`;
+    const enabled = current.enabled;
+    byId('edit-status').textContent = enabled
+      ? 'This key is enabled: requests with it are accepted.'
+      : 'This key is disabled: requests with it get 401 until it is enabled again.';
+    toggle.textContent = enabled ? 'Disable key' : 'Enable key';
+    toggle.classList.toggle('btn-danger-text', enabled);
+    toggle.hidden = !enabled && Boolean(current.leaked_at); // a leaked key is regenerated, not re-enabled
+  };
+  fill();
+  name.value = key.name;
+  renderPermissions(byId('edit-permissions'), permissions, key[permissions.field] ?? []);
+  byId('edit-per-minute').value = key.rate_limit?.per_minute ?? '';
+  byId('edit-per-day').value = key.rate_limit?.per_day ?? '';
+  byId('edit-allowlist').value = (key.ip_allowlist ?? []).join('\n');
+  byId('edit-expires').value = localInput(key.expires_at);
+  byId('edit-expires').min = localInput(new Date().toISOString());
+  show(errorBox, false);
+  name.removeAttribute('aria-invalid');
+
+  return new Promise((resolve) => {
+    let saved = null;
+    const path = `/v1/keys/${encodeURIComponent(key.id)}`;
+    const changes = () => {
+      const body = {};
+      const newName = name.value.trim();
+      if (newName !== key.name) body.name = newName;
+      const granted = readPermissions(byId('edit-permissions'));
+      const before = [...(key[permissions.field] ?? [])].sort();
+      if (JSON.stringify([...granted].sort()) !== JSON.stringify(before)) body[permissions.field] = granted;
+      const limits = {};
+      for (const [field, id] of [['per_minute', 'edit-per-minute'], ['per_day', 'edit-per-day']]) {
+        const raw = byId(id).value.trim();
+        const value = raw === '' ? null : Number(raw);
+        if (value !== (key.rate_limit?.[field] ?? null)) limits[field] = value;
+      }
+      if (Object.keys(limits).length) body.rate_limit = limits;
+      const allowlist = readAllowlist('edit-allowlist');
+      if (JSON.stringify(allowlist) !== JSON.stringify(key.ip_allowlist ?? [])) body.ip_allowlist = allowlist;
+      const expires = byId('edit-expires').value;
+      if (expires !== localInput(key.expires_at)) body.expires_at = expires ? new Date(expires).toISOString() : null;
+      return { body, allowlist };
+    };
+    const onSubmit = async (event) => {
+      event.preventDefault();
+      const { body, allowlist } = changes();
+      if ('name' in body && !body.name) {
+        name.setAttribute('aria-invalid', 'true');
+        showError(errorBox, new Error('Give the key a name that says where it is used.'), 'A name is needed.');
+        name.focus();
+        return;
+      }
+      if (Object.keys(body).length === 0) {
+        dialog.close();
+        return;
+      }
+      name.removeAttribute('aria-invalid');
+      submit.disabled = true;
+      submit.textContent = 'Saving…';
+      try {
+        saved = await api.patch(path, body);
+        dialog.close();
+      } catch (error) {
+        showError(errorBox, error, "Couldn't save the changes.", { allowlist });
+      } finally {
+        submit.disabled = false;
+        submit.textContent = 'Save changes';
+      }
+    };
+    const onToggle = async () => {
+      toggle.disabled = true;
+      try {
+        current = await api.patch(path, { enabled: !current.enabled });
+        saved = current;
+        key = { ...key, enabled: current.enabled, status: current.status };
+        fill();
+        show(errorBox, false);
+      } catch (error) {
+        showError(errorBox, error, current.enabled ? "Couldn't disable the key." : "Couldn't enable the key.");
+      } finally {
+        toggle.disabled = false;
+        toggle.focus();
+      }
+    };
+    const onClose = () => {
+      form.removeEventListener('submit', onSubmit);
+      toggle.removeEventListener('click', onToggle);
+      dialog.removeEventListener('close', onClose);
+      resolve(saved);
+    };
+    form.addEventListener('submit', onSubmit);
+    toggle.addEventListener('click', onToggle);
+    dialog.addEventListener('close', onClose);
+    clearToasts();
+    dialog.showModal();
+    name.focus();
   });
 }
 
@@ -139,7 +271,14 @@ export function createKeyDialog(api) {
  * Show a full key until Done. The key is held in this one variable and the one text node;
  * both are emptied when the dialog closes, so nothing on the page keeps it afterwards.
  */
-export function revealKey(title, subtitle, key) {
+const TOKEN_TEXTS = {
+  lead: 'Copy this admin token now and give it to its member over a safe channel (a password manager share, not email or chat).',
+  warning: "This token can't be shown again. If it is lost, an Owner regenerates it.",
+  hint: 'The member pastes it on this page to sign in, or sends it to the admin API as Authorization: Bearer <token>.',
+};
+let keyTexts = null;
+
+export function revealKey(title, subtitle, key, { token = false } = {}) {
   const dialog = byId('secret-dialog');
   const value = byId('secret-value');
   const copy = byId('secret-copy');
@@ -147,6 +286,12 @@ export function revealKey(title, subtitle, key) {
   let secret = key;
   byId('secret-title').textContent = title;
   byId('secret-subtitle').textContent = subtitle;
+  // Keys and members' admin tokens share the dialog; only its words differ.
+  keyTexts ??= Object.fromEntries(['lead', 'warning', 'hint'].map((part) => [part, [...byId(`secret-${part}`).childNodes]]));
+  for (const part of ['lead', 'warning', 'hint']) {
+    if (token) byId(`secret-${part}`).textContent = TOKEN_TEXTS[part];
+    else byId(`secret-${part}`).replaceChildren(...keyTexts[part]);
+  }
   value.textContent = secret;
   label.textContent = 'Copy';
   copy.classList.remove('is-copied');

@@ -56,6 +56,15 @@ const ICONS = {
     ['path', { d: 'M12 9.5v4M12 17h.01' }],
   ],
   x: [['path', { d: 'M6 6l12 12M18 6 6 18' }]],
+  edit: [
+    ['path', { d: 'M4 20h4L19 9a2.8 2.8 0 0 0-4-4L4 16v4z' }],
+    ['path', { d: 'M13.5 6.5l4 4' }],
+  ],
+  chart: [['path', { d: 'M4 20V4M4 20h16M8 16v-4M12 16V8M16 16v-6' }]],
+  user: [
+    ['circle', { cx: 12, cy: 8, r: 4 }],
+    ['path', { d: 'M4 21a8 8 0 0 1 16 0' }],
+  ],
   chevronLeft: [['path', { d: 'M15 18l-6-6 6-6' }]],
   chevronRight: [['path', { d: 'M9 18l6-6-6-6' }]],
 };

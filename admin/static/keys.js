@@ -1,11 +1,23 @@
-// The key table: list (cursor pagination), copy the partial key, regenerate, delete, create.
+// The key table: list (cursor pagination), copy the partial key, edit, usage, regenerate
+// (with a grace period), delete, create. "Last used" is refreshed in place while the page
+// is open: every 15 seconds and when the tab comes back into view.
 
 import { ApiError } from './api.js';
-import { confirmAction, createKeyDialog, revealKey } from './dialogs.js';
+import { confirmAction, createKeyDialog, editKeyDialog, revealKey } from './dialogs.js';
 import { byId, copyText, h, icon, show, toast } from './dom.js';
 import { exactTime, relativeTime, shortDate } from './format.js';
+import { permissionChoices } from './permissions.js';
 
 export const PAGE_SIZE = 20;
+export const REFRESH_MS = 15_000;
+
+// The regenerate dialog's choices: how long the old secret keeps working.
+const GRACE = [
+  [0, 'None: the old key stops working now'],
+  [3600, '1 hour'],
+  [86400, '24 hours'],
+  [7 * 86400, '7 days'],
+];
 
 function timeCell(iso, { emptyText, relative }) {
   if (!iso) return h('span', { class: 'muted', text: emptyText });
@@ -32,6 +44,10 @@ function leakedBadge(key) {
   return h('span', props);
 }
 
+// How many permissions the route table defines (null until known): a key with fewer gets
+// a badge naming the ones it has.
+let allPermissions = null;
+
 function badges(key) {
   const out = [];
   if (key.leaked_at) out.push(leakedBadge(key));
@@ -50,21 +66,43 @@ function badges(key) {
       text: 'Rotation due',
     }));
   }
-  if (key.scopes.length < 4) {
-    const label = key.scopes.length === 1 ? 'Scope' : 'Scopes';
-    out.push(h('span', { class: 'badge badge-outline', title: 'This key may call only these parts of the API', text: `${label}: ${key.scopes.join(', ') || 'none'}` }));
+  const granted = key.permissions ?? [];
+  if (allPermissions !== null && granted.length < allPermissions) {
+    const label = granted.length === 1 ? 'Permission' : 'Permissions';
+    out.push(h('span', { class: 'badge badge-outline', title: 'This key may call only these parts of the API', text: `${label}: ${granted.join(', ') || 'none'}` }));
   }
   return out;
 }
 
+// Icon and label; at 390 px only the icon shows, so the title gives the words on hover and
+// the aria-label names it (with the key) for assistive technology.
 function actionButton(iconName, text, label, onClick, extraClass = '') {
   return h(
     'button',
-    { type: 'button', class: `btn btn-secondary btn-small ${extraClass}`.trim(), 'aria-label': label, onclick: onClick },
+    { type: 'button', class: `btn btn-secondary btn-small ${extraClass}`.trim(), 'aria-label': label, title: text, 'data-action': text, onclick: onClick },
     icon(iconName),
-    h('span', { text }),
+    h('span', { class: 'label', text }),
   );
 }
+
+function graceChoice() {
+  return h(
+    'fieldset',
+    { class: 'fieldset grace' },
+    h('legend', { class: 'field-label', text: 'Keep the old key working for' }),
+    GRACE.map(([seconds, text], index) =>
+      h(
+        'label',
+        { class: 'radio' },
+        h('input', { type: 'radio', name: 'grace', value: String(seconds), checked: index === 0 }),
+        h('span', { text }),
+      ),
+    ),
+    h('p', { class: 'field-hint', text: 'A grace period lets you update the integration before the old key stops working.' }),
+  );
+}
+
+const GRACE_WORDS = { 3600: '1 h', 86400: '24 h', [7 * 86400]: '7 d' };
 
 export class KeysView {
   constructor(api, { onForbidden }) {
@@ -81,12 +119,61 @@ export class KeysView {
     byId('keys-retry').addEventListener('click', () => this.load());
     byId('page-prev').addEventListener('click', () => this.goTo(this.page - 1));
     byId('page-next').addEventListener('click', () => this.goTo(this.page + 1));
-    // Keep "3 minutes ago" true while the page stays open.
+    this.onUsage = () => {};
+    // "Last used" from the API every 15 s and when the tab is shown again; "3 minutes
+    // ago" recomputed in between.
+    setInterval(() => this.refresh(), REFRESH_MS);
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState === 'visible') this.refresh();
+    });
+    window.addEventListener('focus', () => this.refresh());
     setInterval(() => {
       for (const el of document.querySelectorAll('time.relative-time')) {
         el.textContent = relativeTime(el.getAttribute('datetime'));
       }
     }, 30_000);
+  }
+
+  /**
+   * Update the rows on screen from the API without rebuilding them: the cells whose
+   * content changed are replaced, so scroll position, focus and hover stay where they are.
+   * A different set of keys (added or deleted elsewhere) rebuilds the table.
+   */
+  async refresh() {
+    if (byId('view-keys').hidden || this.loading === null || document.querySelector('dialog[open]')) return;
+    const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    const cursor = this.cursors[this.page];
+    if (cursor) query.set('cursor', cursor);
+    const started = this.loading;
+    let data;
+    try {
+      data = await this.api.get(`/v1/keys?${query}`);
+    } catch {
+      return; // the next tick tries again; a signed-out session is handled by the API client
+    }
+    if (started !== this.loading || byId('view-keys').hidden) return; // a navigation overtook it
+    const same = data.items.length === this.items.length && data.items.every((key, i) => key.id === this.items[i].id);
+    this.items = data.items;
+    this.nextCursor = data.next_cursor;
+    if (!same) {
+      this.render();
+      return;
+    }
+    for (const key of data.items) {
+      const row = byId('keys-body').querySelector(`tr[data-key-id="${CSS.escape(key.id)}"]`);
+      if (!row) continue;
+      const used = row.querySelector('.col-used');
+      const before = used.querySelector('time')?.getAttribute('datetime') ?? null;
+      if (before !== key.last_used_at) used.replaceChildren(timeCell(key.last_used_at, { emptyText: 'Never', relative: true }));
+      const name = row.querySelector('.key-name');
+      if (name.textContent !== key.name) name.textContent = key.name;
+      const meta = row.querySelector('.key-meta');
+      const fresh = h('div', null, badges(key));
+      const old = [...meta.querySelectorAll('.badge')].map((b) => b.textContent).join('|');
+      if (old !== [...fresh.children].map((b) => b.textContent).join('|')) {
+        meta.replaceChildren(meta.querySelector('.partial-key'), ...fresh.children);
+      }
+    }
   }
 
   reset() {
@@ -114,6 +201,9 @@ export class KeysView {
       show(byId('keys-table'), false);
       show(byId('keys-empty'), false);
       show(byId('keys-footer'), false);
+    }
+    if (allPermissions === null) {
+      allPermissions = await permissionChoices(this.api).then((p) => p.choices.length, () => null);
     }
     const request = (this.loading = this.api.get(`/v1/keys?${query}`));
     let data;
@@ -183,6 +273,8 @@ export class KeysView {
           'div',
           { class: 'actions' },
           actionButton('copy', 'Copy', `Copy the partial key of ${key.name}`, (event) => this.copy(key, event.currentTarget)),
+          actionButton('edit', 'Edit', `Edit ${key.name}`, () => this.edit(key)),
+          actionButton('chart', 'Usage', `Usage of ${key.name}`, () => this.onUsage(key)),
           actionButton('regenerate', 'Regenerate', `Regenerate ${key.name}`, () => this.regenerate(key)),
           actionButton('trash', 'Delete', `Delete ${key.name}`, () => this.remove(key), 'btn-danger-text'),
         ),
@@ -193,7 +285,7 @@ export class KeysView {
   async copy(key, button) {
     if (await copyText(key.partial_key)) {
       toast(`Copied the partial key ${key.partial_key} to the clipboard.`);
-      const label = button.querySelector('span');
+      const label = button.querySelector('.label');
       label.textContent = 'Copied';
       button.classList.add('is-copied');
       setTimeout(() => {
@@ -235,22 +327,43 @@ export class KeysView {
     await reload;
   }
 
+  async edit(key) {
+    const saved = await editKeyDialog(this.api, key).catch((error) => {
+      toast(error.message, { kind: 'error' });
+      return null;
+    });
+    if (!saved) return;
+    toast(`Saved “${saved.name}”.`);
+    await this.load();
+  }
+
   async regenerate(key) {
+    const choice = graceChoice();
     const rolled = await confirmAction({
       title: `Regenerate “${key.name}”?`,
       paragraphs: [
-        'A new secret replaces the current one. The current key stops working immediately: every integration that uses it gets “401 invalid API key” errors until you give it the new key.',
+        'A new secret replaces the current one. Without a grace period the current key stops working immediately: every integration that uses it gets “401 invalid API key” errors until you give it the new key.',
+        choice,
         'The key keeps its name, settings and usage history. The new key is shown once.',
       ],
       confirmLabel: 'Regenerate key',
       busyLabel: 'Regenerating…',
-      action: () => this.gone(this.api.post(`/v1/keys/${encodeURIComponent(key.id)}/regenerate`)),
+      action: () => {
+        const grace = Number(choice.querySelector('input[name="grace"]:checked').value);
+        const body = grace ? { grace_seconds: grace } : undefined;
+        return this.gone(this.api.post(`/v1/keys/${encodeURIComponent(key.id)}/regenerate`, body)).then((made) => ({ ...made, grace }));
+      },
     });
     if (!rolled) return this.reloadIfStale();
     const secret = rolled.key;
     delete rolled.key;
     const reload = this.load();
-    await revealKey('Your regenerated API key', `“${rolled.name}”: the previous key no longer works.`, secret);
+    let subtitle = `“${rolled.name}”: the previous key no longer works.`;
+    if (rolled.grace) {
+      const until = new Date(Date.now() + rolled.grace * 1000).toISOString();
+      subtitle = `“${rolled.name}”: old secret accepted until ${exactTime(until)} (${GRACE_WORDS[rolled.grace]} grace).`;
+    }
+    await revealKey('Your regenerated API key', subtitle, secret);
     await reload;
   }
 

@@ -1,22 +1,43 @@
-// The "Account → API Keys" page: sign in with an admin token, then the key table, or a
-// plain message for Read-only members. Every request goes to the JSON API on this origin.
+// The account console: sign in with an admin token, then API keys, usage, members, the
+// audit log and webhooks as pages of one document (#keys, #usage, …), each shown to the
+// roles the API lets read it; Read-only members get a plain message. Every request goes
+// to the JSON API on this origin.
 
 import { Api, ApiError } from './api.js';
+import { AuditView } from './audit.js';
 import { byId, fillIcons, show } from './dom.js';
 import { KeysView } from './keys.js';
+import { MembersView, ROLE_NAMES } from './members.js';
 import { currentToken, forgetToken, keepToken } from './session.js';
+import { UsageView } from './usage.js';
 import { WebhooksView } from './webhooks.js';
 
-const ROLE_NAMES = { owner: 'Owner', admin: 'Admin', readonly: 'Read-only' };
-const VIEWS = ['view-loading', 'view-signin', 'view-keys', 'view-readonly'];
+const PAGES = {
+  keys: { view: 'view-keys', title: 'API Keys', roles: ['owner', 'admin'] },
+  usage: { view: 'view-usage', title: 'Usage', roles: ['owner', 'admin'] },
+  members: { view: 'view-members', title: 'Members', roles: ['owner', 'admin'] },
+  audit: { view: 'view-audit', title: 'Audit log', roles: ['owner', 'admin'] },
+  webhooks: { view: 'view-webhooks', title: 'Webhooks', roles: ['owner'] },
+};
+const VIEWS = ['view-loading', 'view-signin', 'view-readonly', ...Object.values(PAGES).map((p) => p.view)];
 
 const SESSION_ENDED =
   'Your admin token is no longer accepted: it may have been regenerated, or your membership removed. Sign in again with a current token.';
 
 const api = new Api(currentToken, () => signOut(SESSION_ENDED));
 const keys = new KeysView(api, { onForbidden: () => showReadonly() });
+const usage = new UsageView(api);
+const members = new MembersView(api);
+const audit = new AuditView(api);
 const webhooks = new WebhooksView(api);
 let account = null;
+let me = null;
+keys.onUsage = (key) => {
+  usage.keyId = key.id;
+  pendingUsageKey = key;
+  window.location.hash = '#usage';
+};
+let pendingUsageKey = null;
 
 function showView(id) {
   for (const view of VIEWS) show(byId(view), view === id);
@@ -39,6 +60,7 @@ function showSession(me) {
 }
 
 function showReadonly() {
+  show(byId('console-nav'), false);
   byId('readonly-text').textContent = `Your role in ${account.name} is Read-only. Ask an Owner or an Admin of the account if you need a key, or if your role should change.`;
   showView('view-readonly');
 }
@@ -63,20 +85,58 @@ async function whoIs(token) {
 }
 
 async function enter(token) {
-  const { me, acct } = await whoIs(token);
+  const { me: who, acct } = await whoIs(token);
   keepToken(token);
   account = acct;
+  me = who;
   showSession(me);
-  document.title = `API Keys · ${acct.name} · GrowPanel`;
+  for (const view of [keys, usage, members, audit, webhooks]) view.reset();
   if (me.role === 'readonly') {
+    document.title = `API Keys · ${acct.name} · GrowPanel`;
     showReadonly();
+    focusHeading('view-readonly');
     return;
   }
-  showView('view-keys');
-  keys.reset();
-  webhooks.reset();
-  show(byId('webhooks'), me.role === 'owner'); // endpoints are the Owners' to manage
-  await Promise.all([keys.load(), me.role === 'owner' ? webhooks.load() : null]);
+  for (const tab of document.querySelectorAll('#console-nav .tab')) {
+    const page = PAGES[tab.getAttribute('href').slice(1)];
+    show(tab, page.roles.includes(me.role));
+  }
+  show(byId('console-nav'));
+  await route({ focus: true });
+}
+
+/** The page named by the address's #fragment (API keys by default), if the role may see it. */
+function currentPage() {
+  const name = window.location.hash.slice(1);
+  return PAGES[name] && PAGES[name].roles.includes(me.role) ? name : 'keys';
+}
+
+function focusHeading(view) {
+  // After sign-in or a change of page, keyboard and screen-reader users start at the
+  // page's heading, not at the top of the document.
+  byId(view).querySelector('h1')?.focus();
+}
+
+async function route({ focus = false } = {}) {
+  if (!me || me.role === 'readonly') return;
+  const name = currentPage();
+  const page = PAGES[name];
+  for (const tab of document.querySelectorAll('#console-nav .tab')) {
+    if (tab.getAttribute('href') === `#${name}`) tab.setAttribute('aria-current', 'page');
+    else tab.removeAttribute('aria-current');
+  }
+  document.title = `${page.title} · ${account.name} · GrowPanel`;
+  showView(page.view);
+  if (focus) focusHeading(page.view);
+  if (name === 'keys') await keys.load();
+  else if (name === 'usage') {
+    await usage.fillKeys();
+    const key = pendingUsageKey;
+    pendingUsageKey = null;
+    await usage.select(key ? key.id : usage.keyId, key?.name);
+  } else if (name === 'members') await members.load(me);
+  else if (name === 'audit') await audit.load();
+  else if (name === 'webhooks') await webhooks.load();
 }
 
 function showSignIn(notice = '') {
@@ -92,8 +152,9 @@ function showSignIn(notice = '') {
 function signOut(notice = 'You have signed out. Your admin token is no longer kept in this tab.') {
   forgetToken();
   account = null;
-  keys.reset();
-  webhooks.reset();
+  me = null;
+  show(byId('console-nav'), false);
+  for (const view of [keys, usage, members, audit, webhooks]) view.reset();
   // A dialog still open (a new key on screen) is closed, which also wipes the key.
   for (const dialog of document.querySelectorAll('dialog[open]')) dialog.close();
   byId('signin-token').value = '';
@@ -152,6 +213,7 @@ async function resume() {
 }
 
 fillIcons();
+window.addEventListener('hashchange', () => route({ focus: true }));
 byId('signin-form').addEventListener('submit', onSignIn);
 byId('sign-out').addEventListener('click', () => signOut());
 byId('boot-retry').addEventListener('click', resume);
