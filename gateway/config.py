@@ -83,6 +83,8 @@ class ProxyConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
+    # A listener of its own for `/_gateway/verify` (docs/ingress.md); 0: none.
+    verify_port: int = 0
     upstream: str = "http://127.0.0.1:8090"
     timeout_seconds: float = 30.0
     connect_timeout_seconds: float = 5.0
@@ -120,6 +122,9 @@ class ProxyConfig:
         positive("proxy.max_body_bytes", self.max_body_bytes)
         positive("proxy.max_upstream_connections", self.max_upstream_connections)
         port("proxy.port", self.port)
+        port("proxy.verify_port", self.verify_port)
+        if self.verify_port and self.verify_port == self.port:
+            raise ConfigError("proxy.verify_port: must differ from proxy.port")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -24,56 +24,117 @@ with. Nothing is read of the body, and nothing is sent upstream.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
+import time
+from collections.abc import Mapping
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from .errors import GatewayError, error_body
+from .errors import GatewayError, Outcome, error_body, internal_error, new_request_id
 from .headers import SERVER_NAME, ClientAddress, identity_headers
 from .proxy import Call, Proxy
+
+log = logging.getLogger("gateway.proxy")
 
 PATH = "/_gateway/verify"
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$")
 # Visible ASCII: what a request target may hold (RFC 9112 §3.2), at most the proxy's line.
 _TARGET = re.compile(r"^/[\x21-\x7e]{0,8191}$")
+JSON = "application/json; charset=utf-8"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    """The answer to one verify request, whichever listener carries it."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
 
 
 class VerifyEndpoint:
+    """The decision (`decide`), and its route on the public listener (`handle`); the verify
+    listener (`verify_listener.py`) carries the same decision over its own connections."""
+
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        return await self.proxy.serve(request, self._pipeline)
+    async def handle(self, request: web.Request) -> web.Response:
+        verdict = await self.decide(
+            request.remote, request.scheme, request.method, request.rel_url.raw_path,
+            request.headers,
+        )  # fmt: skip
+        return web.Response(status=verdict.status, headers=verdict.headers, body=verdict.body)
 
-    async def _pipeline(
-        self, request: web.Request, call: Call, client: ClientAddress
-    ) -> web.StreamResponse:
-        headers = request.headers
-        nginx = "X-Original-URI" in headers
+    async def decide(
+        self,
+        peer: str | None,
+        scheme: str,
+        method: str,
+        raw_path: str,
+        headers: CIMultiDictProxy[str],
+    ) -> Verdict:
+        """`Proxy.admit` on the request the ingress names; counted and logged like a
+        request of the proxy (`Proxy.record`), whatever the answer."""
+        proxy = self.proxy
+        started = time.perf_counter()
+        client = ClientAddress(peer, headers, scheme, proxy.trusted)
+        call = Call(
+            request_id=client.incoming_request_id(headers) or new_request_id(),
+            client_ip=client.ip,
+            method=method,
+            path=raw_path,
+        )
+        verdict: Verdict | None = None
         try:
-            call.method, call.path = _original(request, client.peer_trusted)
-            authorization = headers.get("Authorization")
-            key = await self.proxy.admit(authorization, call.method, call.path, call)
+            call.method, call.path = _original(method, raw_path, headers, client.peer_trusted)
+            key = await proxy.admit(headers.get("Authorization"), call.method, call.path, call)
+            verdict = Verdict(
+                200,
+                [
+                    *call.extra_headers.items(),
+                    *identity_headers(key),
+                    ("X-Request-Id", call.request_id),
+                    ("Server", SERVER_NAME),
+                ],
+            )
         except GatewayError as exc:
-            if nginx:
-                exc.headers["X-GrowPanel-Refusal-Status"] = str(exc.status)
-                exc.headers["X-GrowPanel-Refusal-Body"] = error_body(exc, call.request_id)
-            raise
-        response = web.Response(status=200, headers=call.extra_headers)
-        response.headers.extend(identity_headers(key))
-        response.headers["X-Request-Id"] = call.request_id
-        response.headers["Server"] = SERVER_NAME
-        return response
+            proxy.note_refusal(call, exc)
+            verdict = _refusal(exc, call, nginx="X-Original-URI" in headers)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": call.request_id})
+            call.outcome = Outcome.INTERNAL_ERROR
+            verdict = _refusal(internal_error(), call, nginx=False)
+        finally:
+            call.status = 499 if verdict is None else verdict.status  # None: cancelled
+            proxy.record(call, time.perf_counter() - started)
+        return verdict
 
 
-def _original(request: web.Request, trusted: bool) -> tuple[str, str]:
+def _refusal(exc: GatewayError, call: Call, *, nginx: bool) -> Verdict:
+    """The proxy's refusal (`errors.error_response`), plus for nginx its status and body
+    in headers (`auth_request` passes on neither)."""
+    body = error_body(exc, call.request_id)
+    headers: Mapping[str, str] = {**exc.headers, **call.extra_headers}
+    listed = [*headers.items(), ("X-Request-Id", call.request_id), ("Server", SERVER_NAME)]
+    listed.append(("Content-Type", JSON))
+    if nginx:
+        listed.append(("X-GrowPanel-Refusal-Status", str(exc.status)))
+        listed.append(("X-GrowPanel-Refusal-Body", body))
+    return Verdict(exc.status, listed, body.encode())
+
+
+def _original(
+    method: str, raw_path: str, headers: CIMultiDictProxy[str], trusted: bool
+) -> tuple[str, str]:
     """The method and raw path of the request the ingress asks about."""
     if not trusted:
         raise GatewayError(
             403, "untrusted_ingress", "Only a trusted proxy may call the verify endpoint."
         )
-    headers = request.headers
     nginx = _pair(headers, "X-Original-Method", "X-Original-URI")
     forwarded = _pair(headers, "X-Forwarded-Method", "X-Forwarded-Uri")
     if nginx and forwarded:
@@ -82,7 +143,7 @@ def _original(request: web.Request, trusted: bool) -> tuple[str, str]:
     if named is not None:
         method, uri = named
     else:
-        method, uri = request.method, request.rel_url.raw_path.removeprefix(PATH)
+        uri = raw_path.removeprefix(PATH)
         if not uri.startswith("/"):
             raise invalid_original("The original request is not named.")
     if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(uri):

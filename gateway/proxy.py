@@ -110,11 +110,7 @@ class Proxy:
         try:
             response = await pipeline(request, call, client)
         except GatewayError as exc:
-            if isinstance(exc, AuthError):
-                call.auth_result = exc.reason
-                if exc.key is not None:
-                    call.key = exc.key  # a known key id: its usage shows the refusal
-            call.outcome = exc.outcome
+            self.note_refusal(call, exc)
             response = error_response(request, exc)
             response.headers.update(call.extra_headers)
             if expects_continue(request):
@@ -133,7 +129,7 @@ class Proxy:
             # A response we could not finish (client gone, upstream died mid-body) is
             # logged with the status that had been sent, or 499 when none was.
             call.status = 499 if response is None or call.client_gone else response.status
-            self._record(call, time.perf_counter() - started)
+            self.record(call, time.perf_counter() - started)
         return response
 
     async def _pipeline(
@@ -212,7 +208,18 @@ class Proxy:
 
     # -- record -------------------------------------------------------------------------
 
-    def _record(self, call: Call, elapsed: float) -> None:
+    @staticmethod
+    def note_refusal(call: Call, exc: GatewayError) -> None:
+        """What a refusal tells the counters: its outcome, and for a failed
+        authentication its reason and the key it named, if one of ours."""
+        if isinstance(exc, AuthError):
+            call.auth_result = exc.reason
+            if exc.key is not None:
+                call.key = exc.key  # a known key id: its usage shows the refusal
+        call.outcome = exc.outcome
+
+    def record(self, call: Call, elapsed: float) -> None:
+        """Count a finished request (metrics, hourly usage) and write its access-log line."""
         status_class = f"{call.status // 100}xx"
         metrics.count(metrics.requests_by(call.outcome, status_class))
         metrics.count(metrics.auth_results_by(call.auth_result))

@@ -1,6 +1,7 @@
 """Serving: the listeners of one process, or a supervisor with its workers.
 
-`serve_one` runs the proxy and (unless it is a worker) the admin listener in this process;
+`serve_one` runs the proxy (with its verify listener, if configured) and (unless it is a
+worker) the admin listener in this process;
 `serve_supervised` runs N proxy workers sharing the port (`gateway.workers`) and the admin
 listener beside them. Both stop on SIGTERM/SIGINT after in-flight requests finish, and
 reload TLS files on SIGHUP. The `gateway serve` command (`gateway.cli`) checks the schema
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from .config import Config, ServerConfig
 from .tls import Reloader
+from .verify_listener import VerifyListener
 
 log = logging.getLogger("gateway")
 
@@ -102,6 +104,7 @@ async def serve_one(config: Config, *, worker: bool) -> None:
     admin_tls = None if worker else tls.server_context(config.admin.tls, "admin.tls")
     _on_sighup(tls.reload)
     runners: list[web.AppRunner] = []
+    verify: VerifyListener | None = None
     try:
         proxy_app = None
         if config.proxy.enabled:
@@ -117,6 +120,8 @@ async def serve_one(config: Config, *, worker: bool) -> None:
                     proxy_tls,
                 )
             )
+            if config.proxy.verify_port:
+                verify = await _start_verify_listener(proxy_app, config, worker, proxy_tls)
         if config.admin.enabled and not worker:
             admin_app = create_admin_app(config)
             if proxy_app is not None:
@@ -139,9 +144,32 @@ async def serve_one(config: Config, *, worker: bool) -> None:
         await stop.wait()
         log.info("shutting down: finishing in-flight requests, then flushing")
     finally:
+        if verify is not None:  # first: its answers under way still need the proxy's pool
+            await verify.close(config.server.shutdown_timeout_seconds)
         for runner in reversed(runners):
             await runner.cleanup()
     log.info("stopped")
+
+
+async def _start_verify_listener(
+    proxy_app: web.Application,
+    config: Config,
+    reuse_port: bool,
+    ssl_context: ssl.SSLContext | None,
+) -> VerifyListener:
+    """`proxy.verify_port`: the proxy's verify endpoint on a port of its own."""
+    from .app import VERIFY
+
+    host, port = config.proxy.host, config.proxy.verify_port
+    scheme = "https" if ssl_context is not None else "http"
+    listener = VerifyListener(
+        proxy_app[VERIFY],
+        scheme=scheme,
+        keepalive_timeout=config.server.keepalive_timeout_seconds,
+    )
+    await listener.start(host, port, reuse_port=reuse_port, ssl_context=ssl_context)
+    log.info("listening", extra={"listener": "verify", "url": f"{scheme}://{host}:{port}"})
+    return listener
 
 
 async def serve_supervised(config: Config, workers: int, config_path: str | None) -> None:

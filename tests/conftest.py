@@ -24,7 +24,7 @@ from aiohttp.typedefs import Handler
 from yarl import URL
 
 from gateway.accounts import create_account
-from gateway.app import create_app
+from gateway.app import VERIFY, create_app
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.db import migrate
@@ -33,6 +33,7 @@ from gateway.embedded_pg import EmbeddedPostgres
 from gateway.keyformat import Hasher, KeyFormat
 from gateway.keys import KeyStore
 from gateway.records import NewKey
+from gateway.verify_listener import VerifyListener
 
 from . import secret_scan
 from .helpers import make_config
@@ -218,6 +219,26 @@ async def start_gateway(config: Config) -> AsyncIterator[GatewayFactory]:
 @pytest.fixture
 async def gateway(start_gateway: GatewayFactory) -> TestServer:
     return await start_gateway()
+
+
+VerifyListenerFactory = Callable[..., Awaitable[VerifyListener]]
+
+
+@pytest.fixture
+async def start_verify_listener() -> AsyncIterator[VerifyListenerFactory]:
+    """The verify listener (`proxy.verify_port`) of a started gateway, on a free port:
+    `listener = await start_verify_listener(gateway, keepalive_timeout=...)`."""
+    listeners: list[VerifyListener] = []
+
+    async def start(gateway: TestServer, keepalive_timeout: float = 75.0) -> VerifyListener:
+        listener = VerifyListener(gateway.app[VERIFY], keepalive_timeout=keepalive_timeout)
+        await listener.start("127.0.0.1", 0)
+        listeners.append(listener)
+        return listener
+
+    yield start
+    for listener in reversed(listeners):
+        await listener.close(5)
 
 
 UpstreamFactory = Callable[[dict[str, Handler]], Awaitable[str]]
