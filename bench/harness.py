@@ -205,9 +205,12 @@ def program(name: str) -> str | None:
 class Servers:
     """Every process the bench starts, stopped in reverse order at the end."""
 
-    def __init__(self, database_url: str, upstream_url: str, log_dir: Path) -> None:
+    def __init__(
+        self, database_url: str, upstream_url: str, log_dir: Path, *, upstream_pid: int = 0
+    ) -> None:
         self.database_url = database_url
         self.upstream_url = upstream_url
+        self.upstream_pid = upstream_pid  # whose CPU the ingress scenario reports too
         self.log_dir = log_dir
         self.running: list[subprocess.Popen[bytes]] = []
 

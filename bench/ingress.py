@@ -10,8 +10,10 @@ own proxy and against the same daemon proxying with no check.
 - revocation through each ingress: keys deleted through the admin API, timed from its
   answer to the first 401 through nginx, and through Caddy (bench/revocation.py's timing).
 
-One gateway serves all of it, trusting 127.0.0.1 (the daemons) as its proxies. Left out,
-with a note, where nginx or Caddy is not installed.
+One gateway serves all of it, trusting 127.0.0.1 (the daemons) as its proxies; the daemons
+ask its verify listener (`proxy.verify_port`), as docs/ingress.md recommends, and for
+comparison one more nginx asks `/_gateway/verify` on the public listener (throughput
+only). Left out, with a note, where nginx or Caddy is not installed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from bench import revocation
 from bench.harness import Servers, Settings, cpu_seconds, in_turn, url_of, wrk
+from gateway.embedded_pg import free_port
 
 Rows = dict[str, list[dict[str, float]]]
 REVOKED = 50  # keys deleted per ingress, from the bulk (revocation.py takes the last 100)
@@ -35,14 +38,18 @@ def run(
     keys: list[str],
     key_ids: list[uuid.UUID],
 ) -> dict[str, Any] | None:
+    verify_port = free_port()
     gateway, port, admin = servers.gateway(
-        GATEWAY__PROXY__TRUSTED_PROXIES="[127.0.0.1/32]", GATEWAY_OPERATOR_TOKEN=""
+        GATEWAY__PROXY__TRUSTED_PROXIES="[127.0.0.1/32]",
+        GATEWAY__PROXY__VERIFY_PORT=str(verify_port),
+        GATEWAY_OPERATOR_TOKEN="",
     )
     started = {
         "nginx": servers.nginx(),
-        "nginx_verify": servers.nginx_verify(port),
+        "nginx_verify": servers.nginx_verify(verify_port),
+        "nginx_verify_public": servers.nginx_verify(port),
         "caddy": servers.caddy(),
-        "caddy_verify": servers.caddy(port),
+        "caddy_verify": servers.caddy(verify_port),
     }
     daemons = {name: d for name, d in started.items() if d is not None}
     if not daemons:
@@ -59,7 +66,7 @@ def run(
     for _, url, key in targets.values():
         wrk(url, settings.warm, settings.connections, key=key)
     figures: dict[str, Any] = {
-        "throughput": _throughput(settings, gateway.pid, targets),
+        "throughput": _throughput(settings, gateway.pid, servers.upstream_pid, targets),
         "latency_c1": _latency(settings, targets),
     }
     # Keys of their own for each ingress: a deleted key the gateway has already refused
@@ -86,10 +93,13 @@ def run(
 
 
 def _throughput(
-    settings: Settings, gateway_pid: int, targets: dict[str, tuple[int | None, str, str | None]]
+    settings: Settings,
+    gateway_pid: int,
+    upstream_pid: int,
+    targets: dict[str, tuple[int | None, str, str | None]],
 ) -> Rows:
     """The gateway's proxy and each ingress with verify, paired in every round."""
-    names = [n for n in ("nginx_verify", "caddy_verify") if n in targets]
+    names = [n for n in ("nginx_verify", "nginx_verify_public", "caddy_verify") if n in targets]
     rows: Rows = {}
     for name in names:  # each with its own row of the proxy's runs, measured beside it
         rows[name], rows[f"{name}_proxy"] = [], []
@@ -97,24 +107,28 @@ def _throughput(
         for name in names:
             for one, row in in_turn(((name, name), ("proxy", f"{name}_proxy")), index):
                 daemon_pid, url, key = targets[one]
-                rows[row].append(_measured(settings, gateway_pid, daemon_pid, url, key))
+                rows[row].append(
+                    _measured(settings, gateway_pid, daemon_pid, url, key, upstream_pid)
+                )
     return rows
 
 
 def _measured(
-    settings: Settings, gateway_pid: int, daemon_pid: int | None, url: str, key: str | None
-) -> dict[str, float]:
-    before = cpu_seconds(gateway_pid), cpu_seconds(daemon_pid) if daemon_pid else 0.0
+    settings: Settings, gateway_pid: int, daemon_pid: int | None, url: str, key: str | None,
+    upstream_pid: int,
+) -> dict[str, float]:  # fmt: skip
+    pids = {"gateway": gateway_pid, "daemon": daemon_pid, "upstream": upstream_pid}
+    before = {name: cpu_seconds(pid) if pid else 0.0 for name, pid in pids.items()}
     result = wrk(url, settings.seconds, settings.connections, key=key)
-    after = cpu_seconds(gateway_pid), cpu_seconds(daemon_pid) if daemon_pid else 0.0
     requests = max(1.0, result["requests"])
-    result["gateway_cpu_us_per_request"] = (after[0] - before[0]) / requests * 1e6
-    result["daemon_cpu_us_per_request"] = (after[1] - before[1]) / requests * 1e6
+    for name, pid in pids.items():
+        used = (cpu_seconds(pid) - before[name]) if pid else 0.0
+        result[f"{name}_cpu_us_per_request"] = used / requests * 1e6
     return result
 
 
 def _latency(settings: Settings, targets: dict[str, tuple[int | None, str, str | None]]) -> Rows:
-    names = list(targets)
+    names = [name for name in targets if name != "nginx_verify_public"]
     rows: Rows = {name: [] for name in names}
     for index in range(settings.rounds):
         for name in in_turn(names, index):

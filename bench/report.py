@@ -133,6 +133,17 @@ def _ingress(table: Table, i: dict[str, Any]) -> None:
     """nginx / Caddy + verify: req/s ÷ the gateway's proxy, added p50 ÷ the plain daemon."""
     s, t, lat = table.summary, i["throughput"], i["latency_c1"]
     for name, label, target in (("nginx", "nginx", 2.0), ("caddy", "Caddy", None)):
+        if name == "nginx" and "nginx_verify_public" in t:
+            public = _paired(t, "nginx_verify_public", "nginx_verify_public_proxy", "rps")
+            s["ingress_nginx_verify_public_rps_ratio"] = public
+            s["ingress_nginx_verify_public_gateway_cpu_us"] = _median(
+                t["nginx_verify_public"], "gateway_cpu_us_per_request"
+            )
+            table.row(
+                "nginx + verify on the public listener req/s ÷ gateway proxy",
+                f"{public:.2f} (gateway CPU/req "
+                f"{s['ingress_nginx_verify_public_gateway_cpu_us']:.0f} µs)",
+            )
         verify = f"{name}_verify"
         if verify in t:
             ratio = _paired(t, verify, f"{verify}_proxy", "rps")
@@ -146,10 +157,14 @@ def _ingress(table: Table, i: dict[str, Any]) -> None:
             )
             gw_cpu = _median(t[verify], "gateway_cpu_us_per_request")
             daemon_cpu = _median(t[verify], "daemon_cpu_us_per_request")
+            up_cpu = _median(t[verify], "upstream_cpu_us_per_request")
+            proxy_up_cpu = _median(t[f"{verify}_proxy"], "upstream_cpu_us_per_request")
             s[f"ingress_{verify}_gateway_cpu_us"] = gw_cpu
+            s[f"ingress_{verify}_daemon_cpu_us"] = daemon_cpu
             table.row(
-                "  CPU/req: gateway verify, daemon (proxy: gateway)",
-                f"{gw_cpu:.0f}, {daemon_cpu:.0f} µs ({proxy_gw_cpu:.0f} µs)",
+                "  CPU/req: gateway verify, daemon, upstream (proxy: gateway, upstream)",
+                f"{gw_cpu:.0f}, {daemon_cpu:.0f}, {up_cpu:.0f} µs "
+                f"({proxy_gw_cpu:.0f}, {proxy_up_cpu:.0f} µs)",
             )
         if verify in lat and name in lat:
             added = statistics.median(

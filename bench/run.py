@@ -74,7 +74,7 @@ def main() -> None:
         print(f"bench: preparing {settings.bulk} keys …", flush=True)
         data = asyncio.run(prepare_database(url, settings.bulk))
         upstream, upstream_url = start_upstream()
-        servers = Servers(url, upstream_url, log_dir)
+        servers = Servers(url, upstream_url, log_dir, upstream_pid=upstream.pid)
         script = rotating_script(log_dir / "rotate.lua", data.bulk[: settings.mix])
         try:
             figures.update(measure(settings, url, data, servers, script))

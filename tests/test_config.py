@@ -224,6 +224,8 @@ def test_config_is_frozen() -> None:
         ({"routes_unmatched": "maybe"}, "routes_unmatched"),
         # values out of range
         ({"proxy": {"port": 70000}}, "proxy.port"),
+        ({"proxy": {"verify_port": 70000}}, "proxy.verify_port"),
+        ({"proxy": {"port": 9000, "verify_port": 9000}}, "proxy.verify_port"),
         ({"admin": {"port": -1}}, "admin.port"),
         ({"proxy": {"timeout_seconds": 0}}, "proxy.timeout_seconds"),
         ({"database": {"pool_min_size": 20, "pool_max_size": 10}}, "database.pool_min_size"),

@@ -31,8 +31,9 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from gateway.embedded_pg import free_port
+from gateway.verify_listener import VerifyListener
 
-from .conftest import Cluster, GatewayFactory, Seed
+from .conftest import Cluster, GatewayFactory, Seed, VerifyListenerFactory
 from .helpers import DEFAULT_ROUTE_DATA, make_config, wait_for
 from .topology import DEPLOY, Daemon, require
 
@@ -143,16 +144,29 @@ def start_caddy(home: Path, gateway: str, upstream: str) -> tuple[Daemon, str]:
 
 
 STARTERS = {"nginx": start_nginx, "caddy": start_caddy}
+VERIFY_LISTENER = pytest.StashKey[VerifyListener]()
 
 
-@pytest.fixture(params=sorted(STARTERS))
+@pytest.fixture(params=["nginx", "caddy", "nginx-public-listener"])
 async def ingress(
-    request: pytest.FixtureRequest, gateway: TestServer, recorder: Recorder, tmp_path: Path
+    request: pytest.FixtureRequest,
+    gateway: TestServer,
+    start_verify_listener: VerifyListenerFactory,
+    recorder: Recorder,
+    tmp_path: Path,
 ) -> AsyncIterator[str]:
-    """The ingress's base URL, once it answers."""
-    gateway_addr = f"127.0.0.1:{gateway.port}"
-    daemon, url = STARTERS[request.param](
-        tmp_path / request.param, gateway_addr, recorder.url.removeprefix("http://")
+    """The ingress's base URL, once it answers. Each daemon asks the verify listener
+    (`proxy.verify_port`, as docs/ingress.md recommends); nginx also the public listener's
+    `/_gateway/verify`."""
+    name, _, public = request.param.partition("-")
+    if public:
+        port = gateway.port
+    else:
+        listener = await start_verify_listener(gateway)
+        request.node.stash[VERIFY_LISTENER] = listener
+        port = listener.port
+    daemon, url = STARTERS[name](
+        tmp_path / request.param, f"127.0.0.1:{port}", recorder.url.removeprefix("http://")
     )
 
     async def up() -> bool:
@@ -406,10 +420,12 @@ async def test_an_unreachable_gateway_refuses_every_request(
 ) -> None:
     """Fail closed: no verify answer, no request to the upstream."""
     key = await seed.key()
+    if listener := request.node.stash.get(VERIFY_LISTENER, None):
+        await listener.close(1)
     await gateway.close()
     (via,) = await send(ingress, [Sent("/v1/customers", bearer(key.key))], "127.0.2.61")
     assert via.status >= 500
-    if request.node.callspec.params["ingress"] == "nginx":
+    if request.node.callspec.params["ingress"].startswith("nginx"):
         assert via.status == 503
         assert via.body["error"]["code"] == "auth_unavailable"
     assert recorder.seen == []

@@ -12,6 +12,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.embedded_pg import free_port
+
 from .conftest import Seed
 from .helpers import wait_for
 from .reliability import Served, StartServe, serve  # noqa: F401
@@ -160,3 +162,38 @@ async def test_workers_stop_when_their_supervisor_is_killed(workers: Served) -> 
             return stat.read().split(") ", 1)[1].startswith("Z")
 
     await wait_for(lambda: all(gone(pid) for pid in started), timeout=20)
+
+
+async def test_every_worker_serves_the_verify_listener_and_stops_cleanly(
+    serve: StartServe,  # noqa: F811
+    upstream: TestServer,
+    seed: Seed,
+) -> None:
+    """`proxy.verify_port` with `--workers 2`: both workers answer verify requests on the
+    shared port (each logs the decisions it made), and SIGTERM stops them with exit 0."""
+    verify_port = free_port()
+    served = await serve(
+        str(upstream.make_url("")).rstrip("/"),
+        workers=2,
+        GATEWAY__PROXY__VERIFY_PORT=str(verify_port),
+        GATEWAY__PROXY__TRUSTED_PROXIES="[127.0.0.1/32]",
+    )
+    key = await seed.key()
+    headers = {
+        "Authorization": f"Bearer {key.key}",
+        "X-Original-Method": "GET",
+        "X-Original-URI": "/v1/customers",
+    }
+    url = f"http://127.0.0.1:{verify_port}/_gateway/verify"
+
+    async def verified_by_both() -> bool:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            for _ in range(10):
+                async with s.get(url, headers=headers) as response:
+                    assert response.status == 200, await response.text()
+                    assert response.headers["X-GrowPanel-Key-Id"] == str(key.id)
+        return len(access_pids(served)) == 2
+
+    await wait_for(verified_by_both, timeout=20)
+    assert await stop(served) == 0
+    assert "Traceback" not in served.logs()
