@@ -6,8 +6,9 @@
 endpoint for an ingress (`ingress.py`, `/_gateway/verify`) runs too, on the method and
 path the ingress names. Every step either passes or raises a `GatewayError`, which
 carries its status, code and `Outcome`; `serve` renders it (`errors.error_response`),
-then counts the request (metrics, hourly usage) and writes its access-log line, whatever
-happened, for the proxy and the verify endpoint alike.
+then counts the request (`record`: metrics, hourly usage) and writes its access-log
+line, whatever happened. The verify endpoint does the same around `admit` with
+`note_refusal` and `record`, so both are counted and logged alike.
 """
 
 from __future__ import annotations

@@ -229,6 +229,10 @@ class VerifyProtocol(asyncio.Protocol):
                     self._transport.close()
                     return
                 self._maybe_resume()
+        except Exception:  # a bug: this connection's framing can no longer be trusted
+            log.exception("verify listener: connection dropped")
+            self.abort()
+            return
         finally:
             self._task = None
         self._arm_timer()
