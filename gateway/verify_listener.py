@@ -15,8 +15,11 @@ The HTTP/1.1 it speaks:
 - No body is ever read: a request announcing one (`Content-Length` other than 0, or
   `Transfer-Encoding`) is answered, then the connection closes, so nothing of its body can
   be taken for a request. So is an `Upgrade` request, and any request asking to close.
+- As aiohttp's strict parser has it: an HTTP/1.1 request without `Host`, or with two of a
+  singleton header (`Host`, `Content-Length`, `Content-Type`, ...), is a 400; header values
+  lose their trailing whitespace; the target's `#fragment` is not part of its path.
 - Bounded: a target of at most 8,190 bytes (else 414), header lines of at most 8,190
-  bytes and 64 KiB in all (else 431); then the connection closes.
+  bytes, 128 of them and 64 KiB in all (else 431); then the connection closes.
 - Pipelined requests are answered in order; reading pauses while 8 wait, or while the
   client does not read its answers, and more than 32 in one go is a 503 and a close.
 - Keep-alive: from the connection's start and from each answer until the next whole head
@@ -48,6 +51,22 @@ log = logging.getLogger("gateway")
 MAX_TARGET = 8190  # aiohttp's request-line bound, so both listeners take the same targets
 MAX_FIELD = 8190
 MAX_HEAD = 64 * 1024  # as the proxy's MAX_HEADER_BYTES
+MAX_HEADERS = 128  # aiohttp's bound
+# Headers of which a request may carry one (RFC 9110), as aiohttp's strict parser has them.
+SINGLETONS = frozenset(
+    {
+        "content-length",
+        "content-location",
+        "content-range",
+        "content-type",
+        "etag",
+        "host",
+        "max-forwards",
+        "server",
+        "transfer-encoding",
+        "user-agent",
+    }
+)
 MAX_WAITING = 8  # requests parsed and not yet answered before reading pauses
 MAX_PIPELINED = 32  # ... and in one read, before the connection is refused
 _UNSAFE = re.compile(r"[\r\n\x00]")
@@ -62,7 +81,7 @@ class _Refused(Exception):
 
 
 class _Request:
-    __slots__ = ("close", "head_only", "headers", "method", "target", "verdict")
+    __slots__ = ("close", "head_only", "headers", "http10", "method", "target", "verdict")
 
     def __init__(self) -> None:
         self.method = ""
@@ -70,6 +89,7 @@ class _Request:
         self.headers: CIMultiDict[str] = CIMultiDict()
         self.close = False
         self.head_only = False
+        self.http10 = False
         self.verdict: Verdict | None = None  # set at once for a request refused unread
 
 
@@ -165,12 +185,17 @@ class VerifyProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
         self._head_bytes += size
-        if size > MAX_FIELD or self._head_bytes > MAX_HEAD:
+        headers = self._current.headers
+        if size > MAX_FIELD or self._head_bytes > MAX_HEAD or len(headers) >= MAX_HEADERS:
             raise _Refused(
                 431, "request_header_fields_too_large", "The request headers are too large."
             )
-        # As aiohttp decodes them, so both listeners judge the same strings.
-        self._current.headers.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+        # As aiohttp reads them (trailing whitespace off, values UTF-8 with the odd bytes
+        # kept, one of each singleton), so both listeners judge the same strings.
+        text = name.decode("latin-1")
+        if text.lower() in SINGLETONS and text in headers:
+            raise _Refused(400, "bad_request", f"Duplicate '{text}' header.")
+        headers.add(text, value.strip(b" \t").decode("utf-8", "surrogateescape"))
 
     def on_headers_complete(self) -> None:
         request = self._current
@@ -178,7 +203,10 @@ class VerifyProtocol(asyncio.Protocol):
         request.method = parser.get_method().decode("latin-1")
         request.target = b"".join(self._url).decode("utf-8", "surrogateescape")
         request.head_only = request.method == "HEAD"
+        request.http10 = parser.get_http_version() == "1.0"
         headers = request.headers
+        if not request.http10 and "Host" not in headers:
+            raise _Refused(400, "bad_request", "Missing 'Host' header in request.")
         announces_body = "Transfer-Encoding" in headers or headers.get(
             "Content-Length", "0"
         ).strip() not in ("0", "")
@@ -239,7 +267,7 @@ class VerifyProtocol(asyncio.Protocol):
 
     async def _decide(self, request: _Request) -> Verdict:
         target = request.target
-        path = target.partition("?")[0]
+        path = target.partition("?")[0].partition("#")[0]
         if not target.startswith("/") or (path != PATH and not path.startswith(PATH + "/")):
             request_id = new_request_id()
             error = GatewayError(404, "not_found", f"This listener serves only {PATH}.")
@@ -311,6 +339,8 @@ def _serialise(verdict: Verdict, request: _Request, date: str) -> bytes:
     lines.append(f"Date: {date}")
     if request.close:
         lines.append("Connection: close")
+    elif request.http10:  # kept open, which HTTP/1.0 assumes only when told
+        lines.append("Connection: keep-alive")
     data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return data if request.head_only else data + verdict.body
 

@@ -214,9 +214,9 @@ async def rig(
 
 PATH = "/_gateway/verify"
 # Visible ASCII: what both parsers take in a target (llhttp refuses the rest, on both
-# listeners). Without "#": a fragment is judged differently (see
+# listeners), "#" included (a fragment: see
 # test_a_fragment_in_the_target_is_judged_as_on_the_public_listener).
-VISIBLE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "#")
+VISIBLE = "".join(chr(c) for c in range(0x21, 0x7F))
 PIECES = [
     "v1", "V1", "customers", "Customers", "reports", "mrr", "account", "cus_1", ".", "..",
     "%2e%2e", "%2F", "%2f", "%252f", "%20", "%00", "%C3%A9", "%ZZ", "%", ";x=1", "\\", "",
@@ -256,13 +256,9 @@ def targets(draw: st.DrawFn, envoy: bool) -> str:
 FIELD_BYTES = [0x09, *range(0x20, 0x7F), *range(0x80, 0x100)]
 field_values = st.lists(st.sampled_from(FIELD_BYTES), max_size=16).map(bytes)
 LEADING_OWS = [b"", b"", b" ", b"\t", b" \t "]
-# No trailing whitespace: the listeners keep different values (see
+# Trailing whitespace is not part of a value on either listener (see
 # test_a_request_id_with_trailing_whitespace_is_echoed_as_on_the_public_listener).
-TRAILING_OWS = [b""]
-
-
-def no_trailing_space(value: bytes) -> bytes:
-    return value.rstrip(b" \t")
+TRAILING_OWS = [b"", b"", b" ", b"\t", b" \t "]
 
 
 uris = st.one_of(
@@ -287,7 +283,7 @@ uris = st.one_of(
         ]
     ),
     field_values,
-).map(no_trailing_space)
+)
 methods_named = st.one_of(
     st.sampled_from([b"GET", b"HEAD"]),
     st.sampled_from([b"GET", b"HEAD"]),
@@ -308,7 +304,7 @@ methods_named = st.one_of(
         ]
     ),
     field_values,
-).map(no_trailing_space)
+)
 AUTHORIZATIONS = [
     b"Bearer {valid}", b"bearer {valid}", b"BEARER {valid}", b"Bearer   {valid}",
     b"Bearer {allowlisted}", b"Bearer {wrong}", b"Bearer gp_notakey", b"{valid}",
@@ -320,6 +316,7 @@ FORWARDED_FOR = [
     b"[2001:db8::1]:443", b"10.0.0.1:8080", b"127.0.0.1", b"", b"10.0.0.1,,192.168.1.1",
 ]  # fmt: skip
 # The requests' framing: kept alive or not, and bodies the verify listener never reads.
+FRAMING_HEADERS = {b"Transfer-Encoding", b"Content-Length", b"Connection", b"Upgrade"}
 FRAMINGS = ["none", "close", "keep-alive", "content-length-0", "body", "chunked", "upgrade"]
 HTTP10_FRAMINGS = ["none", "close", "keep-alive", "content-length-0", "body"]
 
@@ -359,10 +356,13 @@ def verify_requests(draw: st.DrawFn) -> VerifyRequest:
     version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0"]))
     framing = draw(st.sampled_from(FRAMINGS if version == "HTTP/1.1" else HTTP10_FRAMINGS))
     headers: list[tuple[bytes, bytes]] = []
-    # aiohttp refuses an HTTP/1.1 request without exactly one Host (RFC 9112 §3.2); the
-    # verify listener takes any: never left out, never doubled.
-    if version == "HTTP/1.1" or draw(st.booleans()):
-        headers.append((b"Host", b"gateway.internal"))
+    # Mostly one Host; sometimes none or two (a 400 on both listeners for HTTP/1.1, RFC
+    # 9112 §3.2; two of any singleton header is a 400 on both, whatever the version).
+    hosts = draw(st.sampled_from([1, 1, 1, 1, 1, 1, 0, 2]))
+    headers += [(b"Host", b"gateway.internal")] * hosts
+    if draw(st.integers(0, 9)) == 0:
+        singleton = draw(st.sampled_from([b"User-Agent", b"Content-Type", b"Max-Forwards"]))
+        headers += [(singleton, b"x")] * draw(st.integers(1, 2))
     convention = draw(st.sampled_from(["envoy", "envoy", "nginx", "nginx", "caddy", "both", "any"]))
     for names, used in [
         ((b"X-Original-Method", b"X-Original-URI"), ("nginx", "both")),
@@ -382,7 +382,7 @@ def verify_requests(draw: st.DrawFn) -> VerifyRequest:
     for authorization in draw(authorizations):
         headers.append((b"Authorization", authorization))
     for request_id in draw(st.lists(st.sampled_from(REQUEST_IDS) | field_values, max_size=2)):
-        headers.append((b"X-Request-Id", no_trailing_space(request_id)))
+        headers.append((b"X-Request-Id", request_id))
     for forwarded in draw(st.lists(st.sampled_from(FORWARDED_FOR), max_size=2)):
         headers.append((b"X-Forwarded-For", forwarded))
     body = b""
@@ -401,8 +401,14 @@ def verify_requests(draw: st.DrawFn) -> VerifyRequest:
         headers.append((b"Transfer-Encoding", b"chunked"))
     elif framing == "upgrade":
         headers += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
+    # Trailing whitespace on the framing headers is left out: aiohttp's parser refuses
+    # `Transfer-Encoding: chunked<TAB>`, llhttp reads it as chunked, and the verify
+    # listener, which never reads a body, answers and closes (either way nothing desyncs).
     ows = st.sampled_from(LEADING_OWS), st.sampled_from(TRAILING_OWS)
-    headers = [(name, draw(ows[0]) + value + draw(ows[1])) for name, value in headers]
+    headers = [
+        (name, draw(ows[0]) + value + (b"" if name in FRAMING_HEADERS else draw(ows[1])))
+        for name, value in headers
+    ]
     return VerifyRequest(
         source=draw(st.sampled_from([TRUSTED, TRUSTED, TRUSTED, UNTRUSTED])),
         method=draw(st.sampled_from(["GET", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"])),
@@ -481,6 +487,15 @@ async def test_the_verify_listener_answers_every_verify_request_as_the_public_li
     public = await asyncio.to_thread(exchange, rig.public_port, data, request.source, method)
     own = await asyncio.to_thread(exchange, rig.listener.port, data, request.source, method)
     head = method == "HEAD"
+    if public.status == 400 and not (public.get("Content-Type") or "").startswith(JSON):
+        # Refused by aiohttp's parser itself (no Host, a singleton twice), in its own text
+        # form: the verify listener must refuse it too, in the gateway's (checked below).
+        event("400 from the parser")
+        assert own.status == 400
+        assert own.get("Connection") == "close"
+        if not head:  # (http.client reads no body after a HEAD)
+            assert own.error()["code"] == "bad_request"
+        return
     # The spread of answers, shown by --hypothesis-show-statistics.
     event(f"{public.status} {public.error()['code'] if public.body else method}")
     expected = normalised(public, request.request_id(), head)
