@@ -228,16 +228,7 @@ class VerifyProtocol(asyncio.Protocol):
         if error.status and not any(r.close for r in self._waiting):
             request = _Request()
             request.close = True
-            request_id = new_request_id()
-            request.verdict = Verdict(
-                error.status,
-                [
-                    ("X-Request-Id", request_id),
-                    ("Server", SERVER_NAME),
-                    ("Content-Type", JSON),
-                ],
-                error_body(error, request_id).encode(),
-            )
+            request.verdict = _unread(error)
             self._waiting.append(request)
 
     def _serve_waiting(self) -> None:
@@ -269,13 +260,7 @@ class VerifyProtocol(asyncio.Protocol):
         target = request.target
         path = target.partition("?")[0].partition("#")[0]
         if not target.startswith("/") or (path != PATH and not path.startswith(PATH + "/")):
-            request_id = new_request_id()
-            error = GatewayError(404, "not_found", f"This listener serves only {PATH}.")
-            return Verdict(
-                404,
-                [("X-Request-Id", request_id), ("Server", SERVER_NAME), ("Content-Type", JSON)],
-                error_body(error, request_id).encode(),
-            )
+            return _unread(GatewayError(404, "not_found", f"This listener serves only {PATH}."))
         return await self._endpoint.decide(
             self._peer,
             self._listener.scheme,
@@ -328,6 +313,13 @@ class VerifyProtocol(asyncio.Protocol):
             self._transport.close()
         else:
             self._timer = asyncio.get_running_loop().call_at(deadline, self._idle)
+
+
+def _unread(error: GatewayError) -> Verdict:
+    """A refusal made before the decision (framing, or a path not served here)."""
+    request_id = new_request_id()
+    headers = [("X-Request-Id", request_id), ("Server", SERVER_NAME), ("Content-Type", JSON)]
+    return Verdict(error.status, headers, error_body(error, request_id).encode())
 
 
 def _serialise(verdict: Verdict, request: _Request, date: str) -> bytes:
