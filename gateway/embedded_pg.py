@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import random
 import re
 import shutil
 import socket
@@ -48,7 +49,40 @@ def find_bin_dir() -> Path:
     )
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on, for a server about to bind it.
+
+    Taken below the kernel's ephemeral range, where `bind(0)` and outgoing connections
+    take their local ports, so that no connection made before the server binds takes it;
+    and never the same twice in one process. Where that range leaves no room below it,
+    the kernel's choice.
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(low - 10_000, low) if low > 11_024 else _kernel_port()
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise OSError("no free port found")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _kernel_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

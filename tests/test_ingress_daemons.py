@@ -165,32 +165,21 @@ async def ingress(
         listener = await start_verify_listener(gateway)
         request.node.stash[VERIFY_LISTENER] = listener
         port = listener.port
-    for attempt in range(3):
-        daemon, url = STARTERS[name](
-            tmp_path / f"{request.param}-{attempt}",
-            f"127.0.0.1:{port}",
-            recorder.url.removeprefix("http://"),
-        )
+    daemon, url = STARTERS[name](
+        tmp_path / request.param, f"127.0.0.1:{port}", recorder.url.removeprefix("http://")
+    )
 
-        async def up(daemon: Daemon = daemon, url: str = url) -> bool:
-            if not daemon.alive():
-                return True  # exited: told apart below
-            try:
-                async with aiohttp.ClientSession() as session:
-                    async with session.get(url + "/") as response:
-                        return response.status > 0
-            except aiohttp.ClientConnectionError:
-                return False
-
-        await wait_for(up, timeout=20, interval=0.05)
-        if daemon.alive():
-            break
-        # free_port()'s port can be taken (as some connection's local port) before the
-        # daemon binds it: only that is worth another port.
-        assert "address already in use" in daemon.logs(), daemon.logs()
-        daemon.stop()
-    try:
+    async def up() -> bool:
         assert daemon.alive(), daemon.logs()
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url + "/") as response:
+                    return response.status > 0
+        except aiohttp.ClientConnectionError:
+            return False
+
+    try:
+        await wait_for(up, timeout=20, interval=0.05)
         yield url
     finally:
         daemon.stop()
