@@ -188,6 +188,16 @@ http {{
 }}
 """
 
+
+def nginx_verify_conf(home: Path, port: int, gateway: str, upstream: str) -> str:
+    """nginx.conf for a server on 127.0.0.1:`port` that includes deploy/nginx/ as shipped,
+    asking the gateway at `gateway` ("host:port") and proxying to `upstream` ("host:port");
+    the bench and the ingress tests both run nginx from this one file."""
+    return NGINX_VERIFY_CONF.format(
+        home=home, port=port, gateway=gateway, upstream=upstream, deploy=ROOT / "deploy"
+    )
+
+
 CADDY_CONF = """\
 {{
     admin off
@@ -280,12 +290,8 @@ class Servers:
         port = free_port()
         home = self.log_dir / f"nginx-verify-{port}"
         home.mkdir(exist_ok=True)
-        conf = NGINX_VERIFY_CONF.format(
-            home=home,
-            gateway=f"127.0.0.1:{gateway_port}",
-            upstream=self.upstream_url.removeprefix("http://"),
-            port=port,
-            deploy=ROOT / "deploy",
+        conf = nginx_verify_conf(
+            home, port, f"127.0.0.1:{gateway_port}", self.upstream_url.removeprefix("http://")
         )
         (home / "nginx.conf").write_text(conf)
         return self._nginx(binary, home, port)

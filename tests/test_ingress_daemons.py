@@ -30,6 +30,7 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from bench.harness import nginx_verify_conf
 from gateway.embedded_pg import free_port
 from gateway.verify_listener import VerifyListener
 
@@ -80,41 +81,13 @@ async def gateway(
     return await start_gateway(config=config)
 
 
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-pid {home}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {home}/body;
-    proxy_temp_path {home}/proxy;
-    fastcgi_temp_path {home}/fastcgi;
-    uwsgi_temp_path {home}/uwsgi;
-    scgi_temp_path {home}/scgi;
-    upstream growpanel_gateway {{ server {gateway}; keepalive 8; }}
-    upstream growpanel_api {{ server {upstream}; keepalive 8; }}
-    server {{
-        listen 127.0.0.1:{port};
-        include {deploy}/nginx/growpanel-verify.conf;
-        location / {{
-            include {deploy}/nginx/growpanel-protect.conf;
-            proxy_pass http://growpanel_api;
-        }}
-    }}
-}}
-"""
-
-
 def start_nginx(home: Path, gateway: str, upstream: str) -> tuple[Daemon, str]:
     """nginx with the shipped snippets as they are, around the test's addresses."""
     binary = require("nginx", "nginx-light")
     port = free_port()
     home.mkdir()
     conf = home / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(home=home, gateway=gateway, upstream=upstream, port=port, deploy=DEPLOY)
-    )
+    conf.write_text(nginx_verify_conf(home, port, gateway, upstream))
     daemon = Daemon([binary, "-p", str(home), "-c", str(conf), "-e", "stderr"], home / "log")
     return daemon, f"http://127.0.0.1:{port}"
 
