@@ -42,8 +42,11 @@ _TOKEN = re.compile(_TCHAR + "+")
 # Header names joined by LF: one regex call checks them all, and an empty name cannot
 # hide between two others.
 _NAMES = re.compile(f"{_TCHAR}+(?:\n{_TCHAR}+)*")
-# Controls other than CR, LF (counted apart) and HTAB (allowed in values, RFC 9110 §5.5).
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Every byte of an encoded head but the controls (HTAB is allowed in values, RFC 9110
+# §5.5): deleting these leaves the CR LF pairs the head's lines put there, and nothing
+# else unless a field carried a control. One `bytes.translate` pass: a regex search over
+# the head cost ~20k more instructions a proxied request (3.9 %, callgrind).
+_NOT_CONTROL = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 # An origin-form target (RFC 9112 §3.2.1): visible ASCII only, no space, no controls.
 _TARGET = re.compile(r"/[!-~]*")
 
@@ -337,12 +340,11 @@ def request_head(
     elif method in ("POST", "PUT", "PATCH"):
         lines.append("Content-Length: 0")
     lines.append("\r\n")
-    head = "\r\n".join(lines)
-    # Values are checked on the whole head at once: CR and LF only where the lines
-    # above put them, and no other control but HTAB.
-    breaks = len(lines)
-    if head.count("\n") != breaks or head.count("\r") != breaks or _CONTROL.search(head):
+    head = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    # Values are checked on the whole head at once: CR LF only where the lines above put
+    # them, and no other control but HTAB.
+    if head.translate(None, _NOT_CONTROL) != b"\r\n" * len(lines):
         raise UnsafeRequest("a header field with a control character")
     if headers and not _NAMES.fullmatch("\n".join([name for name, _ in headers])):
         raise UnsafeRequest("a header name outside HTTP's token grammar")
-    return head.encode("utf-8", "surrogateescape")
+    return head

@@ -4,7 +4,8 @@ The two desyncs found in review, each a regression test that failed before the f
 header text deciding the request's body framing (finding 1), and a second response on
 an upstream connection absorbed into, or answering, the next request (finding 2). Then
 `Expect: 100-continue`, forwarding headers from untrusted peers, and the fields the
-upstream client refuses to write. The property-based differential fuzzing is in
+upstream client refuses to write, with a property test of the head it writes against
+h11. The property-based differential fuzzing of the whole gateway is in
 test_framing_fuzz.py.
 """
 
@@ -12,14 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 
 import aiohttp
+import h11
 import pytest
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.app import UPSTREAM
 from gateway.upstream import UpstreamPool
-from gateway.upstream_wire import UnsafeRequest
+from gateway.upstream_wire import UnsafeRequest, request_head
 
 from .conftest import GatewayFactory, Seed
 from .helpers import make_config, wait_for
@@ -287,3 +292,64 @@ async def test_gateway_answers_400_for_a_request_it_will_not_forward(
         raw = await exchange(gateway.port, f"{request}\r\n\r\n".encode())
         assert status_codes(raw) == [400]
         assert upstream.received == []
+
+
+# The grammar, written here apart from gateway/upstream_wire.py: RFC 9110 §5.6.2 tokens
+# for the method and names, an origin-form target of visible ASCII (RFC 9112 §3.2.1), and
+# values free of every control but HTAB (RFC 9110 §5.5).
+REFERENCE_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+REFERENCE_TARGET = re.compile(r"/[\x21-\x7e]*")
+REFERENCE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Mostly sound characters, with every control, the separators and some non-ASCII.
+HOSTILE = st.text(
+    st.sampled_from(
+        [*'aZ09-_./~!#*:; ,"()', *map(chr, range(0x20)), "\x7f", "\x85", "\u00e9", "\u2028"]
+    ),
+    max_size=12,
+)
+METHODS = st.sampled_from(["GET", "POST", "PATCH", "DELETE"]) | HOSTILE
+TARGETS = st.builds(lambda tail: "/" + tail, HOSTILE) | HOSTILE
+NAMES = st.sampled_from(["Accept", "X-GrowPanel-Key-Id", "X-A"]) | HOSTILE
+VALUES = st.sampled_from(["*/*", "caf\u00e9\tok", "a, b"]) | HOSTILE
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True)
+@given(
+    method=METHODS,
+    target=TARGETS,
+    headers=st.lists(st.tuples(NAMES, VALUES), max_size=5),
+    content_length=st.none() | st.integers(0, 10**6),
+)
+def test_request_head_is_written_only_from_fields_h11_reads_back(
+    method: str, target: str, headers: list[tuple[str, str]], content_length: int | None
+) -> None:
+    """The upstream client writes a head exactly when every field is in HTTP's grammar,
+    and then h11 reads back the same method, target and header fields."""
+    sound = (
+        REFERENCE_TOKEN.fullmatch(method) is not None
+        and REFERENCE_TARGET.fullmatch(target) is not None
+        and all(REFERENCE_TOKEN.fullmatch(name) for name, _ in headers)
+        and not any(REFERENCE_CONTROL.search(value) for _, value in headers)
+    )
+    has_body = content_length is not None
+    try:
+        head = request_head("", "upstream.test", method, target, headers, has_body, content_length)
+    except UnsafeRequest:
+        assert not sound
+        return
+    assert sound, head
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(head)
+    event = server.next_event()
+    assert isinstance(event, h11.Request), event
+    assert event.method.decode() == method
+    assert event.target.decode() == target
+    # h11 strips the values' outer whitespace and lower-cases names, as RFC 9110 allows.
+    read = [(name.decode(), value.decode("utf-8")) for name, value in event.headers]
+    written = [("host", "upstream.test")]
+    written += [(name.lower(), value.strip(" \t")) for name, value in headers]
+    if has_body:
+        written.append(("content-length", str(content_length)))
+    elif method in ("POST", "PUT", "PATCH"):
+        written.append(("content-length", "0"))
+    assert read == written
