@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test screenshots lint typecheck check clean distclean bench bench-quick wrk nginx caddy soak fuzz image
+.PHONY: run test screenshots lint typecheck check clean distclean bench bench-quick wrk nginx caddy valgrind soak fuzz image
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -88,11 +88,11 @@ distclean: clean
 	rm -rf $(VENV)
 
 ## bench: every benchmark figure as ratios from one run (under 10 minutes)
-bench: $(STAMP) wrk nginx caddy
+bench: $(STAMP) wrk nginx caddy valgrind
 	$(BIN)/python bench/run.py
 
 ## bench-quick: the same, shorter runs and fewer keys (under 2 minutes)
-bench-quick: $(STAMP) wrk nginx caddy
+bench-quick: $(STAMP) wrk nginx caddy valgrind
 	$(BIN)/python bench/run.py --quick
 
 wrk:
@@ -106,3 +106,8 @@ nginx:
 
 caddy:
 	@command -v caddy >/dev/null || { apt-get update -qq && apt-get install -y -qq caddy >/dev/null; } || echo "bench: caddy not installed, its ingress figures are left out"
+
+# valgrind's callgrind counts the instructions a request costs, the one figure that does
+# not move with a shared machine's speed: left out where it cannot be installed.
+valgrind:
+	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; } || echo "bench: valgrind not installed, the instruction counts are left out"

@@ -42,6 +42,7 @@ class Settings:
     mix: int  # keys in the rotating-key traffic
     leak_runs: int  # leaked keys timed from the signed POST to refused on two processes
     webhook_events: int  # webhook deliveries timed
+    instructed: int  # requests whose instructions callgrind counts, per server
     connections: int = 64
 
     @classmethod
@@ -49,11 +50,11 @@ class Settings:
         if quick:
             return cls(
                 quick, rounds=2, seconds=3, warm=1, bulk=10_000, mix=1_000,
-                leak_runs=10, webhook_events=40,
+                leak_runs=10, webhook_events=40, instructed=300,
             )  # fmt: skip
         return cls(
             quick, rounds=5, seconds=6, warm=2, bulk=100_000, mix=10_000,
-            leak_runs=50, webhook_events=200,
+            leak_runs=50, webhook_events=200, instructed=2_000,
         )  # fmt: skip
 
     def as_json(self) -> dict[str, int]:
@@ -65,6 +66,7 @@ class Settings:
             "keys_in_traffic": self.mix,
             "leak_runs": self.leak_runs,
             "webhook_events": self.webhook_events,
+            "instructed_requests": self.instructed,
         }
 
 
@@ -212,6 +214,10 @@ def program(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin")
 
 
+_STARTED = 30.0  # seconds for a server to answer once started
+_STARTED_UNDER = 600.0  # ... under valgrind, which runs Python's start-up some 50x slower
+
+
 class Servers:
     """Every process the bench starts, stopped in reverse order at the end."""
 
@@ -225,8 +231,14 @@ class Servers:
         self.running: list[subprocess.Popen[bytes]] = []
 
     def gateway(
-        self, *args: str, config: Path = ROOT / "config.yaml", **env: str
+        self,
+        *args: str,
+        config: Path = ROOT / "config.yaml",
+        under: Sequence[str] = (),
+        **env: str,
     ) -> tuple[subprocess.Popen[bytes], int, int]:
+        """A gateway process (`under` a command such as valgrind, if given) and its
+        public and admin ports, once both answer."""
         port, admin_port = free_port(), free_port()
         environment = {
             **os.environ,
@@ -240,20 +252,22 @@ class Servers:
         environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
         log = open(self.log_dir / f"gateway-{port}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [PY, "-m", "gateway.cli", "--config", str(config), "serve", *args],
+            [*under, PY, "-m", "gateway.cli", "--config", str(config), "serve", *args],
             env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         self.running.append(process)
-        wait_http(url_of(admin_port, "/readyz"))
-        wait_http(url_of(port, "/"))
+        started = _STARTED_UNDER if under else _STARTED
+        wait_http(url_of(admin_port, "/readyz"), timeout=started)
+        wait_http(url_of(port, "/"), timeout=started)
         return process, port, admin_port
 
-    def bare(self) -> tuple[subprocess.Popen[bytes], int]:
+    def bare(self, under: Sequence[str] = ()) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         process = subprocess.Popen(
             [
+                *under,
                 PY,
                 str(ROOT / "bench" / "bare_proxy.py"),
                 "--port",
@@ -265,7 +279,7 @@ class Servers:
             stderr=subprocess.DEVNULL,
         )
         self.running.append(process)
-        wait_http(url_of(port, "/v1/customers"))
+        wait_http(url_of(port, "/v1/customers"), timeout=_STARTED_UNDER if under else _STARTED)
         return process, port
 
     def nginx(self) -> tuple[subprocess.Popen[bytes], int] | None:

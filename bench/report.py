@@ -38,6 +38,8 @@ class Table:
 def report(figures: dict[str, Any]) -> None:
     table = Table()
     _throughput(table, figures["throughput"], figures["settings"])
+    if figures.get("instructions"):
+        _instructions(table, figures["instructions"])
     _latency(table, figures["latency_c1"])
     if figures.get("ingress"):
         _ingress(table, figures["ingress"])
@@ -115,6 +117,17 @@ def _mix(table: Table, t: dict[str, Any], keys: dict[str, int]) -> None:
         f"{s['mix_cpu_ratio']:.2f} ({mix_cpu:.0f} vs {bare_mix_cpu:.0f} µs)",
     )
     table.row("  the mix, and the bare proxy", f"{mix_rps:.0f} and {bare_mix_rps:.0f} req/s")
+
+
+def _instructions(table: Table, i: dict[str, float]) -> None:
+    s = table.summary
+    s["instructions_per_request_hot"] = round(i["hot"])
+    s["instructions_per_request_bare"] = round(i["bare"])
+    s["instructions_hot_ratio"] = i["hot"] / i["bare"]
+    table.row(
+        "instructions / request (callgrind)",
+        f"hot {i['hot'] / 1e3:.1f}k, bare {i['bare'] / 1e3:.1f}k: {i['hot'] / i['bare']:.2f}",
+    )
 
 
 def _latency(table: Table, lat: dict[str, list[dict[str, float]]]) -> None:

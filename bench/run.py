@@ -9,6 +9,9 @@ ratio is the median over the rounds of pairs measured seconds apart.
 - throughput and server CPU per request, gateway hot path against the bare proxy, and a
   mix of many distinct keys (a wrk Lua script rotating them) with many more in Postgres;
   `--workers 2` against one process (bench/throughput.py);
+- instructions per request of the hot path and of the bare proxy, counted by callgrind
+  where valgrind is installed: the figure that does not move with the machine's speed
+  (bench/instructions.py);
 - added latency at concurrency 1 (p50, p99), the median over rounds of gateway-bare pairs;
   the cold path (first request with a new key, argon2 included) and the hot path's p99
   while new keys are being verified (bench/latency.py);
@@ -51,6 +54,7 @@ sys.path.insert(0, str(ROOT))  # run as `python bench/run.py`: the bench is a pa
 
 from bench import (  # noqa: E402
     ingress,
+    instructions,
     latency,
     leaks,
     memory,
@@ -95,6 +99,8 @@ def measure(
     figures: dict[str, Any] = {
         "throughput": throughput.hot_and_mix(servers, settings, data.hot, mix, script)
     }
+    print("bench: instructions per request (callgrind)", flush=True)
+    figures["instructions"] = instructions.run(servers, settings, data.hot)
     figures.update(_on_one_gateway(settings, url, data, servers))
     print("bench: ingress (nginx and Caddy + verify)", flush=True)
     figures["ingress"] = ingress.run(
