@@ -5,10 +5,12 @@ per cent in what a request costs cannot be seen in req/s or CPU time. The number
 instructions a process executes per request does not depend on the machine's speed.
 Each server runs under valgrind's callgrind with counting off, answers warm-up requests,
 then counts the user-space instructions of `settings.instructed` requests sent one at a
-time on one keep-alive connection (`callgrind_control` switches counting on, then dumps).
-Repeated runs of the same code agree to within 1 %. Not counted: the kernel's
-share (system calls, the network stack), and work that depends on time rather than on
-requests (a flush every interval) comes in as the run's length under valgrind allows.
+time on one keep-alive connection (`callgrind_control` dumps the counts before and after
+them): the bare proxy, the gateway's hot path (one key), then on the same gateway a mix
+of `MIX_KEYS` keys in rotation, each of them used once before counting. Repeated runs
+of the same code agree to within 1 %. Not counted: the kernel's share (system calls, the
+network stack). Work that depends on time rather than on requests (a flush every
+interval) comes in as the run's length under valgrind allows.
 
 Left out (None) where valgrind is not installed.
 """
@@ -24,42 +26,56 @@ from typing import Any
 from bench.harness import Servers, Settings, program
 
 WARM = 300  # requests before counting: caches filled, code paths taken once
+MIX_KEYS = 1_000  # cheap argon2 (bench/data.py): under valgrind, verified in seconds
 
 
-def run(servers: Servers, settings: Settings, hot: str) -> dict[str, Any] | None:
+def run(servers: Servers, settings: Settings, hot: str, mix: list[str]) -> dict[str, Any] | None:
     if program("valgrind") is None or program("callgrind_control") is None:
         return None
     out = servers.log_dir / "callgrind"
     out.mkdir(exist_ok=True)
     n = settings.instructed
+    mix = mix[:MIX_KEYS]
     bare, bare_port = servers.bare(under=_callgrind(out / "bare"))
-    bare_count = _count(servers, bare, bare_port, hot, n, out / "bare")
-    gateway, port, _ = servers.gateway(under=_callgrind(out / "hot"))
-    hot_count = _count(servers, gateway, port, hot, n, out / "hot")
-    return {"requests": n, "bare": bare_count / n, "hot": hot_count / n}
+    try:
+        _requests(bare_port, [hot], WARM)
+        _control(bare.pid, "--instr=on")
+        bare_count = _counted(bare.pid, bare_port, [hot], n, out / "bare")
+    finally:
+        servers.stop(bare)
+    gateway, port, _ = servers.gateway(under=_callgrind(out / "gateway"))
+    try:
+        _requests(port, [hot], WARM)
+        _control(gateway.pid, "--instr=on")
+        hot_count = _counted(gateway.pid, port, [hot], n, out / "gateway")
+        _requests(port, mix, len(mix))  # each key verified and cached: not counted
+        mix_count = _counted(gateway.pid, port, mix, n, out / "gateway")
+    finally:
+        servers.stop(gateway)
+    return {
+        "requests": n,
+        "mix_keys": len(mix),
+        "bare": bare_count / n,
+        "hot": hot_count / n,
+        "mix": mix_count / n,
+    }
 
 
 def _callgrind(path: Path) -> list[str]:
     return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={path}"]
 
 
-def _count(
-    servers: Servers, process: subprocess.Popen[bytes], port: int, key: str, n: int, path: Path
-) -> int:
-    """The instructions `process` executes for `n` requests with `key`; stops it."""
-    try:
-        _requests(port, key, WARM)
-        _control(process.pid, "--instr=on")
-        _requests(port, key, n)
-        _control(process.pid, "--dump")
-    finally:
-        servers.stop(process)
-    dumps = sorted(path.parent.glob(f"{path.name}.*"))  # the final dump at exit is `path`
-    if not dumps:
-        raise SystemExit(f"bench: callgrind wrote no dump for {path.name}")
-    match = re.search(r"^(?:summary|totals): (\d+)", dumps[0].read_text(errors="replace"), re.M)
+def _counted(pid: int, port: int, keys: list[str], n: int, path: Path) -> int:
+    """The instructions the server `pid` executes for `n` requests with `keys` in turn.
+    A dump before them and one after: callgrind zeroes its counts at each dump, and the
+    second (`path`.<part>) holds these requests alone."""
+    _control(pid, "--dump")
+    _requests(port, keys, n)
+    _control(pid, "--dump")
+    last = max(path.parent.glob(f"{path.name}.*"), key=lambda p: int(p.suffix[1:]))
+    match = re.search(r"^summary: (\d+)", last.read_text(errors="replace"), re.M)
     if match is None:
-        raise SystemExit(f"bench: no instruction total in {dumps[0]}")
+        raise SystemExit(f"bench: no instruction count in {last}")
     return int(match[1])
 
 
@@ -67,11 +83,13 @@ def _control(pid: int, option: str) -> None:
     subprocess.run(["callgrind_control", option, str(pid)], capture_output=True, check=True)
 
 
-def _requests(port: int, key: str, n: int) -> None:
+def _requests(port: int, keys: list[str], n: int) -> None:
+    """`n` requests one after the other on one connection, with `keys` in turn."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        for _ in range(n):
-            connection.request("GET", "/v1/customers", headers={"Authorization": f"Bearer {key}"})
+        for i in range(n):
+            authorization = f"Bearer {keys[i % len(keys)]}"
+            connection.request("GET", "/v1/customers", headers={"Authorization": authorization})
             response = connection.getresponse()
             response.read()
             if response.status != 200:

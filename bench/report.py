@@ -121,12 +121,17 @@ def _mix(table: Table, t: dict[str, Any], keys: dict[str, int]) -> None:
 
 def _instructions(table: Table, i: dict[str, float]) -> None:
     s = table.summary
-    s["instructions_per_request_hot"] = round(i["hot"])
-    s["instructions_per_request_bare"] = round(i["bare"])
+    for run in ("hot", "mix", "bare"):
+        s[f"instructions_per_request_{run}"] = round(i[run])
     s["instructions_hot_ratio"] = i["hot"] / i["bare"]
+    s["instructions_mix_ratio"] = i["mix"] / i["bare"]
     table.row(
-        "instructions / request (callgrind)",
-        f"hot {i['hot'] / 1e3:.1f}k, bare {i['bare'] / 1e3:.1f}k: {i['hot'] / i['bare']:.2f}",
+        "instructions / request (callgrind): hot, bare",
+        f"{i['hot'] / 1e3:.1f}k, {i['bare'] / 1e3:.1f}k: {s['instructions_hot_ratio']:.2f}",
+    )
+    table.row(
+        f"  {i['mix_keys']:,}-key mix, ÷ bare",
+        f"{i['mix'] / 1e3:.1f}k: {s['instructions_mix_ratio']:.2f}",
     )
 
 

@@ -100,7 +100,7 @@ def measure(
         "throughput": throughput.hot_and_mix(servers, settings, data.hot, mix, script)
     }
     print("bench: instructions per request (callgrind)", flush=True)
-    figures["instructions"] = instructions.run(servers, settings, data.hot)
+    figures["instructions"] = instructions.run(servers, settings, data.hot, mix)
     figures.update(_on_one_gateway(settings, url, data, servers))
     print("bench: ingress (nginx and Caddy + verify)", flush=True)
     figures["ingress"] = ingress.run(
