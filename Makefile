@@ -87,11 +87,11 @@ clean:
 distclean: clean
 	rm -rf $(VENV)
 
-## bench: every benchmark figure as ratios from one run (under 10 minutes)
+## bench: every benchmark figure as ratios from one run (about 20 minutes on 2 cores)
 bench: $(STAMP) wrk nginx caddy valgrind
 	$(BIN)/python bench/run.py
 
-## bench-quick: the same, shorter runs and fewer keys (under 2 minutes)
+## bench-quick: the same, shorter runs and fewer keys (about 5 minutes)
 bench-quick: $(STAMP) wrk nginx caddy valgrind
 	$(BIN)/python bench/run.py --quick
 
