@@ -19,6 +19,7 @@ from . import paging
 from .auth import OPERATOR, POLICY
 from .schemas import JSON, TIME, UUID, ref, schemas
 from .state import CONFIG
+from .webhook_schemas import webhook_schemas
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -337,7 +338,7 @@ def document(permissions: tuple[str, ...] = tuple(DEFAULT_PERMISSIONS)) -> dict[
         },
         "paths": _paths(),
         "components": {
-            "schemas": schemas(permissions),
+            "schemas": {**schemas(permissions), **webhook_schemas()},
             "responses": _RESPONSES,
             "parameters": _PARAMETERS,
             "securitySchemes": {

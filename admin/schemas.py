@@ -1,8 +1,9 @@
 """The admin API's data shapes for the OpenAPI document (`components.schemas`).
 
 Built from the same constants the handlers use (the patterns and bounds in `validation`,
-the roles, permission names, outcomes and webhook events), so a shape and the check behind it
-cannot drift apart; `openapi` assembles the paths around them.
+the roles, permission names and outcomes), so a shape and the check behind it cannot
+drift apart; `openapi` assembles the paths around them. The webhook shapes are in
+`webhook_schemas`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 
 from gateway.accounts import ROLES
 from gateway.usage import OUTCOMES
-from gateway.webhooks import EVENTS, URL_MAX
 
 from . import validation as v
 
@@ -73,20 +73,7 @@ CIDRS = {
     "host bits must be zero. Empty: any address.",
 }
 ROLE = {"type": "string", "enum": list(ROLES)}
-URL_IN = {
-    "type": "string",
-    "format": "uri",
-    "pattern": "^https?://",
-    "maxLength": URL_MAX,
-    "description": "http(s) URL, no credentials. Unless webhooks.allow_private_targets, it "
-    "must resolve to public addresses only (400 otherwise).",
-}
-EVENTS_IN = {
-    "type": "array",
-    "minItems": 1,
-    "uniqueItems": True,
-    "items": {"type": "string", "enum": list(EVENTS)},
-}
+CURSOR = {"type": ["string", "null"], "description": "Pass as ?cursor= for the next page."}
 
 
 def schemas(permissions: Sequence[str]) -> dict[str, Any]:
@@ -147,16 +134,6 @@ def schemas(permissions: Sequence[str]) -> dict[str, Any]:
         },
     }
     account = {"id": UUID, "name": {"type": "string"}, "created_at": TIME}
-    webhook = {
-        "id": UUID,
-        "url": {"type": "string"},
-        "events": {"type": "array", "items": {"type": "string", "enum": list(EVENTS)}},
-        "enabled": {"type": "boolean"},
-        "created_at": TIME,
-        "created_by": nullable(UUID),
-        "secret_created_at": TIME,
-    }
-    cursor = {"type": ["string", "null"], "description": "Pass as ?cursor= for the next page."}
     rate_limit_in = nullable(
         obj(
             {"per_minute": nullable(LIMIT), "per_day": nullable(LIMIT)},
@@ -185,7 +162,7 @@ def schemas(permissions: Sequence[str]) -> dict[str, Any]:
         ),
         "Account": obj(account),
         "AccountList": obj(
-            {"items": {"type": "array", "items": ref("Account")}, "next_cursor": cursor}
+            {"items": {"type": "array", "items": ref("Account")}, "next_cursor": CURSOR}
         ),
         "AccountCreate": obj({"name": NAME_IN, "owner_email": EMAIL_IN}),
         "AccountCreated": obj(
@@ -200,7 +177,7 @@ def schemas(permissions: Sequence[str]) -> dict[str, Any]:
             {**member, "token": {"type": "string", "description": "Admin token, shown once."}}
         ),
         "MemberList": obj(
-            {"items": {"type": "array", "items": ref("Member")}, "next_cursor": cursor}
+            {"items": {"type": "array", "items": ref("Member")}, "next_cursor": CURSOR}
         ),
         "MemberCreate": obj(
             {"email": EMAIL_IN, "name": NAME_IN, "role": ROLE}, required=["email", "role"]
@@ -234,7 +211,7 @@ def schemas(permissions: Sequence[str]) -> dict[str, Any]:
             }
         ),
         "PermissionList": obj({"items": {"type": "array", "items": ref("Permission")}}),
-        "KeyList": obj({"items": {"type": "array", "items": ref("Key")}, "next_cursor": cursor}),
+        "KeyList": obj({"items": {"type": "array", "items": ref("Key")}, "next_cursor": CURSOR}),
         "KeyCreate": obj(
             {
                 "name": NAME_IN,
@@ -344,70 +321,7 @@ def schemas(permissions: Sequence[str]) -> dict[str, Any]:
                 "details": {"type": "object"},
             }
         ),
-        "Webhook": obj(webhook),
-        "WebhookWithSecret": obj(
-            {
-                **webhook,
-                "secret": {
-                    "type": "string",
-                    "description": "The signing secret (whsec_…): in this response only.",
-                },
-            }
-        ),
-        "WebhookList": obj(
-            {"items": {"type": "array", "items": ref("Webhook")}, "next_cursor": cursor}
-        ),
-        "WebhookCreate": obj(
-            {"url": URL_IN, "events": EVENTS_IN, "enabled": {"type": "boolean"}},
-            required=["url", "events"],
-        ),
-        "WebhookUpdate": obj(
-            {"url": URL_IN, "events": EVENTS_IN, "enabled": {"type": "boolean"}},
-            required=[],
-            minProperties=1,
-        ),
-        "WebhookRotate": obj(
-            {
-                "grace_seconds": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "maximum": v.MAX_GRACE_SECONDS,
-                    "description": "Sign with the old secret too for this long (default 0).",
-                }
-            },
-            required=[],
-        ),
-        "Delivery": obj(
-            {
-                "id": {"type": "string"},
-                "webhook_id": {
-                    "type": "string",
-                    "description": "The message id (webhook-id header): the same on every "
-                    "attempt and resend, for receivers to drop duplicates.",
-                },
-                "event_type": {"type": "string", "enum": list(EVENTS)},
-                "status": {"type": "string", "enum": ["pending", "succeeded", "failed"]},
-                "attempts": {"type": "integer", "minimum": 0},
-                "response_status": {"type": ["integer", "null"]},
-                "response_body": {
-                    "type": ["string", "null"],
-                    "description": "The first 1 KiB of the last answer.",
-                },
-                "last_error": {"type": ["string", "null"]},
-                "latency_ms": {"type": ["number", "null"]},
-                "created_at": TIME,
-                "last_attempt_at": nullable(TIME),
-                "next_attempt_at": {
-                    **nullable(TIME),
-                    "description": "When a pending delivery is tried next.",
-                },
-                "delivered_at": nullable(TIME),
-            }
-        ),
-        "DeliveryList": obj(
-            {"items": {"type": "array", "items": ref("Delivery")}, "next_cursor": cursor}
-        ),
         "AuditLog": obj(
-            {"items": {"type": "array", "items": ref("AuditEvent")}, "next_cursor": cursor}
+            {"items": {"type": "array", "items": ref("AuditEvent")}, "next_cursor": CURSOR}
         ),
     }

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bench.configs import CADDY_CONF, NGINX_CONF, nginx_verify_conf
 from gateway.embedded_pg import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,79 +136,6 @@ def start_upstream() -> tuple[subprocess.Popen[bytes], str]:
     )
     wait_http(url_of(port, "/v1/customers"))
     return process, url_of(port)
-
-
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-pid {home}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {home}/body;
-    proxy_temp_path {home}/proxy;
-    fastcgi_temp_path {home}/fastcgi;
-    uwsgi_temp_path {home}/uwsgi;
-    scgi_temp_path {home}/scgi;
-    upstream api {{
-        server {upstream};
-        keepalive 64;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://api;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-"""
-
-
-NGINX_VERIFY_CONF = """\
-worker_processes 1;
-daemon off;
-pid {home}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {home}/body;
-    proxy_temp_path {home}/proxy;
-    fastcgi_temp_path {home}/fastcgi;
-    uwsgi_temp_path {home}/uwsgi;
-    scgi_temp_path {home}/scgi;
-    upstream growpanel_gateway {{ server {gateway}; keepalive 64; }}
-    upstream growpanel_api {{ server {upstream}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{port};
-        include {deploy}/nginx/growpanel-verify.conf;
-        location / {{
-            include {deploy}/nginx/growpanel-protect.conf;
-            proxy_pass http://growpanel_api;
-        }}
-    }}
-}}
-"""
-
-
-def nginx_verify_conf(home: Path, port: int, gateway: str, upstream: str) -> str:
-    """nginx.conf for a server on 127.0.0.1:`port` that includes deploy/nginx/ as shipped,
-    asking the gateway at `gateway` ("host:port") and proxying to `upstream` ("host:port");
-    the bench and the ingress tests both run nginx from this one file."""
-    return NGINX_VERIFY_CONF.format(
-        home=home, port=port, gateway=gateway, upstream=upstream, deploy=ROOT / "deploy"
-    )
-
-
-CADDY_CONF = """\
-{{
-    admin off
-}}
-http://127.0.0.1:{port} {{
-    reverse_proxy {upstream}
-}}
-"""
 
 
 def program(name: str) -> str | None:

@@ -53,20 +53,10 @@ MAX_FIELD = 8190
 MAX_HEAD = 64 * 1024  # as the proxy's MAX_HEADER_BYTES
 MAX_HEADERS = 128  # aiohttp's bound
 # Headers of which a request may carry one (RFC 9110), as aiohttp's strict parser has them.
-SINGLETONS = frozenset(
-    {
-        "content-length",
-        "content-location",
-        "content-range",
-        "content-type",
-        "etag",
-        "host",
-        "max-forwards",
-        "server",
-        "transfer-encoding",
-        "user-agent",
-    }
-)
+SINGLETONS = frozenset((
+    "content-length", "content-location", "content-range", "content-type", "etag", "host",
+    "max-forwards", "server", "transfer-encoding", "user-agent",
+))  # fmt: skip
 MAX_WAITING = 8  # requests parsed and not yet answered before reading pauses
 MAX_PIPELINED = 32  # ... and in one read, before the connection is refused
 _UNSAFE = re.compile(r"[\r\n\x00]")

@@ -30,7 +30,7 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from bench.harness import nginx_verify_conf
+from bench.configs import nginx_verify_conf
 from gateway.embedded_pg import free_port
 from gateway.verify_listener import VerifyListener
 
