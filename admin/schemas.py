@@ -39,6 +39,16 @@ def obj(
     return schema
 
 
+def grace(description: str) -> dict[str, Any]:
+    """Seconds an old secret is still honoured after a new one is made."""
+    return {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": v.MAX_GRACE_SECONDS,
+        "description": description,
+    }
+
+
 def nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "type": [schema["type"], "null"]}
 
@@ -253,13 +263,9 @@ def schemas(permissions: Sequence[str]) -> dict[str, Any]:
         ),
         "KeyRegenerate": obj(
             {
-                "grace_seconds": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "maximum": v.MAX_GRACE_SECONDS,
-                    "description": "Keep the old secret valid this long (default 0: it stops "
-                    "working at once).",
-                }
+                "grace_seconds": grace(
+                    "Keep the old secret valid this long (default 0: it stops working at once)."
+                )
             },
             required=[],
         ),

@@ -10,8 +10,7 @@ from typing import Any
 
 from gateway.webhooks import EVENTS, URL_MAX
 
-from . import validation as v
-from .schemas import CURSOR, TIME, UUID, nullable, obj, ref
+from .schemas import CURSOR, TIME, UUID, grace, nullable, obj, ref
 
 URL_IN = {
     "type": "string",
@@ -63,14 +62,7 @@ def webhook_schemas() -> dict[str, Any]:
             minProperties=1,
         ),
         "WebhookRotate": obj(
-            {
-                "grace_seconds": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "maximum": v.MAX_GRACE_SECONDS,
-                    "description": "Sign with the old secret too for this long (default 0).",
-                }
-            },
+            {"grace_seconds": grace("Sign with the old secret too for this long (default 0).")},
             required=[],
         ),
         "Delivery": obj(

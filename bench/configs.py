@@ -12,7 +12,9 @@ from pathlib import Path
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
-NGINX_CONF = """\
+# What each nginx here starts with: one worker in the foreground, its files under {home},
+# and the opening of its http block.
+_NGINX_HTTP = """\
 worker_processes 1;
 daemon off;
 pid {home}/nginx.pid;
@@ -24,6 +26,11 @@ http {{
     fastcgi_temp_path {home}/fastcgi;
     uwsgi_temp_path {home}/uwsgi;
     scgi_temp_path {home}/scgi;
+"""
+
+NGINX_CONF = (
+    _NGINX_HTTP
+    + """\
     upstream api {{
         server {upstream};
         keepalive 64;
@@ -38,20 +45,12 @@ http {{
     }}
 }}
 """
+)
 
 
-NGINX_VERIFY_CONF = """\
-worker_processes 1;
-daemon off;
-pid {home}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {home}/body;
-    proxy_temp_path {home}/proxy;
-    fastcgi_temp_path {home}/fastcgi;
-    uwsgi_temp_path {home}/uwsgi;
-    scgi_temp_path {home}/scgi;
+NGINX_VERIFY_CONF = (
+    _NGINX_HTTP
+    + """\
     upstream growpanel_gateway {{ server {gateway}; keepalive 64; }}
     upstream growpanel_api {{ server {upstream}; keepalive 64; }}
     server {{
@@ -64,6 +63,7 @@ http {{
     }}
 }}
 """
+)
 
 
 def nginx_verify_conf(home: Path, port: int, gateway: str, upstream: str) -> str:
