@@ -9,7 +9,8 @@ is connected. In one process both come from this process's own state.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import asyncpg
 from aiohttp import web
@@ -21,6 +22,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from gateway import metrics as gateway_metrics
 from gateway.db import UNAVAILABLE, pending_migrations
@@ -67,8 +70,34 @@ def registry() -> CollectorRegistry:
     if not directory:
         return REGISTRY
     collected = CollectorRegistry()
-    multiprocess.MultiProcessCollector(collected, path=directory)  # type: ignore[no-untyped-call]
+    collected.register(WorkerFiles(Path(directory)))
     return collected
+
+
+class WorkerFiles(Collector):
+    """Every worker's metrics from the multiprocess directory, as prometheus-client's
+    `MultiProcessCollector` reads them, but for the files no worker has sized yet.
+
+    A process creates its file empty and sizes it a moment later; the library's merge
+    raises on an empty file and fails the whole read (prometheus/client_python#1199), so
+    a worker starting during a scrape or a readiness check made it a 500, and one killed
+    in that moment made every later one fail. An empty file holds no sample: left out.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        files = [str(f) for f in self.directory.glob("*.db") if _sized(f)]
+        merge = multiprocess.MultiProcessCollector.merge
+        return merge(files, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _sized(file: Path) -> bool:
+    try:
+        return file.stat().st_size > 0
+    except FileNotFoundError:  # its process has gone and it was removed
+        return False
 
 
 async def metrics(request: web.Request) -> web.Response:

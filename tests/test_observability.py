@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from admin.app import create_admin_app
-from admin.health import LISTENER_CHECK
+from admin.health import LISTENER_CHECK, registry
 from gateway import metrics
 from gateway.app import LISTENER
 from gateway.config import Config
@@ -109,6 +113,23 @@ async def test_a_scrape_counts_every_request_before_it(
     assert added("gateway_key_cache_hits_total") == 3
     assert added("gateway_request_duration_seconds_count") == 3
     assert added("gateway_upstream_duration_seconds_count") == 3
+
+
+def test_a_worker_file_not_yet_sized_leaves_every_other_workers_metrics_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under --workers, /metrics and /readyz read the multiprocess directory. A process
+    creates its file empty and sizes it a moment later (for good, if it is killed in that
+    moment): the scrape still reads every other worker."""
+    worker = "from prometheus_client import Counter; Counter('probe', 'p').inc(3)"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", worker], env=env, check=True)
+    (tmp_path / "counter_4242.db").touch()  # another worker's file, created, not sized
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(registry()).decode())
+    }
+    assert [s.value for s in families["probe"].samples] == [3.0]
 
 
 def test_a_fold_exports_what_observing_one_by_one_would() -> None:
