@@ -1,4 +1,4 @@
-"""Instructions per request: the gateway's hot path and the bare proxy under callgrind.
+"""Instructions per request under callgrind: the bare proxy, the hot path and a key mix.
 
 A shared machine's speed moves by ±20 % from one round to the next, so a change of a few
 per cent in what a request costs cannot be seen in req/s or CPU time. The number of

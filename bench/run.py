@@ -9,8 +9,8 @@ ratio is the median over the rounds of pairs measured seconds apart.
 - throughput and server CPU per request, gateway hot path against the bare proxy, and a
   mix of many distinct keys (a wrk Lua script rotating them) with many more in Postgres;
   `--workers 2` against one process (bench/throughput.py);
-- instructions per request of the hot path and of the bare proxy, counted by callgrind
-  where valgrind is installed: the figure that does not move with the machine's speed
+- instructions per request of the hot path, a 1,000-key mix and the bare proxy, counted
+  by callgrind where valgrind is installed: the figure that does not move with the machine's speed
   (bench/instructions.py);
 - added latency at concurrency 1 (p50, p99), the median over rounds of gateway-bare pairs;
   the cold path (first request with a new key, argon2 included) and the hot path's p99
