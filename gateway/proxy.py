@@ -36,8 +36,7 @@ from .errors import (
 from .forward import Forwarder, expects_continue
 from .headers import (
     ClientAddress,
-    Network,
-    parse_networks,
+    TrustedProxies,
 )
 from .logs import AccessLog
 from .ratelimit import RateLimiter
@@ -89,7 +88,7 @@ class Proxy:
         self.limiter = limiter
         self.usage = usage
         self.forwarder = Forwarder(config, upstream)
-        self.trusted: tuple[Network, ...] = parse_networks(config.trusted_proxies)
+        self.trusted = TrustedProxies(config.trusted_proxies)
         self.access_log = access_log
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

@@ -9,9 +9,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.headers import (
     ClientAddress,
+    TrustedProxies,
     copy_response_headers,
     identity_headers,
-    parse_networks,
     upstream_request_headers,
 )
 from gateway.records import KeyRecord
@@ -37,7 +37,7 @@ def record(permissions: set[str]) -> KeyRecord:
     )
 
 
-TRUSTED = parse_networks(["10.0.0.0/8", "2001:db8::/32"])
+TRUSTED = TrustedProxies(["10.0.0.0/8", "2001:db8::/32"])
 IDENTITY = identity_headers(record({"reports:read", "customers:read"}))
 HOP_BY_HOP = [
     "Connection",
@@ -61,7 +61,7 @@ def forward(
     *,
     peer: str = "203.0.113.9",
     scheme: str = "http",
-    trusted: tuple = TRUSTED,
+    trusted: TrustedProxies = TRUSTED,
     forward_authorization: bool = False,
 ) -> CIMultiDict[str]:
     client = ClientAddress(peer, incoming, scheme, trusted)
@@ -262,7 +262,7 @@ def test_client_ip_is_the_right_most_untrusted_hop(
 def test_no_trusted_proxies_means_the_peer_is_always_the_client() -> None:
     """With `proxy.trusted_proxies` empty, no forwarded header is ever believed."""
     incoming = headers(("X-Forwarded-For", "1.2.3.4"), ("X-Forwarded-Proto", "https"))
-    client = ClientAddress("10.0.0.1", incoming, "http", ())
+    client = ClientAddress("10.0.0.1", incoming, "http", TrustedProxies())
     assert (client.ip, client.forwarded_for, client.proto) == ("10.0.0.1", "10.0.0.1", "http")
     assert not client.peer_trusted
 
