@@ -34,7 +34,6 @@ import contextlib
 import email.utils
 import http
 import logging
-import re
 import ssl
 import time
 import typing
@@ -59,7 +58,6 @@ SINGLETONS = frozenset((
 ))  # fmt: skip
 MAX_WAITING = 8  # requests parsed and not yet answered before reading pauses
 MAX_PIPELINED = 32  # ... and in one read, before the connection is refused
-_UNSAFE = re.compile(r"[\r\n\x00]")
 
 
 class _Refused(Exception):
@@ -314,7 +312,10 @@ def _unread(error: GatewayError) -> Verdict:
 
 def _serialise(verdict: Verdict, request: _Request, date: str) -> bytes:
     fields = [f"{name}: {value}" for name, value in verdict.headers]
-    if _UNSAFE.search("".join(fields)):  # a line break in a header: never written
+    # A line break in a header would split the answer: never written. (Three `in`s: a
+    # regex search over the same text was 3% of a verify.)
+    text = "".join(fields)
+    if "\r" in text or "\n" in text or "\x00" in text:
         raise ValueError("a response header carries a line break")
     lines = [_STATUS_LINES.get(verdict.status) or _status_line(verdict.status), *fields]
     lines.append(f"Content-Length: {len(verdict.body)}")

@@ -33,9 +33,10 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from gateway.config import Argon2Config
+from gateway.ingress import Verdict
 from gateway.keyformat import Hasher
 from gateway.keys import KeyStore
-from gateway.verify_listener import VerifyListener
+from gateway.verify_listener import VerifyListener, _Request, _serialise
 
 from .conftest import GatewayFactory, Seed, VerifyListenerFactory
 from .helpers import DEFAULT_ROUTE_DATA, make_config, sample, wait_for
@@ -683,6 +684,16 @@ async def test_head_answers_carry_the_length_but_no_body(rig: Rig, connect: Conn
     get = await conn.answer()
     assert_refusal(get, 401, "missing_api_key")
     assert int(head.get("Content-Length") or 0) == len(get.body)
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\rb", "a\x00b"])
+def test_an_answer_header_with_a_line_break_or_nul_is_never_written(value: str) -> None:
+    """A decision's headers carry what keys and routes hold: a CR, LF or NUL among them
+    would split the answer, so the answer is refused (and the connection dropped)."""
+    with pytest.raises(ValueError, match="line break"):
+        _serialise(Verdict(200, [("X-Request-Id", "r"), ("X-Note", value)]), _Request(), "d")
+    whole = _serialise(Verdict(200, [("X-Note", "a b")]), _Request(), "d")
+    assert whole == b"HTTP/1.1 200 OK\r\nX-Note: a b\r\nContent-Length: 0\r\nDate: d\r\n\r\n"
 
 
 async def test_more_than_32_pipelined_requests_are_a_503_and_a_close(
