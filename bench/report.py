@@ -121,10 +121,11 @@ def _mix(table: Table, t: dict[str, Any], keys: dict[str, int]) -> None:
 
 def _instructions(table: Table, i: dict[str, float]) -> None:
     s = table.summary
-    for run in ("hot", "mix", "bare"):
+    for run in ("hot", "mix", "bare", "verify"):
         s[f"instructions_per_request_{run}"] = round(i[run])
     s["instructions_hot_ratio"] = i["hot"] / i["bare"]
     s["instructions_mix_ratio"] = i["mix"] / i["bare"]
+    s["instructions_verify_ratio"] = i["verify"] / i["hot"]
     table.row(
         "instructions / request (callgrind): hot, bare",
         f"{i['hot'] / 1e3:.1f}k, {i['bare'] / 1e3:.1f}k: {s['instructions_hot_ratio']:.2f}",
@@ -132,6 +133,10 @@ def _instructions(table: Table, i: dict[str, float]) -> None:
     table.row(
         f"  {i['mix_keys']:,}-key mix, ÷ bare",
         f"{i['mix'] / 1e3:.1f}k: {s['instructions_mix_ratio']:.2f}",
+    )
+    table.row(
+        "  a verify (verify listener), ÷ hot path",
+        f"{i['verify'] / 1e3:.1f}k: {s['instructions_verify_ratio']:.2f}",
     )
 
 
