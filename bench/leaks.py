@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import functools
 import json
 import statistics
 import time
@@ -121,16 +122,17 @@ async def leaks_and_webhooks(
     receiver_app.router.add_post("/hook", receiver.hook)
     runners = [await _serve(keys_app), await _serve(receiver_app)]
     (_, keys_port), (_, receiver_port) = runners
-    env = {
-        "GATEWAY__SECRET_SCANNING__PUBLIC_KEYS_URL": url_of(keys_port, "/keys"),
-        "GATEWAY__WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true",
-    }
+    gateway = functools.partial(
+        servers.gateway,
+        GATEWAY__SECRET_SCANNING__PUBLIC_KEYS_URL=url_of(keys_port, "/keys"),
+        GATEWAY__WEBHOOKS__ALLOW_PRIVATE_TARGETS="true",
+    )
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     store = KeyStore(pool, KeyFormat("gp_"), Hasher(Argon2Config()))
     started = []
     try:
         for _ in range(2):
-            started.append(await asyncio.to_thread(servers.gateway, **env))
+            started.append(await asyncio.to_thread(gateway))
         proxies = [url_of(port) for _, port, _ in started]
         admins = [url_of(admin) for _, _, admin in started]
         async with aiohttp.ClientSession() as http:

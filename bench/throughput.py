@@ -104,8 +104,8 @@ def big_route_table(directory: Path, size: int = 200) -> Path:
     for i in range(extra):
         name = f"resource{i}:read"
         config["permissions"][name] = f"Read resource {i}"
-        path = [f"/v1/resource{i}/**", f"/v1/resource{i}/{{id}}", f"/v2/resource{i}/**"][i % 3]
-        routes.append({"methods": ["GET", "HEAD"], "path": path, "permission": name})
+        pattern = [f"/v1/resource{i}/**", f"/v1/resource{i}/{{id}}", f"/v2/resource{i}/**"][i % 3]
+        routes.append({"methods": ["GET", "HEAD"], "path": pattern, "permission": name})
     config["routes"] = routes + config["routes"]
     path = directory / "config-routes200.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
