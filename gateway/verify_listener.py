@@ -87,6 +87,7 @@ class VerifyProtocol(asyncio.Protocol):
     def __init__(self, listener: VerifyListener) -> None:
         self._listener = listener
         self._endpoint = listener.endpoint
+        self._loop = asyncio.get_running_loop()  # once: each lookup costs a getpid() on 3.11
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._peer: str | None = None
@@ -221,7 +222,7 @@ class VerifyProtocol(asyncio.Protocol):
 
     def _serve_waiting(self) -> None:
         if self._waiting and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._answer_waiting())
+            self._task = self._loop.create_task(self._answer_waiting())
 
     async def _answer_waiting(self) -> None:
         try:
@@ -286,9 +287,9 @@ class VerifyProtocol(asyncio.Protocol):
         One timer, moved on lazily (`_idle`), not one per request."""
         if not self._reading or self._transport is None:
             return
-        self._idle_since = asyncio.get_running_loop().time()
+        self._idle_since = self._loop.time()
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_at(
+            self._timer = self._loop.call_at(
                 self._idle_since + self._listener.keepalive_timeout, self._idle
             )
 
@@ -297,10 +298,10 @@ class VerifyProtocol(asyncio.Protocol):
         if self._waiting or self._transport is None:
             return  # answering: re-armed after the answer
         deadline = self._idle_since + self._listener.keepalive_timeout
-        if asyncio.get_running_loop().time() >= deadline:
+        if self._loop.time() >= deadline:
             self._transport.close()
         else:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._idle)
+            self._timer = self._loop.call_at(deadline, self._idle)
 
 
 def _unread(error: GatewayError) -> Verdict:
