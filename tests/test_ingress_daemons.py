@@ -422,3 +422,65 @@ async def test_a_client_cannot_name_another_route_through_the_ingress(
     assert recorder.seen == []
     (allowed,) = await send(ingress, [Sent("/v1/reports/mrr", bearer(key.key))], "127.0.2.62")
     assert allowed.status == 200
+
+
+async def test_nginx_asks_with_the_key_and_the_original_request_only(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    """The auth subrequest carries what the decision reads, none of the client's other
+    headers (its cookies least of all): shown by nginx asking a recording server in the
+    gateway's place."""
+    asked: list[CIMultiDictProxy[str]] = []
+
+    async def verify(request: web.Request) -> web.Response:
+        asked.append(request.headers)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", verify)
+    auth = TestServer(app, host="127.0.0.1")
+    await auth.start_server()
+    daemon, url = start_nginx(
+        tmp_path / "nginx", f"127.0.0.1:{auth.port}", recorder.url.removeprefix("http://")
+    )
+    try:
+        sent = Sent(
+            "/v1/customers?page=2",
+            {
+                "Authorization": "Bearer gp_example",
+                "Cookie": "session=secret",
+                "User-Agent": "example/1.0",
+                "X-Forwarded-Method": "DELETE",
+                "X-Forwarded-Uri": "/v1/keys",
+                "X-Request-Id": "from-the-client",
+            },
+        )
+
+        async def answered() -> bool:
+            assert daemon.alive(), daemon.logs()
+            try:
+                (answer,) = await send(url, [sent], "127.0.2.63")
+            except aiohttp.ClientConnectionError:
+                return False
+            assert answer.status == 200
+            return True
+
+        await wait_for(answered, timeout=20, interval=0.05)
+    finally:
+        daemon.stop()
+        await auth.close()
+    headers = asked[-1]
+    assert sorted(name.lower() for name in headers) == [
+        "authorization", "host", "x-forwarded-for", "x-forwarded-proto", "x-original-method",
+        "x-original-uri", "x-request-id",
+    ]  # fmt: skip
+    assert headers["Authorization"] == "Bearer gp_example"
+    assert (headers["X-Original-Method"], headers["X-Original-URI"]) == (
+        "GET", "/v1/customers?page=2"
+    )  # fmt: skip
+    assert headers["X-Forwarded-For"] == "127.0.2.63"
+    assert headers["X-Request-Id"] != "from-the-client"
+    # The upstream still gets the client's own headers, less the key.
+    (_, _, upstream) = recorder.seen[-1]
+    assert upstream["Cookie"] == "session=secret"
+    assert "Authorization" not in upstream
