@@ -16,6 +16,7 @@ both sides and never shared between cases.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import time
@@ -50,8 +51,8 @@ class Recorder:
     url: str = ""
 
 
-@pytest.fixture
-async def recorder() -> AsyncIterator[Recorder]:
+@contextlib.asynccontextmanager
+async def recording_server() -> AsyncIterator[Recorder]:
     rec = Recorder()
 
     async def record(request: web.Request) -> web.Response:
@@ -63,8 +64,16 @@ async def recorder() -> AsyncIterator[Recorder]:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     rec.url = str(server.make_url("")).rstrip("/")
-    yield rec
-    await server.close()
+    try:
+        yield rec
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    async with recording_server() as rec:
+        yield rec
 
 
 @pytest.fixture
@@ -430,46 +439,37 @@ async def test_nginx_asks_with_the_key_and_the_original_request_only(
     """The auth subrequest carries what the decision reads, none of the client's other
     headers (its cookies least of all): shown by nginx asking a recording server in the
     gateway's place."""
-    asked: list[CIMultiDictProxy[str]] = []
+    async with recording_server() as auth:
+        daemon, url = start_nginx(
+            tmp_path / "nginx", auth.url.removeprefix("http://"),
+            recorder.url.removeprefix("http://"),
+        )  # fmt: skip
+        try:
+            sent = Sent(
+                "/v1/customers?page=2",
+                {
+                    "Authorization": "Bearer gp_example",
+                    "Cookie": "session=secret",
+                    "User-Agent": "example/1.0",
+                    "X-Forwarded-Method": "DELETE",
+                    "X-Forwarded-Uri": "/v1/keys",
+                    "X-Request-Id": "from-the-client",
+                },
+            )
 
-    async def verify(request: web.Request) -> web.Response:
-        asked.append(request.headers)
-        return web.Response(status=200)
+            async def answered() -> bool:
+                assert daemon.alive(), daemon.logs()
+                try:
+                    (answer,) = await send(url, [sent], "127.0.2.63")
+                except aiohttp.ClientConnectionError:
+                    return False
+                assert answer.status == 200
+                return True
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", verify)
-    auth = TestServer(app, host="127.0.0.1")
-    await auth.start_server()
-    daemon, url = start_nginx(
-        tmp_path / "nginx", f"127.0.0.1:{auth.port}", recorder.url.removeprefix("http://")
-    )
-    try:
-        sent = Sent(
-            "/v1/customers?page=2",
-            {
-                "Authorization": "Bearer gp_example",
-                "Cookie": "session=secret",
-                "User-Agent": "example/1.0",
-                "X-Forwarded-Method": "DELETE",
-                "X-Forwarded-Uri": "/v1/keys",
-                "X-Request-Id": "from-the-client",
-            },
-        )
-
-        async def answered() -> bool:
-            assert daemon.alive(), daemon.logs()
-            try:
-                (answer,) = await send(url, [sent], "127.0.2.63")
-            except aiohttp.ClientConnectionError:
-                return False
-            assert answer.status == 200
-            return True
-
-        await wait_for(answered, timeout=20, interval=0.05)
-    finally:
-        daemon.stop()
-        await auth.close()
-    headers = asked[-1]
+            await wait_for(answered, timeout=20, interval=0.05)
+        finally:
+            daemon.stop()
+    (_, _, headers) = auth.seen[-1]
     assert sorted(name.lower() for name in headers) == [
         "authorization", "host", "x-forwarded-for", "x-forwarded-proto", "x-original-method",
         "x-original-uri", "x-request-id",
