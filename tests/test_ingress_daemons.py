@@ -433,34 +433,39 @@ async def test_a_client_cannot_name_another_route_through_the_ingress(
     assert allowed.status == 200
 
 
-async def test_nginx_asks_with_the_key_and_the_original_request_only(
-    recorder: Recorder, tmp_path: Path
-) -> None:
-    """The auth subrequest carries what the decision reads, none of the client's other
-    headers (its cookies least of all): shown by nginx asking a recording server in the
-    gateway's place."""
+# What the client sends toward the auth question: its key, a cookie, and forged names of
+# the original request and of its id.
+ASKED = Sent(
+    "/v1/customers?page=2",
+    {
+        "Authorization": "Bearer gp_example",
+        "Cookie": "session=secret",
+        "User-Agent": "example/1.0",
+        "X-Original-Method": "DELETE",
+        "X-Original-URI": "/v1/keys",
+        "X-Forwarded-Method": "DELETE",
+        "X-Forwarded-Uri": "/v1/keys",
+        "X-Request-Id": "from-the-client",
+    },
+)
+
+
+async def auth_question(
+    start: Callable[[Path, str, str], tuple[Daemon, str]], upstream: Recorder, tmp_path: Path
+) -> CIMultiDictProxy[str]:
+    """The headers of the auth request the daemon makes for `ASKED`, caught by a recording
+    server in the gateway's place (which grants it)."""
     async with recording_server() as auth:
-        daemon, url = start_nginx(
-            tmp_path / "nginx", auth.url.removeprefix("http://"),
-            recorder.url.removeprefix("http://"),
+        daemon, url = start(
+            tmp_path / "daemon", auth.url.removeprefix("http://"),
+            upstream.url.removeprefix("http://"),
         )  # fmt: skip
         try:
-            sent = Sent(
-                "/v1/customers?page=2",
-                {
-                    "Authorization": "Bearer gp_example",
-                    "Cookie": "session=secret",
-                    "User-Agent": "example/1.0",
-                    "X-Forwarded-Method": "DELETE",
-                    "X-Forwarded-Uri": "/v1/keys",
-                    "X-Request-Id": "from-the-client",
-                },
-            )
 
             async def answered() -> bool:
                 assert daemon.alive(), daemon.logs()
                 try:
-                    (answer,) = await send(url, [sent], "127.0.2.63")
+                    (answer,) = await send(url, [ASKED], "127.0.2.63")
                 except aiohttp.ClientConnectionError:
                     return False
                 assert answer.status == 200
@@ -469,18 +474,41 @@ async def test_nginx_asks_with_the_key_and_the_original_request_only(
             await wait_for(answered, timeout=20, interval=0.05)
         finally:
             daemon.stop()
+    # The upstream still gets the client's own headers, less the key.
+    (_, _, received) = upstream.seen[-1]
+    assert received["Cookie"] == "session=secret"
+    assert "Authorization" not in received
     (_, _, headers) = auth.seen[-1]
+    assert headers.getall("Authorization") == ["Bearer gp_example"]
+    assert "Cookie" not in headers
+    return headers
+
+
+async def test_nginx_asks_with_the_key_and_the_original_request_only(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    """The auth subrequest carries what the decision reads, none of the client's other
+    headers (its cookies least of all)."""
+    headers = await auth_question(start_nginx, recorder, tmp_path)
     assert sorted(name.lower() for name in headers) == [
         "authorization", "host", "x-forwarded-for", "x-forwarded-proto", "x-original-method",
         "x-original-uri", "x-request-id",
     ]  # fmt: skip
-    assert headers["Authorization"] == "Bearer gp_example"
     assert (headers["X-Original-Method"], headers["X-Original-URI"]) == (
         "GET", "/v1/customers?page=2"
     )  # fmt: skip
     assert headers["X-Forwarded-For"] == "127.0.2.63"
     assert headers["X-Request-Id"] != "from-the-client"
-    # The upstream still gets the client's own headers, less the key.
-    (_, _, upstream) = recorder.seen[-1]
-    assert upstream["Cookie"] == "session=secret"
-    assert "Authorization" not in upstream
+
+
+async def test_caddy_asks_with_the_original_request_and_without_the_cookies(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    """Caddy's forward_auth passes the client's headers on to the auth request; the
+    shipped Caddyfile names the original request itself and drops the cookies and the
+    other convention's names."""
+    headers = await auth_question(start_caddy, recorder, tmp_path)
+    assert headers.getall("X-Forwarded-Method") == ["GET"]
+    assert headers.getall("X-Forwarded-Uri") == ["/v1/customers?page=2"]
+    assert "X-Original-Method" not in headers
+    assert "X-Original-URI" not in headers
