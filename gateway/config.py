@@ -351,10 +351,18 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         data = read_yaml(Path(path))
-    apply_environment(data, env, top_level=("routes_unmatched",))
+    apply_environment(data, env, top_level=_NOT_SECTIONS)
     config: Config = build(Config, data, "")
     config.validate()
     return config
+
+
+# The top-level settings that are values, not sections (`GATEWAY__ROUTES='[...]'`).
+_NOT_SECTIONS = tuple(
+    field.name
+    for field in dataclasses.fields(Config)
+    if not dataclasses.is_dataclass(field.default_factory)
+)
 
 
 def config_path(

@@ -379,3 +379,18 @@ def test_routes_unmatched_can_be_set_from_the_environment() -> None:
     assert load_config(None, {"GATEWAY__ROUTES_UNMATCHED": "allow"}).routes_unmatched == "allow"
     with pytest.raises(ConfigError, match=r"^routes_unmatched: expected one of deny, allow"):
         load_config(None, {"GATEWAY__ROUTES_UNMATCHED": "sometimes"})
+
+
+def test_the_route_table_can_be_set_from_the_environment() -> None:
+    """Any setting, the top-level ones too; values are YAML."""
+    config = load_config(
+        None,
+        {
+            "GATEWAY__PERMISSIONS": "{'widgets:read': Read widgets.}",
+            "GATEWAY__ROUTES": "[{methods: [GET], path: /v1/widgets/**, permission: widgets:read}]",
+        },
+    )
+    assert dict(config.permissions) == {"widgets:read": "Read widgets."}
+    assert [route.path for route in config.routes] == ["/v1/widgets/**"]
+    with pytest.raises(ConfigError, match=r"^routes\[0\]"):
+        load_config(None, {"GATEWAY__ROUTES": "[{path: /v1/x}]"})
