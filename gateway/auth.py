@@ -203,6 +203,11 @@ class Authenticator:
             else:  # due: used as it is while the next batch re-confirms it
                 self._due.add(parsed.public_id)
                 record = entry.record
+            if entry.verified_hash != record.secret_hash and not record.accepts_hash(
+                entry.verified_hash, utcnow(self.clock)
+            ):  # the previous secret, whose grace ended: nothing announces that
+                self.cache.discard(parsed.public_id)
+                raise invalid_key("revoked")
         else:
             metrics.KEY_CACHE_MISSES.inc()
             record = await self._verify_shared(digest, parsed, before_verify)

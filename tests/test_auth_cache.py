@@ -98,6 +98,24 @@ async def test_regenerate_with_grace_keeps_old_secret_until_it_ends(
     assert await key_status(gateway, new.key) == 200
 
 
+async def test_the_old_secret_is_refused_when_its_grace_ends_even_while_cached(
+    start_gateway: GatewayFactory, seed: Seed
+) -> None:
+    """The grace's end is announced to nobody: a cached entry of the old secret, however
+    fresh, is checked against it."""
+    clock = FakeClock(start=dt.datetime.now(dt.UTC).timestamp())
+    gateway = await start_gateway(clock=clock)
+    ttl = gateway.app[CONFIG].keys.cache_ttl_seconds
+    account = await seed.account()
+    key = await seed.key(account)
+    new = await seed.store.regenerate(account.account_id, key.id, grace_seconds=ttl / 4)
+    assert new is not None
+    assert await key_status(gateway, key.key) == 200  # verified and cached now
+    clock.advance(ttl / 2)  # the grace is over, the cache entry is not
+    assert await key_status(gateway, key.key) == 401
+    assert await key_status(gateway, new.key) == 200
+
+
 async def test_deleted_key_is_refused_at_once(gateway: TestServer, seed: Seed) -> None:
     account = await seed.account()
     key = await seed.key(account)
