@@ -117,7 +117,7 @@ class PublicKeys:
             ) as response:
                 if response.status != 200:
                     raise ValueError(f"status {response.status}")
-                document = json.loads(await response.content.read(1024 * 1024))
+                document = json.loads(await read_up_to(response.content, 1024 * 1024))
             keys = _parse_keys(document)
         except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as exc:
             metrics.SECRET_SCANNING_KEY_FETCHES.labels("failed").inc()
@@ -127,6 +127,15 @@ class PublicKeys:
         self._keys = keys
         self._fetched_at = time.monotonic()
         self._failed = False
+
+
+async def read_up_to(stream: aiohttp.StreamReader, size: int) -> bytes:
+    """`size` bytes of `stream`, or all of it if shorter: `read(size)` returns only what
+    has arrived, and a body can come in more than one packet."""
+    try:
+        return await stream.readexactly(size)
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial
 
 
 def _unavailable() -> GatewayError:
@@ -259,7 +268,7 @@ class SecretScanning:
         too_large = GatewayError(413, "request_too_large", f"The body exceeds {limit} bytes.")
         if request.content_length is not None and request.content_length > limit:
             raise too_large
-        body = await request.content.read(limit + 1)
+        body = await read_up_to(request.content, limit + 1)
         if len(body) > limit:
             raise too_large
         return body

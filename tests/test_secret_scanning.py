@@ -192,6 +192,30 @@ async def test_alert_labels_live_deleted_mistyped_and_foreign_tokens(
     assert leaked["url"] == info.leak_url and live.key not in payload["payload"]
 
 
+async def test_an_alert_whose_body_arrives_in_pieces_is_read_whole(
+    start_gateway: GatewayFactory, config: Config, github: FakeGitHub, seed: Seed
+) -> None:
+    """The body is read to its end, however the network cuts it, before the signature
+    is checked."""
+    gateway = await start_gateway(config=scanning_config(config, github))
+    key = await seed.key()
+    body = alert(key.key)
+    head = "".join(f"{name}: {value}\r\n" for name, value in github.sign(body).items())
+    reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    writer.write(
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}"
+        "Connection: close\r\n\r\n".encode()
+        + body[:10]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the gateway has the head and a piece: shapes the packets
+    writer.write(body[10:])
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert await key_status(gateway, key.key) == 401
+
+
 @pytest.mark.parametrize(("action", "after"), [("revoke", "invalid_api_key"), ("report", None)])
 async def test_action_revoke_deletes_and_report_only_records(
     start_gateway: GatewayFactory,
