@@ -90,7 +90,7 @@ def event_object(event: AuditEvent) -> dict[str, Any]:
 
 def _before(value: Any) -> int:
     (ident,) = paging.decode_cursor(str(value), "audit", 2)
-    if not ident.isdigit() or len(ident) > 18:
+    if not (ident.isascii() and ident.isdigit()) or len(ident) > 18:
         raise v.FieldError("not a cursor from this API")
     return int(ident)
 

@@ -26,22 +26,12 @@ from .state import POOL, STORE
 
 DEFAULT_RANGE = dt.timedelta(days=1)
 MAX_RANGE = dt.timedelta(days=93)
+_EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 async def key_usage(request: web.Request) -> web.Response:
     key_id = v.path_id(request, "key")
-    fields = v.query(request, {"from", "to"})
-    start = fields.get("from", v.timestamp)
-    end = fields.get("to", v.timestamp)
-    if not fields.errors:
-        end = end or dt.datetime.now(dt.UTC)
-        start = start or end - DEFAULT_RANGE
-        if start >= end:
-            fields.fail("from", "must be before 'to'")
-        elif end - start > MAX_RANGE:
-            fields.fail("from", f"the range may span at most {MAX_RANGE.days} days")
-    fields.check()
-    assert start is not None and end is not None
+    start, end = _range(v.query(request, {"from", "to"}))
     account_id = request[PRINCIPAL].account_id
     async with request.app[POOL].acquire() as conn:
         if await request.app[STORE].get(account_id, key_id, conn=conn) is None:
@@ -91,8 +81,11 @@ def _range(fields: v.Fields) -> tuple[dt.datetime, dt.datetime]:
     end = fields.get("to", v.timestamp)
     if not fields.errors:
         end = end or dt.datetime.now(dt.UTC)
-        start = start or end - DEFAULT_RANGE
-        if start >= end:
+        if start is None and end >= _EARLIEST + DEFAULT_RANGE:
+            start = end - DEFAULT_RANGE
+        if start is None:
+            fields.fail("to", "is too early for the default range: give 'from' too")
+        elif start >= end:
             fields.fail("from", "must be before 'to'")
         elif end - start > MAX_RANGE:
             fields.fail("from", f"the range may span at most {MAX_RANGE.days} days")

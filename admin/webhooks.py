@@ -291,7 +291,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
 
 def _delivery_cursor(value: Any) -> int:
     (ident,) = paging.decode_cursor(str(value), "delivery", 2)
-    if not ident.isdigit() or len(ident) > 18:
+    if not (ident.isascii() and ident.isdigit()) or len(ident) > 18:
         raise v.FieldError("not a cursor from this API")
     return int(ident)
 
@@ -330,7 +330,7 @@ async def resend(request: web.Request) -> web.Response:
     who = request[PRINCIPAL]
     webhook_id = _webhook_id(request)
     raw = request.match_info["delivery_id"]
-    if not raw.isdigit() or len(raw) > 18 or raw != str(int(raw)):
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or raw != str(int(raw)):
         raise v.not_found("delivery")
     async with request.app[POOL].acquire() as conn, conn.transaction():
         await _endpoint(conn, who.account_id, webhook_id)

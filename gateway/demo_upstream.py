@@ -54,7 +54,7 @@ async def customers(request: web.Request) -> web.Response:
 async def data(request: web.Request) -> web.StreamResponse:
     """`/v1/data/...`: a JSON document, or `?bytes=N` streamed raw bytes (downloads)."""
     size = request.query.get("bytes")
-    if size is not None and size.isdigit():
+    if size is not None and size.isascii() and size.isdigit():
         remaining = min(int(size), 1 << 30)
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = remaining

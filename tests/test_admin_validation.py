@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from typing import Any
 
@@ -405,3 +406,35 @@ async def test_validation_runs_after_the_role_check(world: World) -> None:
     """A Read-only member learns nothing about what a valid body would be."""
     reply = await world.client.call("POST", "/v1/keys", world.readonly, json_body={})
     assert reply.status == 403
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+async def test_numbers_in_cursors_and_ids_are_ascii_digits(world: World) -> None:
+    """'²' is a digit to str.isdigit, not to int(): a 400 or a 404, never a 500."""
+    client = world.client
+    reply = await client.call("GET", f"/v1/audit-log?cursor={_cursor('audit|²')}", world.owner)
+    assert reply.status == 400 and fields_of(reply.body) == {"cursor"}
+    hook = await client.call(
+        "POST", "/v1/webhooks", world.owner,
+        json_body={"url": "http://127.0.0.1:9/hook", "events": ["key.created"]},
+    )  # fmt: skip
+    assert hook.status == 201
+    deliveries = f"/v1/webhooks/{hook.body['id']}/deliveries"
+    reply = await client.call("GET", f"{deliveries}?cursor={_cursor('delivery|²')}", world.owner)
+    assert reply.status == 400 and fields_of(reply.body) == {"cursor"}
+    reply = await client.call("POST", f"{deliveries}/%C2%B2/resend", world.owner)
+    assert reply.status == 404
+
+
+@pytest.mark.parametrize("path", ["/v1/usage", "/v1/keys/{key}/usage"])
+async def test_usage_ending_at_the_first_instant_is_a_400(world: World, path: str) -> None:
+    """The default range (a day before 'to') would start before year 1."""
+    key = await world.client.call(
+        "POST", "/v1/keys", world.owner, json_body={"name": "k"}
+    )  # fmt: skip
+    url = path.format(key=key.body["id"]) + "?to=0001-01-01T00:00:00Z"
+    reply = await world.client.call("GET", url, world.owner)
+    assert reply.status == 400 and fields_of(reply.body) == {"to"}
