@@ -53,6 +53,17 @@ DEFAULT_ROUTES: tuple[RouteConfig, ...] = (
 )
 
 
+def parse_url(setting: str, value: str) -> URL:
+    """`value` as a URL, or a ConfigError naming the setting (never the value: a
+    database URL may hold a password)."""
+    try:
+        url = URL(value)
+        url.port  # noqa: B018 - checked when read
+    except ValueError as exc:
+        raise ConfigError(f"{setting}: not a valid URL ({exc})") from None
+    return url
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TLSConfig:
     """TLS on a listener: off unless `certificate` and `key` are set."""
@@ -98,7 +109,7 @@ class ProxyConfig:
     upstream_ca: str = ""
 
     def validate(self) -> None:
-        url = URL(self.upstream)
+        url = parse_url("proxy.upstream", self.upstream)
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(
                 f"proxy.upstream: expected an http:// or https:// URL, got {self.upstream!r}"
@@ -157,10 +168,11 @@ class DatabaseConfig:
         return self.listen_url or self.url
 
     def validate(self) -> None:
-        url = URL(self.url)
+        url = parse_url("database.url", self.url)
         if url.scheme not in ("postgres", "postgresql"):
             raise ConfigError("database.url: expected a postgresql:// URL")
-        if self.listen_url and URL(self.listen_url).scheme not in ("postgres", "postgresql"):
+        listen_url = self.listen_url and parse_url("database.listen_url", self.listen_url)
+        if listen_url and listen_url.scheme not in ("postgres", "postgresql"):
             raise ConfigError("database.listen_url: expected a postgresql:// URL")
         if self.pgbouncer and not self.listen_url:
             raise ConfigError(
@@ -276,7 +288,7 @@ class SecretScanningConfig:
     fetch_timeout_seconds: float = 5.0
 
     def validate(self) -> None:
-        url = URL(self.public_keys_url)
+        url = parse_url("secret_scanning.public_keys_url", self.public_keys_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(
                 "secret_scanning.public_keys_url: expected an http:// or https:// URL,"

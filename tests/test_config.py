@@ -214,6 +214,13 @@ def test_config_is_frozen() -> None:
         ({"database": {"url": "mysql://localhost/growpanel"}}, "database.url"),
         ({"database": {"listen_url": "http://db.example/"}}, "database.listen_url"),
         ({"database": {"pgbouncer": True}}, "database.listen_url"),
+        ({"proxy": {"upstream": "http://[::1"}}, "proxy.upstream"),
+        ({"database": {"url": "postgresql://u:hunter2@db:port/growpanel"}}, "database.url"),
+        ({"database": {"listen_url": "postgresql://db:99999/growpanel"}}, "database.listen_url"),
+        (
+            {"secret_scanning": {"public_keys_url": "https://[x/keys"}},
+            "secret_scanning.public_keys_url",
+        ),
         ({"database": {"pgbouncer": "yes"}}, "database.pgbouncer"),
         # bad addresses and routes
         ({"proxy": {"trusted_proxies": ["10.0.0.0/8", "not-an-ip"]}}, "proxy.trusted_proxies[1]"),
@@ -243,6 +250,7 @@ def test_bad_setting_in_file_is_refused_naming_it(
         load_config(path, {})
     assert str(error.value).startswith(f"{setting}: ")
     assert "\n" not in str(error.value)
+    assert "hunter2" not in str(error.value)  # a database URL's password
 
 
 @pytest.mark.parametrize(
