@@ -18,8 +18,12 @@ import ssl
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from .config import Config, ServerConfig
+from .errors import GatewayError, error_body, internal_error, new_request_id
+from .headers import SERVER_NAME
 from .tls import Reloader
 from .verify_listener import VerifyListener
 
@@ -56,6 +60,53 @@ def _on_sighup(reload: Callable[[], object]) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, but a request its parser refuses gets the gateway's
+    JSON error. aiohttp's own is plain text that quotes the offending bytes (a key among
+    them) under its and Python's versions."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises once answering
+        if status >= 500:  # a handler's failure; the middlewares answer those first
+            error = GatewayError(status, "internal_error", internal_error().message)
+        else:
+            error = GatewayError(status, "invalid_request", "The request is not valid HTTP/1.1.")
+        request_id = new_request_id()
+        response = web.Response(
+            status=error.status,
+            text=error_body(error, request_id),
+            content_type="application/json",
+            headers={"X-Request-Id": request_id, "Server": SERVER_NAME},
+        )
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    """`web.AppRunner` whose connections are handled by `_Handler`."""
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _Server(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=made._loop,
+            **made._kwargs,
+        )
+
+
 async def _start_listener(
     name: str,
     app: web.Application,
@@ -68,7 +119,7 @@ async def _start_listener(
     # aiohttp's keep-alive timer runs from the connection's start (and from each response)
     # until a whole request head has arrived, so it bounds slow heads as well as idle
     # connections; its default is an hour.
-    runner = web.AppRunner(
+    runner = _Runner(
         app,
         access_log=None,
         shutdown_timeout=server.shutdown_timeout_seconds,

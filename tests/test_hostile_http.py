@@ -247,6 +247,25 @@ def framing_problems(request: Received, upstream_host: str) -> list[str]:
     return problems
 
 
+def is_gateway_error(answer: bytes) -> bool:
+    """Is the first response the gateway's own error: JSON, under its name?"""
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    fields = dict(
+        (name.strip().lower(), value.strip())
+        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    )
+    length = int(fields.get(b"content-length", b"0"))
+    try:
+        body = json.loads(rest[:length])
+    except ValueError:
+        return False
+    return (
+        fields.get(b"content-type", b"").startswith(b"application/json")
+        and fields.get(b"server") == b"GrowPanel-Gateway"
+        and set(body["error"]) >= {"code", "message", "request_id"}
+    )
+
+
 def check(
     name: str,
     expectation: Expectation,
@@ -260,6 +279,8 @@ def check(
         problems = []
         if not statuses or statuses[0] not in expectation.statuses:
             problems.append(f"expected {expectation.statuses}, got {answer[:120]!r}")
+        elif not is_gateway_error(answer):
+            problems.append(f"not the gateway's JSON error: {answer!r}")
         if new:
             problems.append(f"forwarded {[(r.method, r.target) for r in new]}")
         return [f"{name}: {p}" for p in problems]
@@ -293,6 +314,8 @@ async def test_smuggling_and_malformed_requests_get_a_4xx_and_nothing_ambiguous_
                 gateway.proxy_port, raw.replace(KEY.encode(), key.encode()), responses, 5
             )
             problems += check(name, expectation, answer, upstream.received[before:], upstream)
+            if key.encode() in answer:
+                problems.append(f"{name}: the answer quotes the key")
         assert problems == [], "\n".join(problems)
         assert upstream.parse_errors == 0
         assert not [r for r in upstream.received if "smuggled" in r.target]
