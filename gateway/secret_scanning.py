@@ -192,7 +192,20 @@ def _alerts(body: bytes, max_tokens: int) -> list[dict[str, Any]]:
                 "invalid_payload",
                 "Each match must be an object with string 'token' and 'type'.",
             )
+        if not all(
+            _is_unicode(item.get(name) or "") for name in ("token", "type", "url", "source")
+        ):
+            raise GatewayError(400, "invalid_payload", "A string holds a lone surrogate.")
     return data
+
+
+def _is_unicode(text: str) -> bool:
+    """JSON's \\ud800 escapes make strings that no UTF-8 column or answer can hold."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _clean_url(url: Any) -> str | None:

@@ -259,6 +259,7 @@ async def test_bad_requests_are_refused_before_any_key_lookup(
     signed = github.sign(body)
     big = alert(*[key.key] * 4)
     huge = b"[" + b" " * (256 * 1024) + b"]"
+    surrogate = alert(key.key, url="https://github.com/\ud800")  # JSON escapes it
     cases: list[tuple[bytes, dict[str, str], int, str]] = [
         (body, {"Content-Type": "application/json"}, 401, "invalid_signature"),
         (body, {**signed, "Github-Public-Key-Signature": forged}, 401, "invalid_signature"),
@@ -271,6 +272,7 @@ async def test_bad_requests_are_refused_before_any_key_lookup(
         (b'{"token": "x"}', github.sign(b'{"token": "x"}'), 400, "invalid_payload"),
         (b'[{"token": 1}]', github.sign(b'[{"token": 1}]'), 400, "invalid_payload"),
         (b"\xff\xfe", github.sign(b"\xff\xfe"), 400, "invalid_payload"),
+        (surrogate, github.sign(surrogate), 400, "invalid_payload"),
     ]
     before = _lookups()
     for data, headers, expected, code in cases:
