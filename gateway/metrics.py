@@ -96,7 +96,7 @@ NOTIFICATIONS = Counter(
 )
 LISTENER_RECONNECTS = Counter(
     "gateway_listener_reconnects_total",
-    "Times the notification listener reconnected (each drops the key cache).",
+    "Times the notification listener reconnected (each has every cached key re-confirmed).",
 )
 LISTENER_CONNECTED = Gauge(
     "gateway_listener_connected",
