@@ -139,6 +139,9 @@ class Browser:
         await self.page.locator("#signin-token").fill(token)
         await self.page.get_by_role("button", name="Sign in").click()
         await expect(self.page.locator("#session")).to_be_visible()
+        # ... and the page's first requests answered: a token changed before then ends the
+        # session from one of them, not from the test's next step.
+        await expect(self.page.locator("[aria-busy]")).to_have_count(0)
 
     async def go(self, tab: str) -> None:
         """Follow a tab of the console's navigation, as a person would."""

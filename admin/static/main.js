@@ -128,15 +128,22 @@ async function route({ focus = false } = {}) {
   document.title = `${page.title} · ${account.name} · GrowPanel`;
   showView(page.view);
   if (focus) focusHeading(page.view);
-  if (name === 'keys') await keys.load();
-  else if (name === 'usage') {
-    await usage.fillKeys();
-    const key = pendingUsageKey;
-    pendingUsageKey = null;
-    await usage.select(key ? key.id : usage.keyId, key?.name);
-  } else if (name === 'members') await members.load(me);
-  else if (name === 'audit') await audit.load();
-  else if (name === 'webhooks') await webhooks.load();
+  // Busy until the page's data is in (assistive technology waits for it; so do the tests).
+  const view = byId(page.view);
+  view.setAttribute('aria-busy', 'true');
+  try {
+    if (name === 'keys') await keys.load();
+    else if (name === 'usage') {
+      await usage.fillKeys();
+      const key = pendingUsageKey;
+      pendingUsageKey = null;
+      await usage.select(key ? key.id : usage.keyId, key?.name);
+    } else if (name === 'members') await members.load(me);
+    else if (name === 'audit') await audit.load();
+    else if (name === 'webhooks') await webhooks.load();
+  } finally {
+    view.removeAttribute('aria-busy');
+  }
 }
 
 function showSignIn(notice = '') {
