@@ -353,6 +353,14 @@ class Config:
                 validate()
 
 
+# The top-level settings that are values, not sections (`GATEWAY__ROUTES='[...]'`).
+_NOT_SECTIONS = tuple(
+    field.name
+    for field in dataclasses.fields(Config)
+    if not dataclasses.is_dataclass(field.default_factory)
+)
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -367,14 +375,6 @@ def load_config(
     config: Config = build(Config, data, "")
     config.validate()
     return config
-
-
-# The top-level settings that are values, not sections (`GATEWAY__ROUTES='[...]'`).
-_NOT_SECTIONS = tuple(
-    field.name
-    for field in dataclasses.fields(Config)
-    if not dataclasses.is_dataclass(field.default_factory)
-)
 
 
 def config_path(
