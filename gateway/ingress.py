@@ -142,13 +142,22 @@ def _original(
     named = nginx or forwarded
     if named is not None:
         method, uri = named
+        path = path_of(uri)
     else:
-        uri = raw_path.removeprefix(PATH)
+        uri = path = raw_path.removeprefix(PATH)  # a path already: this request's own
         if not uri.startswith("/"):
             raise invalid_original("The original request is not named.")
     if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(uri):
         raise invalid_original("The original method or URI is not valid.")
-    return method, uri.partition("?")[0]
+    return method, path
+
+
+def path_of(target: str) -> str:
+    """The path of a request target as aiohttp reads one (the proxy's `raw_path`): up to
+    the first '?', or without one up to the first '#'. A '#' before the '?' stays, and
+    the route table refuses it (`routes.canonical_segments`)."""
+    path, question, _ = target.partition("?")
+    return path if question else path.partition("#")[0]
 
 
 def _pair(headers: CIMultiDictProxy[str], method: str, uri: str) -> tuple[str, str] | None:

@@ -119,6 +119,11 @@ def canonical_segments(raw_path: str) -> tuple[str, ...]:
         raise InvalidPath("a control, space or non-ASCII character")
     if "\\" in raw_path or ";" in raw_path:
         raise InvalidPath("a backslash or a path parameter")
+    if "#" in raw_path:
+        # A target never holds a fragment (RFC 9112 §3.2). aiohttp cuts one off only when
+        # no '?' follows it (`/x#f?q` has the path `/x#f`), and most upstreams cut it off
+        # however it stands: the route matched on `x#f` would not be the one they serve.
+        raise InvalidPath("a '#'")
     path = _PERCENT.sub(_decode, raw_path) if "%" in raw_path else raw_path
     segments = path[1:].split("/")
     if segments[-1] == "":

@@ -17,7 +17,8 @@ The HTTP/1.1 it speaks:
   be taken for a request. So is an `Upgrade` request, and any request asking to close.
 - As aiohttp's strict parser has it: an HTTP/1.1 request without `Host`, or with two of a
   singleton header (`Host`, `Content-Length`, `Content-Type`, ...), is a 400; header values
-  lose their trailing whitespace; the target's `#fragment` is not part of its path.
+  lose their trailing whitespace; the path ends at the target's first '?', or without
+  one at its first '#'.
 - Bounded: a target of at most 8,190 bytes (else 414), header lines of at most 8,190
   bytes, 128 of them and 64 KiB in all (else 431); then the connection closes.
 - Pipelined requests are answered in order; reading pauses while 8 wait, or while the
@@ -43,7 +44,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import GatewayError, error_body, new_request_id
 from .headers import SERVER_NAME
-from .ingress import JSON, PATH, Verdict, VerifyEndpoint
+from .ingress import JSON, PATH, Verdict, VerifyEndpoint, path_of
 
 log = logging.getLogger("gateway")
 
@@ -247,7 +248,7 @@ class VerifyProtocol(asyncio.Protocol):
 
     async def _decide(self, request: _Request) -> Verdict:
         target = request.target
-        path = target.partition("?")[0].partition("#")[0]
+        path = path_of(target)  # as the public listener's aiohttp reads it
         if not target.startswith("/") or (path != PATH and not path.startswith(PATH + "/")):
             return _unread(GatewayError(404, "not_found", f"This listener serves only {PATH}."))
         return await self._endpoint.decide(

@@ -111,3 +111,16 @@ def sample(name: str, **labels: str) -> float:
     """A metric of this process as a scrape would show it (per-request updates folded)."""
     metrics.fold()
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def raw_request(port: int, request_line: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """Send exactly this request line (no client-side normalisation) and read the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [request_line, "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body

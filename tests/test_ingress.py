@@ -142,6 +142,30 @@ async def test_verify_authorises_the_original_route_not_its_own(
             assert r.status == 200
 
 
+@pytest.mark.parametrize(
+    ("uri", "status"),
+    [
+        ("/v1/reports/mrr#top", 200),  # a fragment that ends the target: dropped
+        ("/v1/reports/mrr?x=1#top", 200),
+        ("/v1/reports/mrr#?", 400),  # kept by the proxy's aiohttp: the path holds '#'
+        ("/v1/reports/mrr#/../../customers?x=1", 400),
+    ],
+)
+async def test_verify_reads_a_fragment_in_the_original_uri_as_the_proxy_does(
+    ingress: tuple[TestServer, list[str]], seed: Seed, uri: str, status: int
+) -> None:
+    """nginx passes the target as the client wrote it; the path judged must be the one
+    the gateway's own proxy would judge (`ingress.path_of`)."""
+    gateway, _ = ingress
+    key = await seed.key(permissions=["reports:read"])
+    async with aiohttp.ClientSession() as session:
+        url = gateway.make_url("/_gateway/verify")
+        async with session.get(url, headers=nginx_headers(key.key, uri=uri)) as r:
+            assert r.status == status, await r.text()
+            if status == 400:
+                assert (await r.json())["error"]["code"] == "invalid_path"
+
+
 async def test_verify_refuses_an_untrusted_caller_before_any_key_work(
     start_gateway: GatewayFactory, seed: Seed, config: Config
 ) -> None:

@@ -23,7 +23,7 @@ from gateway.ratelimit import Decision, Unlimited
 from gateway.records import KeyRecord
 
 from .conftest import GatewayFactory, Seed, UpstreamFactory
-from .helpers import key_status, make_config, sample, wait_for
+from .helpers import key_status, make_config, raw_request, sample, wait_for
 from .reliability import Received, answer, raw_upstream
 
 
@@ -391,19 +391,6 @@ async def test_ambiguous_paths_are_refused(gateway: TestServer, seed: Seed, path
     status, body = await raw_request(gateway.port, f"GET {path} HTTP/1.1", bearer(key.key))
     assert status == 400
     assert b'"invalid_path"' in body
-
-
-async def raw_request(port: int, request_line: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    """Send exactly this request line (no client-side normalisation) and read the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    lines = [request_line, "Host: 127.0.0.1", "Connection: close"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), timeout=10)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 async def test_head_request_passes_through_without_a_body(gateway: TestServer, seed: Seed) -> None:
