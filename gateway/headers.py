@@ -59,8 +59,11 @@ _CLIENT_CLAIMS = frozenset(
         "x-original-forwarded-for",
     }
 )
+# Ask the upstream to run another method than the request's, which the route table
+# authorised (Express's method-override, Laravel, Symfony, ...): never passed on.
+_METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 _FORWARDED_PREFIX = "x-forwarded-"
-_DROP_FORWARDING_AUTHORIZATION = HOP_BY_HOP | _REPLACED_ON_REQUEST
+_DROP_FORWARDING_AUTHORIZATION = HOP_BY_HOP | _REPLACED_ON_REQUEST | _METHOD_OVERRIDES
 _DROP = _DROP_FORWARDING_AUTHORIZATION | {"authorization"}
 IDENTITY_PREFIX = "x-growpanel-"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -195,23 +198,26 @@ def upstream_request_headers(
 
     Host and the body framing (Content-Length / Transfer-Encoding) are the upstream
     client's to write; everything hop-by-hop or claiming an identity is dropped here, and
-    so is what an untrusted client claims about its address (`_CLIENT_CLAIMS`).
+    so is what an untrusted client claims about its address (`_CLIENT_CLAIMS`). Names are
+    judged with '_' read as '-': CGI-style upstreams (WSGI, Rack, PHP) read both the same,
+    so `X_GrowPanel_Key_Id` would be `X-GrowPanel-Key-Id` to them.
     """
     drop = _DROP_FORWARDING_AUTHORIZATION if forward_authorization else _DROP
     if named := _connection_named(incoming):
-        drop = drop | named
+        drop = drop | {name.replace("_", "-") for name in named}
     if client.peer_trusted:
         headers = [
             (name, value)
             for name, value in incoming.items()
-            if (lower := name.lower()) not in drop and not lower.startswith(IDENTITY_PREFIX)
+            if (lower := name.lower().replace("_", "-")) not in drop
+            and not lower.startswith(IDENTITY_PREFIX)
         ]
     else:
         drop = drop | _CLIENT_CLAIMS
         headers = [
             (name, value)
             for name, value in incoming.items()
-            if (lower := name.lower()) not in drop
+            if (lower := name.lower().replace("_", "-")) not in drop
             and not lower.startswith(IDENTITY_PREFIX)
             and not lower.startswith(_FORWARDED_PREFIX)
         ]

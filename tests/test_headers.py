@@ -206,6 +206,41 @@ def test_incoming_growpanel_headers_are_replaced_by_the_identity(name: str) -> N
     assert sorted(growpanel) == sorted(name for name, _ in IDENTITY)
 
 
+@pytest.mark.parametrize("trusted", [False, True])
+def test_names_spelled_with_underscores_are_judged_as_with_dashes(trusted: bool) -> None:
+    """CGI-style upstreams (WSGI, Rack, PHP) read `X_GrowPanel_Key_Id` as
+    `X-GrowPanel-Key-Id`: the identity, the client's claims and what `Connection` names
+    are dropped in either spelling."""
+    incoming = headers(
+        ("X_GrowPanel_Account_Id", "forged"),
+        ("x_growpanel_key_permissions", "forged"),
+        ("X_Forwarded_For", "forged"),
+        ("X_Real_IP", "forged"),
+        ("Transfer_Encoding", "forged"),
+        ("Connection", "X_Hop"),
+        ("X-Hop", "forged"),
+        ("X_Kept", "kept"),
+    )
+    peer = "10.0.0.1" if trusted else "192.0.2.1"
+    out = forward(incoming, peer=peer)
+    forged = [k for k, v in out.items() if v == "forged"]
+    # From a trusted proxy its claims pass (X-Forwarded-For is always the gateway's own).
+    assert forged == (["X_Real_IP"] if trusted else [])
+    assert out.getall("X_Kept") == ["kept"]
+    assert out.getall("X-GrowPanel-Account-Id") == [str(ACCOUNT_ID)]
+
+
+@pytest.mark.parametrize(
+    "name", ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X_HTTP_Method"]
+)
+def test_method_overrides_are_not_forwarded(name: str) -> None:
+    """The route table authorised the request's own method: an upstream that honours an
+    override header would run another one (a GET that reads, run as a DELETE)."""
+    for forward_authorization in (False, True):
+        out = forward(headers((name, "DELETE")), forward_authorization=forward_authorization)
+        assert "DELETE" not in out.values()
+
+
 def test_identity_headers_list_permissions_sorted() -> None:
     """The identity names the account, the key and its permissions in a stable order."""
     assert identity_headers(record({"data:write", "account:read", "reports:read"})) == (

@@ -322,6 +322,13 @@ async def test_upstream_sees_the_identity_the_gateway_decided_and_never_the_key(
         "X-GrowPanel-Key-Id": "00000000-0000-0000-0000-000000000001",
         "X-GrowPanel-Key-Scopes": "reports,customers,data,account",
         "X-GrowPanel-Key-Permissions": "admin:all",
+        # The same to a CGI-style API (WSGI, Rack, PHP read '_' as '-')
+        "X_GrowPanel_Account_Id": "00000000-0000-0000-0000-000000000000",
+        "X_Growpanel_Key_Permissions": "admin:all",
+        # A method the route table did not authorise, for an API that honours these
+        "X-HTTP-Method-Override": "DELETE",
+        "X-HTTP-Method": "DELETE",
+        "X-Method-Override": "DELETE",
     }
     headers = {**bearer(key.key), **forged}
     (direct,) = await send(
@@ -338,6 +345,7 @@ async def test_upstream_sees_the_identity_the_gateway_decided_and_never_the_key(
         assert received["X-GrowPanel-Key-Permissions"] == "customers:read,data:read"
         assert "X-GrowPanel-Key-Scopes" not in received
         assert key.key not in str(list(received.items()))
+        assert [k for k, v in received.items() if v in forged.values()] == []
     # The request id the client sees is the one the upstream got and the gateway logged.
     assert from_ingress["X-Request-Id"] == via.headers["X-Request-Id"]
 
