@@ -115,16 +115,22 @@ class TrustedProxies:
         return any(ip in net for net in self.networks)
 
 
-def _ip(value: str) -> IPAddress | None:
+def parse_address(value: str) -> IPAddress | None:
+    """An address as a header or a socket writes it (`[v6]:port` and `v4:port` too),
+    or None."""
     value = value.strip()
     if value.startswith("[") and "]" in value:  # [v6]:port
         value = value[1 : value.index("]")]
     elif value.count(":") == 1:  # v4:port
         value = value.split(":", 1)[0]
     try:
-        return ipaddress.ip_address(value)
+        ip = ipaddress.ip_address(value)
     except ValueError:
         return None
+    # An IPv4 client seen through an IPv6 socket (`::ffff:10.0.0.5`) is that IPv4
+    # address, to the trusted proxies, the keys' allowlists and the throttle alike.
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return mapped or ip
 
 
 @functools.lru_cache(maxsize=4096)
@@ -132,7 +138,7 @@ def _address(value: str, trusted: TrustedProxies) -> tuple[str | None, bool]:
     """An address as written (peer, or a hop of X-Forwarded-For): its canonical text, or
     None when it is not one, and whether it is a trusted proxy. A few peers and clients
     make most requests: parsing and testing them again each time was 12% of a verify."""
-    ip = _ip(value)
+    ip = parse_address(value)
     return (None, False) if ip is None else (str(ip), ip in trusted)
 
 

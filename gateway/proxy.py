@@ -14,7 +14,6 @@ line, whatever happened. The verify endpoint does the same around `admit` with
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,10 +33,7 @@ from .errors import (
     new_request_id,
 )
 from .forward import Forwarder, expects_continue
-from .headers import (
-    ClientAddress,
-    TrustedProxies,
-)
+from .headers import ClientAddress, TrustedProxies, parse_address
 from .logs import AccessLog
 from .ratelimit import RateLimiter
 from .records import KeyRecord
@@ -256,11 +252,8 @@ def _check_head(request: web.Request) -> None:
 
 
 def _allowed(client_ip: str, key: KeyRecord) -> bool:
-    try:
-        ip = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return False
-    return any(ip in net for net in key.ip_allowlist)
+    ip = parse_address(client_ip)
+    return ip is not None and any(ip in net for net in key.ip_allowlist)
 
 
 Pipeline = Callable[[web.Request, Call, ClientAddress], Awaitable[web.StreamResponse]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 
 import pytest
@@ -12,6 +13,7 @@ from gateway.headers import (
     TrustedProxies,
     copy_response_headers,
     identity_headers,
+    parse_address,
     upstream_request_headers,
 )
 from gateway.records import KeyRecord
@@ -300,6 +302,16 @@ def test_no_trusted_proxies_means_the_peer_is_always_the_client() -> None:
     client = ClientAddress("10.0.0.1", incoming, "http", TrustedProxies())
     assert (client.ip, client.forwarded_for, client.proto) == ("10.0.0.1", "10.0.0.1", "http")
     assert not client.peer_trusted
+
+
+def test_an_ipv4_mapped_address_is_its_ipv4_address() -> None:
+    """`::ffff:10.0.0.5` (a dual-stack socket's IPv4 peer, or a hop a proxy wrote so) is
+    10.0.0.5: to the trusted proxies, and to the keys' IPv4 allowlists."""
+    incoming = headers(("X-Forwarded-For", "::ffff:198.51.100.7"))
+    client = ClientAddress("::ffff:10.0.0.5", incoming, "http", TRUSTED)
+    assert client.peer_trusted
+    assert client.ip == "198.51.100.7"
+    assert parse_address("::ffff:192.0.2.1") == ipaddress.IPv4Address("192.0.2.1")
 
 
 @pytest.mark.parametrize(
