@@ -8,6 +8,7 @@ mistake raises `ConfigError` whose message starts with the dotted name of the se
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Collection, Mapping
@@ -104,9 +105,16 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             return value
         raise ConfigError(f"{name}: expected an integer, got {_kind(value)}")
     if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{name}: expected a number, got {_kind(value)}")
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {_kind(value)}")
+        # YAML reads `.nan`, `.inf` and `1.0e+400` as floats; no setting means either.
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ConfigError(f"{name}: expected a finite number, got one too large") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{name}: expected a finite number, got {number!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
@@ -148,6 +156,9 @@ def _kind(value: Any) -> str:
 
 
 def positive(name: str, value: float) -> None:
+    # NaN compares false with everything, so `value <= 0` alone would let it through.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     if value <= 0:
         raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
 

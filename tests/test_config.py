@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import Argon2Config, Config, from_dict, load_config
+from gateway.config import Argon2Config, Config, UsageConfig, from_dict, load_config
 from gateway.settings import ConfigError
 
 from .helpers import REPO_ROOT, gateway_command
@@ -312,6 +313,50 @@ def test_folder_as_config_file_is_refused(tmp_path: Path) -> None:
         load_config(tmp_path, {})
 
 
+# YAML spellings of numbers that are not finite (`1.0e+400` overflows to infinity), and an
+# integer too large to be a float; each in a setting checked one way or another.
+NON_FINITE = [
+    ("usage.flush_interval_seconds", ".nan"),
+    ("webhooks.give_up_after_seconds", ".inf"),
+    ("webhooks.retry_max_interval_seconds", ".inf"),  # checked against retry_base_seconds
+    ("keys.stale_if_error_seconds", ".NaN"),  # may be 0
+    ("secret_scanning.refresh_min_interval_seconds", ".Inf"),  # may be 0
+    ("rate_limits.sync_interval_seconds", "-.inf"),
+    ("proxy.timeout_seconds", "1.0e+400"),
+    ("database.statement_timeout_seconds", "1" + "0" * 400),
+]
+
+
+@pytest.mark.parametrize(("setting", "raw"), NON_FINITE)
+@pytest.mark.parametrize("source", ["file", "environment"])
+def test_non_finite_number_is_refused_naming_the_setting(
+    tmp_path: Path, setting: str, raw: str, source: str
+) -> None:
+    """NaN and infinity are no durations: `.nan` made a flusher busy-loop, `.inf` made
+    every failed webhook delivery be sent again forever."""
+    section, key = setting.split(".")
+    path: Path | None = None
+    environ: dict[str, str] = {}
+    if source == "file":
+        path = tmp_path / "config.yaml"
+        path.write_text(f"{section}:\n  {key}: {raw}\n", encoding="utf-8")
+    else:
+        environ[f"GATEWAY__{section.upper()}__{key.upper()}"] = raw
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ)
+    message = str(error.value)
+    assert message.startswith(f"{setting}: expected a finite number, got ")
+    assert "\n" not in message and len(message) < 200
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_validate_refuses_non_finite_numbers_set_in_code(value: float) -> None:
+    """A section built in code, not read from YAML, is held to the same rule."""
+    usage = dataclasses.replace(UsageConfig(), flush_interval_seconds=value)
+    with pytest.raises(ConfigError, match=r"^usage\.flush_interval_seconds: "):
+        usage.validate()
+
+
 # -- at the command line ----------------------------------------------------------------
 
 
@@ -321,6 +366,7 @@ def test_folder_as_config_file_is_refused(tmp_path: Path) -> None:
         ({"proxy": {"prot": 80}}, "proxy.prot"),
         ({"proxy": {"port": "eighty"}}, "proxy.port"),
         ({"proxy": {"upstream": "ftp://x"}}, "proxy.upstream"),
+        ({"usage": {"flush_interval_seconds": math.nan}}, "usage.flush_interval_seconds"),
     ],
 )
 def test_cli_with_bad_config_exits_2_with_one_line_naming_the_setting(
