@@ -17,12 +17,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import argon2
 from yarl import URL
 
 from .routes import RouteConfig, compile_routes
 from .settings import (
     ConfigError,
     apply_environment,
+    between,
     build,
     port,
     positive,
@@ -186,6 +188,14 @@ class DatabaseConfig:
         positive("database.statement_timeout_seconds", self.statement_timeout_seconds)
 
 
+# Bounds on the argon2 parameters, well inside what the library takes (32-bit values): no
+# API key needs more, 255 lanes is as many as other implementations verify, and the trial
+# hash at start-up (below) takes a fraction of a second.
+ARGON2_MAX_TIME_COST = 100
+ARGON2_MAX_MEMORY_KIB = 256 * 1024  # 256 MiB
+ARGON2_MAX_PARALLELISM = 255
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Argon2Config:
     time_cost: int = 2
@@ -193,10 +203,27 @@ class Argon2Config:
     parallelism: int = 1
 
     def validate(self) -> None:
-        positive("keys.argon2.time_cost", self.time_cost)
+        between("keys.argon2.parallelism", self.parallelism, 1, ARGON2_MAX_PARALLELISM)
+        between("keys.argon2.time_cost", self.time_cost, 1, ARGON2_MAX_TIME_COST)
         if self.memory_kib < 8 * self.parallelism:
             raise ConfigError("keys.argon2.memory_kib: must be at least 8 × parallelism")
-        positive("keys.argon2.parallelism", self.parallelism)
+        if self.memory_kib > ARGON2_MAX_MEMORY_KIB:
+            raise ConfigError(
+                f"keys.argon2.memory_kib: at most {ARGON2_MAX_MEMORY_KIB} (256 MiB),"
+                f" got {self.memory_kib!r}"
+            )
+        # One hash now, so that parameters argon2 refuses, or memory the machine cannot
+        # give, stop start-up rather than fail every key created. One pass: time_cost
+        # changes how long a hash takes, not whether it can be made.
+        try:
+            argon2.PasswordHasher(
+                time_cost=1,
+                memory_cost=self.memory_kib,
+                parallelism=self.parallelism,
+                type=argon2.Type.ID,
+            ).hash("trial")
+        except (argon2.exceptions.Argon2Error, OverflowError, ValueError) as exc:
+            raise ConfigError(f"keys.argon2: cannot hash with these parameters ({exc})") from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -163,6 +163,11 @@ def positive(name: str, value: float) -> None:
         raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
 
 
+def between(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: must be from {low} to {high}, got {value!r}")
+
+
 def readable_file(name: str, path: str) -> None:
     try:
         with open(path, "rb") as file:

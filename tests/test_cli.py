@@ -31,13 +31,15 @@ def command_environ(database_url: str | None = None) -> dict[str, str]:
     return env
 
 
-def bootstrap(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def bootstrap(
+    database_url: str, *args: str, settings: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         gateway_command("bootstrap", *args),
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
-        env=command_environ(database_url),
+        env={**command_environ(database_url), **(settings or {})},
         timeout=60,
     )
 
@@ -141,6 +143,26 @@ async def test_bootstrap_with_bad_arguments_exits_2(
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert setting in lines[0]
+    assert await db.fetchval("SELECT count(*) FROM accounts") == 0
+
+
+async def test_bootstrap_with_argon2_settings_out_of_range_exits_2(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """argon2 parameters it cannot take are a config error at load (it used to be an
+    OverflowError traceback, exit 1, at the Owner token's hash)."""
+    result = bootstrap(
+        database_url,
+        "--account",
+        "Acme",
+        "--owner-email",
+        "owner@acme.example",
+        settings={"GATEWAY__KEYS__ARGON2__MEMORY_KIB": "99999999999"},
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gateway: config error: keys.argon2.memory_kib: ")
     assert await db.fetchval("SELECT count(*) FROM accounts") == 0
 
 

@@ -240,6 +240,17 @@ def test_config_is_frozen() -> None:
         ({"keys": {"prefix": "gp-"}}, "keys.prefix"),
         ({"keys": {"prefix": ""}}, "keys.prefix"),
         ({"keys": {"argon2": {"memory_kib": 4}}}, "keys.argon2.memory_kib"),
+        # argon2 takes 32-bit values; beyond them hashing raised OverflowError
+        ({"keys": {"argon2": {"memory_kib": 99_999_999_999}}}, "keys.argon2.memory_kib"),
+        ({"keys": {"argon2": {"memory_kib": 2**32 - 1}}}, "keys.argon2.memory_kib"),
+        ({"keys": {"argon2": {"memory_kib": 256 * 1024 + 1}}}, "keys.argon2.memory_kib"),
+        ({"keys": {"argon2": {"time_cost": 2**32}}}, "keys.argon2.time_cost"),
+        ({"keys": {"argon2": {"time_cost": 101}}}, "keys.argon2.time_cost"),
+        ({"keys": {"argon2": {"time_cost": 0}}}, "keys.argon2.time_cost"),
+        ({"keys": {"argon2": {"parallelism": 2**24}}}, "keys.argon2.parallelism"),
+        ({"keys": {"argon2": {"parallelism": 256}}}, "keys.argon2.parallelism"),
+        ({"keys": {"argon2": {"parallelism": -1}}}, "keys.argon2.parallelism"),
+        ({"keys": {"argon2": {"parallelism": 4, "memory_kib": 31}}}, "keys.argon2.memory_kib"),
     ],
 )
 def test_bad_setting_in_file_is_refused_naming_it(
@@ -269,6 +280,8 @@ def test_bad_setting_in_file_is_refused_naming_it(
         ({"GATEWAY__PROXY__": "1"}, "GATEWAY__PROXY__"),
         ({"GATEWAY__PROXY__PORT__X": "1"}, "proxy.port.x"),
         ({"DATABASE_URL": "mysql://localhost/db"}, "database.url"),
+        ({"GATEWAY__KEYS__ARGON2__MEMORY_KIB": "99999999999"}, "keys.argon2.memory_kib"),
+        ({"GATEWAY__KEYS__ARGON2__TIME_COST": "4294967296"}, "keys.argon2.time_cost"),
     ],
 )
 def test_bad_environment_variable_is_refused_naming_it(
@@ -367,6 +380,7 @@ def test_validate_refuses_non_finite_numbers_set_in_code(value: float) -> None:
         ({"proxy": {"port": "eighty"}}, "proxy.port"),
         ({"proxy": {"upstream": "ftp://x"}}, "proxy.upstream"),
         ({"usage": {"flush_interval_seconds": math.nan}}, "usage.flush_interval_seconds"),
+        ({"keys": {"argon2": {"memory_kib": 99_999_999_999}}}, "keys.argon2.memory_kib"),
     ],
 )
 def test_cli_with_bad_config_exits_2_with_one_line_naming_the_setting(
@@ -404,3 +418,24 @@ def test_cli_with_missing_config_file_exits_2(tmp_path: Path) -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert str(missing) in lines[0]
+
+
+def test_argon2_memory_the_machine_cannot_give_is_a_config_error(tmp_path: Path) -> None:
+    """argon2 parameters are tried once at start-up: a memory cost that cannot be
+    allocated stops the process with one line, not every key creation later."""
+    path = write_yaml(tmp_path, {"keys": {"argon2": {"memory_kib": 256 * 1024}}})
+
+    # The process may map 192 MiB in all (it needs under 100 without argon2's 256).
+    limited = ["/bin/sh", "-c", 'ulimit -v 196608 && exec "$@"', "sh"]
+    result = subprocess.run(
+        [*limited, *gateway_command("--config", str(path), "migrate")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=clean_environ(),
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "keys.argon2: " in lines[0]
