@@ -13,8 +13,9 @@ events describe the key by id, name and partial key.
 Targets: http(s) URLs only, no credentials in them; unless
 `webhooks.allow_private_targets`, every address a host resolves to must be a public one
 (no loopback, private, link-local — cloud metadata lives there — CGNAT, multicast or
-reserved ranges), checked when the URL is saved and again at every connection (so a DNS
-answer that changes in between cannot point a delivery inward).
+reserved ranges, nor an IPv6 address that leads to one of those: NAT64, 6to4, SIIT),
+checked when the URL is saved and again at every connection (so a DNS answer that
+changes in between cannot point a delivery inward).
 """
 
 from __future__ import annotations
@@ -138,13 +139,36 @@ class UnsafeTarget(Exception):
     """A webhook URL that may not be called; the message says why."""
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 address that a tunnel or translator on the
+# way may deliver to (Python 3.11's `is_global` looks only at the IPv6 address).
+_IPV4_IN_LOW_BITS = tuple(
+    ipaddress.IPv6Network(net)
+    for net in (
+        "::/96",  # IPv4-compatible (deprecated); `::` and `::1` too, both refused anyway
+        "::ffff:0:0:0/96",  # SIIT, IPv4-translated
+        "64:ff9b::/96",  # NAT64, the well-known prefix
+    )
+)
+# Refused outright: local-use NAT64 puts the IPv4 address where the network's own prefix
+# length says, so it cannot be read out; site-local is deprecated but still routed inward.
+_NEVER_PUBLIC = tuple(ipaddress.IPv6Network(net) for net in ("64:ff9b:1::/48", "fec0::/10"))
+
+
 def public_address(address: str) -> bool:
+    """Whether a connection to `address` stays on the public internet: an IPv6 address that
+    carries an IPv4 one (mapped, NAT64, 6to4, ...) is judged by that IPv4 address."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _NEVER_PUBLIC):
+            return False
+        inner = ip.ipv4_mapped or ip.sixtofour
+        if inner is None and any(ip in net for net in _IPV4_IN_LOW_BITS):
+            inner = ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+        if inner is not None:
+            ip = inner
     return ip.is_global and not ip.is_multicast
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import json
 import signal
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,6 +24,7 @@ from admin.app import DELIVERER, create_admin_app
 from gateway.config import Config
 from gateway.embedded_pg import free_port
 from gateway.limit_events import EVENTS
+from gateway.webhooks import PublicOnlyResolver, public_address
 
 from .conftest import GatewayFactory, Seed
 from .helpers import key_status, make_config, sample, wait_for
@@ -440,6 +442,48 @@ async def test_redirects_are_not_followed_and_slow_receivers_time_out(
     assert sample("gateway_webhook_deliveries_total", result="retrying") >= 3
 
 
+# IPv6 addresses that lead to a private IPv4 one (NAT64, 6to4, IPv4-compatible, SIIT) or
+# are private themselves, all of which Python 3.11's `is_global` calls global.
+WRAPPED_PRIVATE = [
+    "::127.0.0.1",  # IPv4-compatible
+    "::a9fe:a9fe",  # IPv4-compatible 169.254.169.254, where cloud metadata answers
+    "64:ff9b::a9fe:a9fe",  # NAT64, the well-known prefix
+    "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+    "64:ff9b:1::a9fe:a9fe",  # local-use NAT64 (64:ff9b:1::/48)
+    "64:ff9b:1:ffff::1",
+    "2002:a9fe:a9fe::1",  # 6to4
+    "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+    "::ffff:0:a9fe:a9fe",  # SIIT (IPv4-translated)
+    "fec0::1",  # site-local, deprecated but still routed by some networks
+]
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        *((address, False) for address in WRAPPED_PRIVATE),
+        ("::1", False),
+        ("::", False),
+        ("::ffff:127.0.0.1", False),
+        ("fe80::1%eth0", False),
+        ("fd00::1", False),
+        ("ff02::1", False),
+        ("::ffff:224.0.0.1", False),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo
+        ("1.1.1.1", True),
+        ("2606:4700::1111", True),
+        ("::ffff:1.1.1.1", True),
+        # The IPv4 address inside is public, and it is what a NAT64 or 6to4 path reaches.
+        ("64:ff9b::101:101", True),
+        ("2002:101:101::1", True),
+    ],
+)
+def test_an_ipv6_address_is_judged_by_the_ipv4_address_it_leads_to(
+    address: str, public: bool
+) -> None:
+    assert public_address(address) is public
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -449,6 +493,7 @@ async def test_redirects_are_not_followed_and_slow_receivers_time_out(
         "http://[::1]/hook",
         "http://10.0.0.1/hook",
         "http://[::ffff:127.0.0.1]/hook",
+        *(f"http://[{address}]/hook" for address in WRAPPED_PRIVATE),
         "ftp://example.com/hook",
         "http://user:pass@example.com/hook",
         "not a url",
@@ -484,6 +529,46 @@ async def test_deliverer_refuses_a_private_target_saved_before(
     error = await db.fetchval("SELECT last_error FROM webhook_deliveries")
     assert "public" in error
     assert receiver.received == []
+
+
+@pytest.mark.parametrize("address", WRAPPED_PRIVATE)
+async def test_deliverer_refuses_an_ipv6_form_of_a_private_address_saved_before(
+    start_admin: StartAdmin, receiver: Receiver, db: asyncpg.Connection, address: str
+) -> None:
+    """The check at connection time judges these addresses as the one at saving does."""
+    admin = await start_admin(allow_private_targets=False, timeout_seconds=0.5)
+    await db.execute(
+        "INSERT INTO webhook_endpoints (account_id, url, events, secret)"
+        " VALUES ($1, $2, '{key.created}', 'whsec_AAAA')",
+        admin.account_id,
+        f"http://[{address}]:{receiver.port}/hook",
+    )
+    await admin.key()
+
+    async def attempted() -> bool:
+        return bool(await db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE attempts > 0"))
+
+    await wait_for(attempted)
+    error = await db.fetchval("SELECT last_error FROM webhook_deliveries")
+    assert "not a public one" in error
+    assert receiver.received == []
+
+
+async def test_resolver_refuses_ipv6_forms_of_private_addresses() -> None:
+    """What a host name resolves to is judged the same way (an address stands in for the
+    name here: the resolver answers for it as for a name's AAAA record)."""
+    try:
+        socket.getaddrinfo("2606:4700::1111", 443, socket.AF_INET6, 0, 0, socket.AI_ADDRCONFIG)
+    except socket.gaierror:
+        pytest.skip("this host has no IPv6 address, so no IPv6 answer is ever used")
+    resolver = PublicOnlyResolver()
+    try:
+        for address in WRAPPED_PRIVATE:
+            with pytest.raises(OSError, match="resolves to a non-public address"):
+                await resolver.resolve(address, 443, socket.AF_INET6)
+        assert await resolver.resolve("2606:4700::1111", 443, socket.AF_INET6)
+    finally:
+        await resolver.close()
 
 
 async def test_a_host_name_that_resolves_to_loopback_is_refused_at_connection_time(
