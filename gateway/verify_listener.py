@@ -20,7 +20,8 @@ The HTTP/1.1 it speaks:
   lose their trailing whitespace; the path ends at the target's first '?', or without
   one at its first '#'.
 - Bounded: a target of at most 8,190 bytes (else 414), header lines of at most 8,190
-  bytes, 128 of them and 64 KiB in all (else 431); then the connection closes.
+  bytes, 128 of them and 64 KiB in all (else 431), counted as the bytes arrive, not only
+  once a line has ended; then the connection closes.
 - Pipelined requests are answered in order; reading pauses while 8 wait, or while the
   client does not read its answers, and more than 32 in one go is a 503 and a close.
 - Keep-alive: from the connection's start and from each answer until the next whole head
@@ -52,6 +53,10 @@ MAX_TARGET = 8190  # aiohttp's request-line bound, so both listeners take the sa
 MAX_FIELD = 8190
 MAX_HEAD = 64 * 1024  # as the proxy's MAX_HEADER_BYTES
 MAX_HEADERS = 128  # aiohttp's bound
+# What an unfinished head may hold: the largest whole head (target, headers and the
+# request line's and header lines' other bytes). llhttp hands a header line over only
+# once it has ended, and httptools keeps what has come of it until then, unbounded.
+MAX_UNFINISHED = MAX_TARGET + MAX_HEAD + 32 + 2 * MAX_HEADERS
 # Headers of which a request may carry one (RFC 9110), as aiohttp's strict parser has them.
 SINGLETONS = frozenset((
     "content-length", "content-location", "content-range", "content-type", "etag", "host",
@@ -96,6 +101,7 @@ class VerifyProtocol(asyncio.Protocol):
         self._current = _Request()
         self._url: list[bytes] = []
         self._head_bytes = 0
+        self._unfinished = 0  # bytes read since the last whole head
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
@@ -131,6 +137,7 @@ class VerifyProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self._reading:
             return
+        self._unfinished += len(data)  # back to 0 at each whole head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -145,6 +152,13 @@ class VerifyProtocol(asyncio.Protocol):
             self._refuse(refused.error)
         except httptools.HttpParserError:
             self._refuse(GatewayError(400, "bad_request", "The request could not be parsed."))
+        else:
+            if self._unfinished > MAX_UNFINISHED:
+                self._refuse(
+                    GatewayError(
+                        431, "request_header_fields_too_large", "The request headers are too large."
+                    )
+                )
         self._serve_waiting()
 
     def shut_down(self) -> None:
@@ -188,6 +202,7 @@ class VerifyProtocol(asyncio.Protocol):
         headers.add(text, value.strip(b" \t").decode("utf-8", "surrogateescape"))
 
     def on_headers_complete(self) -> None:
+        self._unfinished = 0
         request = self._current
         parser = self._parser
         request.method = parser.get_method().decode("latin-1")

@@ -36,7 +36,7 @@ from gateway.config import Argon2Config
 from gateway.ingress import Verdict
 from gateway.keyformat import Hasher
 from gateway.keys import KeyStore
-from gateway.verify_listener import VerifyListener, _Request, _serialise
+from gateway.verify_listener import MAX_UNFINISHED, VerifyListener, _Request, _serialise
 
 from .conftest import GatewayFactory, Seed, VerifyListenerFactory
 from .helpers import DEFAULT_ROUTE_DATA, make_config, sample, wait_for
@@ -671,6 +671,25 @@ async def test_a_head_over_its_bounds_is_refused_and_closed(
     await conn.send(rig.request(template) + rig.request(envoy("after")))
     answer = await conn.answer()
     assert_refusal(answer, status, code)
+    assert answer.get("Connection") == "close"
+    assert await conn.rest() == b""
+
+
+@pytest.mark.parametrize("unfinished", [b"X-Pad: ", b"X-Pad", b"Host: g\r\nX-Pad: "])
+async def test_a_header_line_that_never_ends_is_refused_as_it_grows(
+    rig: Rig, connect: Connect, unfinished: bytes
+) -> None:
+    """llhttp (httptools) hands a header over only once its line has ended, keeping what
+    has come of it until then: the listener counts the bytes of an unfinished head as
+    they arrive, so one endless line cannot take the memory (nor, copied at each read,
+    the CPU)."""
+    conn = await connect(rig.listener.port)
+    # Past the bound (about 72 KiB), then nothing: what was sent is all read before the
+    # listener closes, so its answer is not cut short by a reset.
+    line = b"GET /_gateway/verify/v1/customers HTTP/1.1\r\n" + unfinished
+    await conn.send(line + b"p" * (MAX_UNFINISHED + 1))
+    answer = await conn.answer()
+    assert_refusal(answer, 431, "request_header_fields_too_large")
     assert answer.get("Connection") == "close"
     assert await conn.rest() == b""
 
