@@ -1,16 +1,23 @@
-"""Background work: one way to run a task beside the server and stop it, and the one
-policy for the batches that the flushers (usage, rate-limit sync) write to Postgres.
+"""Background work: one way to run a task beside the server and stop it, and what the
+flushers (usage, rate-limit sync, `key.limit_reached` events) share: their periodic job,
+their end at shutdown and, for the first two, one policy for the batches they write.
 
 `running(coro, name)` is an async context manager for the `cleanup_ctx` generators and
 the components' `start`/`stop`: the task runs inside it and is cancelled and awaited on
-the way out. `every(seconds, work, name)` is the loop of a periodic job: a fixed cadence,
-and one failed run is logged without ending the loop.
+the way out. `Periodic(seconds, work, name)` is a flusher's periodic job: a fixed
+cadence, and one failed run is logged without ending the loop.
 
-`write_batch` is the flushers' shared error policy. An outage, or a deadlock or
-serialization failure (SQLSTATE class 40), keeps the batch for the next attempt: both
-pass. Any other error Postgres raises is a batch it refuses: retrying would block every
-later batch behind it, so it is logged and dropped. `drain` is the last flush at
-shutdown, retried for a bounded time.
+`write_batch` is the error policy. An outage, or a deadlock or serialization failure
+(SQLSTATE class 40), keeps the batch for the next attempt: both pass. Any other error
+Postgres raises is a batch it refuses: retrying would block every later batch behind
+it, so it is logged and dropped.
+
+`Periodic.drain` ends a flusher at shutdown: the run under way is let finish and no
+other starts, then the last flush writes what is left, retried; all within a bounded
+time. The run is not cancelled midway: the flusher has taken its batch out of memory by
+then, and could not tell whether Postgres has it. Only a write still waiting on Postgres
+when the time is up is cancelled; the flusher then puts its batch back, so that what was
+not written is counted, and logged as lost at exit, rather than vanishing.
 """
 
 from __future__ import annotations
@@ -52,19 +59,51 @@ async def running(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[N
         await cancel(task)
 
 
-async def every(seconds: float, work: Callable[[], Awaitable[object]], what: str) -> None:
-    """Run `work` every `seconds` on a fixed cadence (not `seconds` after the last run
-    ended: the rate-limit bound relies on it) until cancelled. A failure is logged and
-    the loop goes on."""
-    loop = asyncio.get_running_loop()
-    next_run = loop.time() + seconds
-    while True:
-        await asyncio.sleep(max(0.0, next_run - loop.time()))
-        next_run = max(next_run + seconds, loop.time())
-        try:
-            await work()
-        except Exception:  # the loop must outlive any one bad run
-            log.exception("%s failed", what)
+class Periodic:
+    """`work` every `seconds` on a fixed cadence (not `seconds` after the last run ended:
+    the rate-limit bound relies on it), in a task of its own, until `drain`. A failure
+    is logged and the loop goes on."""
+
+    def __init__(self, seconds: float, work: Callable[[], Awaitable[object]], what: str) -> None:
+        self._seconds = seconds
+        self._work = work
+        self._what = what
+        self._working = False  # a run is under way
+        self._stopping = False  # no run starts any more
+        self._task = asyncio.create_task(self._loop(), name=what)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_run = loop.time() + self._seconds
+        while not self._stopping:
+            await asyncio.sleep(max(0.0, next_run - loop.time()))
+            next_run = max(next_run + self._seconds, loop.time())
+            self._working = True
+            try:
+                await self._work()
+            except Exception:  # the loop must outlive any one bad run
+                log.exception("%s failed", self._what)
+            finally:
+                self._working = False
+
+    async def drain(self, flush: Callable[[], Awaitable[bool]], timeout: float) -> bool:
+        """At shutdown: let the run under way finish and start no other, then `flush`
+        until it reports nothing left, retrying every half second; all within `timeout`
+        seconds (at least one attempt once the run has finished). False when something is
+        still pending then."""
+        deadline = time.monotonic() + timeout
+        self._stopping = True
+        if self._working:
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            if not done:  # still waiting on Postgres: the flusher keeps its batch
+                await cancel(self._task)
+                return False
+        await cancel(self._task)  # between two runs: it was asleep
+        while not await flush():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.5)
+        return True
 
 
 class Written(enum.Enum):
@@ -94,14 +133,3 @@ async def write_batch(kind: str, write: Awaitable[T]) -> tuple[Written, T | None
         return Written.DROPPED, None
     metrics.FLUSH_DURATION.labels(kind).observe(time.perf_counter() - started)
     return Written.DONE, result
-
-
-async def drain(flush: Callable[[], Awaitable[bool]], timeout: float) -> bool:
-    """At shutdown: `flush` until it reports nothing left, retrying every half second
-    for `timeout` seconds; False when something is still pending then."""
-    deadline = time.monotonic() + timeout
-    while not await flush():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.5)
-    return True

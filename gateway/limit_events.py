@@ -5,13 +5,13 @@ set lookup. Once a second the new (key, window, window start) marks are written,
 its own transaction with its event: the mark's primary key makes the event fire once
 across every process and replica, and only for accounts with an endpoint listening. The
 minute window here is the UTC minute of the refusal (the limit itself slides), the day
-window the UTC day.
+window the UTC day. Marks that cannot be written wait for the next flush; on shutdown a
+flush under way is let finish, and the last one retries for a bounded time
+(`background.Periodic.drain`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator
@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
+from .background import Periodic
 from .config import RateLimitConfig
 from .counters import DAY, MINUTE
 from .db import UNAVAILABLE
@@ -48,6 +49,7 @@ class LimitEvents:
         self.interval = interval
         self._marks: set[tuple[object, str, int]] = set()
         self._pending: list[tuple[KeyRecord, str, int]] = []
+        self._periodic: Periodic | None = None
 
     def refused(self, key: KeyRecord, window: str, now: float) -> None:
         size = MINUTE if window == "minute" else DAY
@@ -60,15 +62,24 @@ class LimitEvents:
         self._marks.add(mark)
         self._pending.append((key, window, start))
 
-    async def flush(self) -> None:
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> bool:
+        """Queue the pending events; True when none of them is left pending."""
         pending, self._pending = self._pending, []
-        for i, (key, window, start) in enumerate(pending):
-            try:
+        queued = 0
+        try:
+            for key, window, start in pending:
                 await self._queue(key, window, start)
-            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
-                log.warning("cannot queue key.limit_reached events: %s", exc)
-                self._pending[:0] = pending[i:]  # kept for the next flush
-                return
+                queued += 1
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            log.warning("cannot queue key.limit_reached events: %s", exc)
+        finally:
+            # Kept for the next flush, also when cancelled midway (the shutdown's bound).
+            self._pending[:0] = pending[queued:]
+        return queued == len(pending)
 
     async def _queue(self, key: KeyRecord, window: str, start: int) -> None:
         async with self.store.pool.acquire() as conn, conn.transaction():
@@ -96,14 +107,15 @@ class LimitEvents:
                 },
             )
 
-    async def run(self) -> None:
-        try:
-            while True:
-                await asyncio.sleep(self.interval)
-                await self.flush()
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.flush())
+    def start(self) -> None:
+        self._periodic = Periodic(self.interval, self.flush, "limit-events")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the periodic flush (one under way finishes), then queue what is left,
+        retrying; all within `timeout`."""
+        periodic, self._periodic = self._periodic, None
+        if periodic is not None and not await periodic.drain(self.flush, timeout):
+            log.error("could not queue key.limit_reached events before exit: %d", self.pending)
 
 
 EVENTS = web.AppKey("limit_events", LimitEvents)
@@ -121,11 +133,9 @@ def add_to(app: web.Application) -> None:
         events = LimitEvents(app[STORE], app[CONFIG].rate_limits)
         app[EVENTS] = events
         limiter.on_refused = events.refused
-        task = asyncio.create_task(events.run(), name="limit-events")
+        events.start()
         yield
         limiter.on_refused = None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await events.stop()
 
     app.cleanup_ctx.append(context)

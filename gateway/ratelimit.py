@@ -43,7 +43,7 @@ from typing import Protocol
 import asyncpg
 
 from . import metrics
-from .background import Written, cancel, drain, every, write_batch
+from .background import Periodic, Written, write_batch
 from .clock import Clock
 from .config import RateLimitConfig
 from .counters import DAY, CounterStore, Deltas, Totals, bucket
@@ -115,7 +115,7 @@ class SlidingWindowLimiter:
         self._touched: set[uuid.UUID] = set()
         self._store: CounterStore | None = None
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._periodic: Periodic | None = None
         self._next_expiry = 0.0
         # Told of every refusal (key, window, time): the key.limit_reached webhook event.
         self.on_refused: Callable[[KeyRecord, str, float], None] | None = None
@@ -190,15 +190,13 @@ class SlidingWindowLimiter:
                 windows.others_day = today
         self._next_expiry = asyncio.get_running_loop().time() + EXPIRE_EVERY
         interval = self._config.sync_interval_seconds
-        self._task = asyncio.create_task(
-            every(interval, self._sync_and_expire, "rate-limit sync"), name="rate-limit-sync"
-        )
+        self._periodic = Periodic(interval, self._sync_and_expire, "rate-limit sync")
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop the periodic sync, then write what is left, retrying for `timeout`."""
-        await cancel(self._task)
-        self._task = None
-        if self._store is not None and not await drain(self.sync, timeout):
+        """Stop the periodic sync (one under way finishes), then write what is left,
+        retrying; all within `timeout`."""
+        periodic, self._periodic = self._periodic, None
+        if periodic is not None and not await periodic.drain(self.sync, timeout):
             log.error("could not write rate-limit counts before exit: %d", self.pending)
 
     async def _sync_and_expire(self) -> None:
@@ -216,9 +214,15 @@ class SlidingWindowLimiter:
             if not batch.deltas.keys:
                 return True
             write = self._store.sync(batch.deltas, batch.second, batch.day)
-            written, others = await write_batch("rate_limits", write)
+            # Kept also when cancelled midway (the shutdown's bound): counted as pending.
+            written: Written = Written.KEPT
+            others: Totals | None = None
+            try:
+                written, others = await write_batch("rate_limits", write)
+            finally:
+                if written is Written.KEPT:
+                    self._restore(batch)
             if written is Written.KEPT:
-                self._restore(batch)
                 metrics.FLUSH_PENDING.labels("rate_limits").set(sum(n for _, n in batch.day_marks))
                 return False
             metrics.FLUSH_PENDING.labels("rate_limits").set(0)

@@ -3,7 +3,8 @@
 The request path only touches two dicts. Every `usage.flush_interval_seconds` one flush
 writes all keys' `last_used_at` in one statement and all usage counts in another. A flush
 that fails puts its batch back (merged with what arrived meanwhile) for the next try, so
-an outage loses nothing; the final flush on shutdown retries for a bounded time.
+an outage loses nothing. On shutdown a flush under way is let finish, and the final flush
+retries for a bounded time (`background.Periodic.drain`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import defaultdict
 import asyncpg
 
 from . import metrics
-from .background import Written, cancel, drain, every, write_batch
+from .background import Periodic, Written, write_batch
 from .clock import Clock
 from .config import UsageConfig
 from .db import array_literal, for_live_keys
@@ -41,7 +42,7 @@ class UsageRecorder:
         self._last_used: dict[uuid.UUID, float] = {}
         self._counts: defaultdict[UsageKey, int] = defaultdict(int)
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._periodic: Periodic | None = None
         self.dropped = 0
 
     # -- the request path -------------------------------------------------------------
@@ -66,13 +67,12 @@ class UsageRecorder:
     # -- flushing ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        interval = self._config.flush_interval_seconds
-        self._task = asyncio.create_task(every(interval, self.flush, "usage flush"), name="usage")
+        self._periodic = Periodic(self._config.flush_interval_seconds, self.flush, "usage flush")
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop the periodic flush, then flush what is left, retrying for `timeout`."""
-        await cancel(self._task)
-        if not await drain(self.flush, timeout):
+        """Stop the periodic flush (one under way finishes), then flush what is left,
+        retrying; all within `timeout`."""
+        if self._periodic is not None and not await self._periodic.drain(self.flush, timeout):
             last_used, counts = self.pending
             log.error(
                 "could not write usage before exit",
@@ -86,18 +86,20 @@ class UsageRecorder:
             counts, self._counts = self._counts, defaultdict(int)
             if not last_used and not counts:
                 return True
-            ok = True
-            if last_used:
-                written, _ = await write_batch("last_used", self._write_last_used(last_used))
-                ok = written is not Written.KEPT
-            if ok and counts:
-                written, _ = await write_batch("usage", self._write_counts(counts))
-                ok = written is not Written.KEPT
-            if not ok:
-                self._restore(last_used, counts)
+            kept = True  # also when a write is cancelled midway (the shutdown's bound)
+            try:
+                written = Written.DONE
+                if last_used:
+                    written, _ = await write_batch("last_used", self._write_last_used(last_used))
+                if counts and written is not Written.KEPT:
+                    written, _ = await write_batch("usage", self._write_counts(counts))
+                kept = written is Written.KEPT
+            finally:
+                if kept:
+                    self._restore(last_used, counts)
             metrics.FLUSH_PENDING.labels("last_used").set(len(self._last_used))
             metrics.FLUSH_PENDING.labels("usage").set(len(self._counts))
-            return ok
+            return not kept
 
     async def _write_last_used(self, last_used: dict[uuid.UUID, float]) -> None:
         await self._store.record_last_used(last_used)
