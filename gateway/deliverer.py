@@ -228,8 +228,10 @@ class Deliverer:
             if row is None:
                 return False
             ok, status, body, error, latency = await self._send(row)
+            # The doubling stops at 2^64, past any maximum in practice: 2^1024 is no float,
+            # and the error would roll the attempt back, sent again at the next poll.
             delay = min(
-                self.webhooks.retry_base_seconds * 2 ** row["attempts"],
+                self.webhooks.retry_base_seconds * 2 ** min(row["attempts"], 64),
                 self.webhooks.retry_max_interval_seconds,
             )
             result = await conn.fetchrow(

@@ -343,6 +343,40 @@ async def test_delivery_gives_up_after_the_deadline_and_resend_delivers_it(
     await wait_for(succeeded)
 
 
+async def test_a_delivery_failing_for_weeks_is_retried_at_the_max_interval(
+    start_admin: StartAdmin, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """After 1,024 failed attempts (six weeks of hourly retries) the next retry is still
+    an hour away: the doubling stops at the maximum instead of overflowing a float, which
+    rolled the attempt back and re-sent the delivery every poll interval."""
+
+    async def failing(request: web.Request) -> web.Response:
+        return web.Response(status=500)
+
+    receiver.behaviour = failing
+    admin = await start_admin(
+        give_up_after_seconds=10 * 365 * 86400,
+        retry_base_seconds=5,
+        retry_max_interval_seconds=3600,
+    )
+    await admin.webhook(receiver.url, ["key.created"])
+    await admin.key()
+
+    async def attempts(n: int) -> bool:
+        return await db.fetchval("SELECT attempts FROM webhook_deliveries") == n
+
+    await wait_for(lambda: attempts(1))
+    await db.execute("UPDATE webhook_deliveries SET attempts = 1024, next_attempt_at = now()")
+    await wait_for(lambda: attempts(1025))
+    row = await db.fetchrow(
+        "SELECT status, extract(epoch FROM next_attempt_at - last_attempt_at) AS delay"
+        " FROM webhook_deliveries"
+    )
+    assert row["status"] == "pending"
+    assert float(row["delay"]) == pytest.approx(3600, abs=1)
+    assert len(receiver.received) == 2  # the first attempt and this one, each once
+
+
 async def test_delivery_metrics_count_sent_failed_pending_and_latency(
     start_admin: StartAdmin, receiver: Receiver
 ) -> None:
