@@ -153,7 +153,7 @@ class Deliverer:
     async def _listen(self) -> None:
         conn: asyncpg.Connection | None = None
         try:
-            conn = await connect(self.config.database)
+            conn = await connect(self.config.database, direct=True)  # LISTEN: not through a pooler
             await conn.add_listener(CHANNEL, self._notified)
         except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
             if conn is not None:

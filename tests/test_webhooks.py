@@ -19,12 +19,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook
+from yarl import URL
 
 from admin.app import DELIVERER, create_admin_app
 from gateway.config import Config
+from gateway.deliverer import Deliverer
 from gateway.embedded_pg import free_port
 from gateway.limit_events import EVENTS
-from gateway.webhooks import PublicOnlyResolver, public_address
+from gateway.webhooks import CHANNEL, PublicOnlyResolver, public_address
 
 from .conftest import GatewayFactory, Seed
 from .helpers import key_status, make_config, sample, wait_for
@@ -744,6 +746,28 @@ async def test_limit_reached_fires_once_per_key_and_window(
     assert (data["window"], data["limit"]) == ("minute", 2)
     assert data["key"]["id"] == created["id"]
     assert receiver.types() == ["key.limit_reached"]
+
+
+async def test_the_deliverer_listens_on_database_listen_url(
+    config: Config, seed: Seed, db: asyncpg.Connection
+) -> None:
+    """With `database.listen_url` set (`url` leads to PgBouncer in transaction pooling,
+    which keeps no LISTEN session), the deliverer's LISTEN goes there, as the key cache's
+    does; `url` keeps the statements."""
+    listen_url = str(URL(config.database.url).update_query(application_name="direct"))
+    cfg = make_config(
+        config.database.url, config.proxy.upstream, database={"listen_url": listen_url}
+    )
+    deliverer = Deliverer(cfg, seed.store)
+    await deliverer.start()
+    try:
+        listening = await db.fetch(
+            "SELECT application_name FROM pg_stat_activity WHERE query = $1",
+            f'LISTEN "{CHANNEL}"',
+        )
+    finally:
+        await deliverer.stop()
+    assert [row["application_name"] for row in listening] == ["direct"]
 
 
 # -- real processes -------------------------------------------------------------------
