@@ -37,6 +37,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config file {str(path)!r}: not valid YAML{where}") from None
+    except ValueError:  # a number Python will not read (an int of over 4,300 digits)
+        raise ConfigError(f"config file {str(path)!r}: a number too long to read") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -57,7 +59,7 @@ def apply_environment(
             raise ConfigError(f"{name}: expected GATEWAY__<SECTION>__<KEY>")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # not YAML, or a number too long to read
             value = raw
         node = data
         for part in parts[:-1]:

@@ -282,6 +282,7 @@ def test_bad_setting_in_file_is_refused_naming_it(
         ({"DATABASE_URL": "mysql://localhost/db"}, "database.url"),
         ({"GATEWAY__KEYS__ARGON2__MEMORY_KIB": "99999999999"}, "keys.argon2.memory_kib"),
         ({"GATEWAY__KEYS__ARGON2__TIME_COST": "4294967296"}, "keys.argon2.time_cost"),
+        ({"GATEWAY__PROXY__PORT": "9" * 5000}, "proxy.port"),  # past Python's int digits
     ],
 )
 def test_bad_environment_variable_is_refused_naming_it(
@@ -302,6 +303,7 @@ def test_bad_environment_variable_is_refused_naming_it(
         ("- proxy\n- admin\n", "expected a mapping of sections"),
         ("just a string\n", "expected a mapping of sections"),
         (b"\xff\xfe proxy", "not UTF-8 text"),
+        ("proxy:\n  port: " + "9" * 5000 + "\n", "a number too long to read"),
     ],
 )
 def test_bad_config_file_is_refused_naming_it(
