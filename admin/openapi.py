@@ -28,7 +28,9 @@ def _error(description: str) -> dict[str, Any]:
 
 _RESPONSES = {
     "BadRequest": _error(
-        "validation_error (each offending field listed in error.fields) or invalid_json."
+        "validation_error (each offending field listed in error.fields), invalid_json (also"
+        " a body that does not decode under its Content-Encoding), or invalid_request (refused"
+        " by the HTTP parser)."
     ),
     "Unauthorized": {
         **_error("missing_token or invalid_token: no valid admin token."),

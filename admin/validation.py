@@ -3,8 +3,9 @@
 Every problem with a request's fields is collected and answered at once as
 400 `validation_error`, listing each offending field, so a client fixes them in one go.
 The shape of the request itself is checked first: wrong content type → 415, body over
-the listener's `client_max_size` → 413 (raised by aiohttp while reading), bytes that are
-not UTF-8 JSON → 400 `invalid_json`, a path id that is not a UUID → 404 (no such thing).
+the listener's `client_max_size` → 413 (raised by aiohttp while reading), bytes that do
+not decode under their Content-Encoding or are not UTF-8 JSON → 400 `invalid_json`, a
+path id that is not a UUID → 404 (no such thing).
 """
 
 from __future__ import annotations
@@ -80,7 +81,19 @@ async def json_body(request: web.Request, *, required: bool = True) -> dict[str,
         )
     if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
         raise GatewayError(415, "unsupported_media_type", "JSON bodies must be UTF-8.")
-    raw = await request.read()  # 413 past client_max_size
+    try:
+        raw = await request.read()  # 413 past client_max_size
+    except web.RequestPayloadError:
+        # aiohttp decodes Content-Encoding (gzip, deflate) as it reads: bytes that do not
+        # decode end up here (and a body cut short, whose client no longer listens). The
+        # rest cannot be read either, so aiohttp closes the connection after the answer:
+        # say so, or the client sends its next request on a connection being closed.
+        raise GatewayError(
+            400,
+            "invalid_json",
+            "The body could not be decoded (Content-Encoding).",
+            headers={"Connection": "close"},
+        ) from None
     if not raw.strip() and not required:
         return {}
     try:

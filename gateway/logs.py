@@ -18,6 +18,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any, TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web import RequestPayloadError
 
 from .config import LoggingConfig
 
@@ -166,14 +167,16 @@ class AccessLog:
 class _ClientErrors(logging.Filter):
     """aiohttp logs a request it cannot parse at ERROR, with the parser's message, which
     quotes the offending bytes: an `Authorization` header among them. A malformed request
-    (or a client gone mid-request) is the client's doing: one INFO line naming the error,
-    never quoting the request."""
+    (or a client gone mid-request, or a body that does not decode under its
+    Content-Encoding, which aiohttp meets again reading the rest of it after the handler's
+    400) is the client's doing: one INFO line naming the error, never quoting the request."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError | ConnectionResetError):
+        if isinstance(exc, HttpProcessingError | ConnectionResetError | RequestPayloadError):
             record.levelno, record.levelname = logging.INFO, "INFO"
-            record.client_ip = record.args[0] if isinstance(record.args, tuple) else None
+            args = record.args
+            record.client_ip = args[0] if isinstance(args, tuple) and args else None
             record.msg, record.args = "refused a request it could not read", ()
             record.error = type(exc).__name__
             record.exc_info = record.exc_text = None

@@ -21,12 +21,14 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from admin.app import create_admin_app
 from admin.openapi import document
 from gateway.accounts import ADMIN_TOKEN_FORMAT
 from gateway.config import Config
+from gateway.serving import _Runner
 
 from .conftest import Seed
 
@@ -168,9 +170,17 @@ class World:
 BAD_TOKEN = ADMIN_TOKEN_FORMAT.generate()[0]
 
 
+class ServedTestServer(TestServer):
+    """A test server whose connections are handled as `gateway serve` handles them: a
+    request aiohttp's parser refuses gets the gateway's JSON error, not aiohttp's text."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return _Runner(self.app, **kwargs)
+
+
 @pytest.fixture(name="admin_server")
 async def admin_server_fixture(config: Config) -> AsyncIterator[TestServer]:
-    server = TestServer(create_admin_app(config, environ=OPERATOR_ENV), host="127.0.0.1")
+    server = ServedTestServer(create_admin_app(config, environ=OPERATOR_ENV), host="127.0.0.1")
     await server.start_server()
     yield server
     await server.close()

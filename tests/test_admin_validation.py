@@ -218,6 +218,47 @@ async def test_request_shape_errors_are_4xx_json(
 
 
 @pytest.mark.parametrize(
+    ("encoding", "data"),
+    [
+        ("deflate", b"\xff\xfe"),
+        ("gzip", b"\x1f\x8b\x08\x00not gzip after its magic"),
+        ("gzip", b"not gzip at all"),
+    ],
+)
+async def test_a_body_that_does_not_decode_is_a_400(
+    world: World, encoding: str, data: bytes
+) -> None:
+    """aiohttp decodes the body while it is read; a corrupt one is the client's error."""
+    reply = await world.client.call(
+        "POST",
+        "/v1/keys",
+        world.owner,
+        data=data,
+        headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+    )
+    assert (reply.status, reply.body["error"]["code"]) == (400, "invalid_json"), reply.text
+    assert "Content-Encoding" in reply.body["error"]["message"]
+    # The rest of the body cannot be read either: the connection ends, and says so, so
+    # the client's next request goes on a new one.
+    assert reply.headers["Connection"] == "close"
+    assert (await world.client.call("GET", "/v1/me", world.owner)).status == 200
+
+
+async def test_an_encoding_without_a_decoder_is_a_json_400(world: World) -> None:
+    """Without the optional brotli package aiohttp's parser refuses `br` before any
+    handler runs; the listener's connection handler still answers in JSON."""
+    reply = await world.client.call(
+        "POST",
+        "/v1/keys",
+        world.owner,
+        data=b"{}",
+        headers={"Content-Type": "application/json", "Content-Encoding": "br"},
+    )
+    assert reply.status == 400, reply.text
+    assert reply.body["error"]["code"] in ("invalid_request", "invalid_json"), reply.text
+
+
+@pytest.mark.parametrize(
     ("method", "path"),
     [
         ("GET", "/v1/keys/not-a-uuid"),

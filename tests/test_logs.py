@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from gateway.config import LoggingConfig
-from gateway.logs import AccessLog, JsonFormatter, TextFormatter, configure_logging
+from gateway.logs import AccessLog, JsonFormatter, TextFormatter, _ClientErrors, configure_logging
 
 
 @pytest.fixture
@@ -58,6 +59,22 @@ def test_text_line_is_readable_with_its_extras(stream: io.StringIO) -> None:
     line = stream.getvalue().strip()
     assert "WARNING" in line and "test.logs[" in line
     assert line.endswith("listening url=http://x:1")
+
+
+def test_a_body_that_does_not_decode_is_logged_as_the_clients_error(
+    stream: io.StringIO,
+) -> None:
+    """After answering 400, aiohttp reads the rest of the body and logs its decoding error
+    as an unhandled exception (no arguments): one INFO line, no traceback."""
+    stream.handler.setFormatter(JsonFormatter())  # type: ignore[attr-defined]
+    stream.handler.addFilter(_ClientErrors())  # type: ignore[attr-defined]
+    try:
+        raise web.RequestPayloadError("Can not decode content-encoding: deflate")
+    except web.RequestPayloadError as exc:
+        logging.getLogger("test.logs").exception("Unhandled exception", exc_info=exc)
+    entry = json.loads(stream.getvalue())
+    assert (entry["level"], entry["error"]) == ("info", "RequestPayloadError")
+    assert "exception" not in entry
 
 
 @pytest.mark.parametrize(("level", "shown"), [("INFO", True), ("WARNING", False)])
