@@ -38,7 +38,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.accounts import ADMIN_TOKEN_FORMAT, Member, member_by_token_id
+from gateway.accounts import ADMIN_TOKEN_FORMAT, Member, hold_member, member_by_token_id
 from gateway.clock import Clock, SystemClock
 from gateway.config import FailedAuthConfig
 from gateway.errors import GatewayError
@@ -134,6 +134,14 @@ def invalid_token() -> GatewayError:
 
 def forbidden() -> GatewayError:
     return GatewayError(403, "forbidden", "Your role does not allow this.")
+
+
+async def hold_caller(conn: asyncpg.Connection, who: Principal) -> None:
+    """For a change that writes the caller's member id (`created_by`, a foreign key):
+    keep the member until the transaction ends, or 401 `invalid_token` if they were
+    removed since their token was checked (the answer their next request gets)."""
+    if who.member is not None and not await hold_member(conn, who.account_id, who.member.id):
+        raise invalid_token()
 
 
 def _digest(token: str) -> bytes:

@@ -22,7 +22,7 @@ from gateway.webhooks import emit, key_data
 from . import paging
 from . import validation as v
 from .audit import record
-from .auth import PRINCIPAL
+from .auth import PRINCIPAL, hold_caller
 from .state import CONFIG, POOL, STORE
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -110,6 +110,7 @@ async def create_key(request: web.Request) -> web.Response:
     assert name is not None
     store, config = request.app[STORE], request.app[CONFIG]
     async with request.app[POOL].acquire() as conn, conn.transaction():
+        await hold_caller(conn, who)  # the key names its creator
         new = await store.create(
             who.account_id,
             name,

@@ -21,7 +21,7 @@ from gateway.webhooks import CHANNEL, EVENTS, UnsafeTarget, check_target, new_se
 from . import paging
 from . import validation as v
 from .audit import record
-from .auth import PRINCIPAL
+from .auth import PRINCIPAL, hold_caller
 from .keys import NO_STORE
 from .state import CONFIG, POOL
 
@@ -158,6 +158,9 @@ async def create_webhook(request: web.Request) -> web.Response:
         await conn.execute(
             "SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", who.account_id
         )  # counts below stay true until commit
+        # The endpoint names its creator. After the account, as a member's removal locks
+        # them: the same order, so neither waits for the other in a circle.
+        await hold_caller(conn, who)
         count = await conn.fetchval(
             "SELECT count(*) FROM webhook_endpoints WHERE account_id = $1", who.account_id
         )

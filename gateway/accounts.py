@@ -262,6 +262,22 @@ async def lock_account(conn: asyncpg.Connection, account_id: uuid.UUID) -> None:
     await conn.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account_id)
 
 
+async def hold_member(
+    conn: asyncpg.Connection, account_id: uuid.UUID, member_id: uuid.UUID
+) -> bool:
+    """Keep this member's row until the transaction ends; False if it is gone.
+
+    FOR KEY SHARE is the lock a foreign key check takes: a removal that comes later
+    waits for this transaction, and one that committed first leaves nothing to hold.
+    """
+    held = await conn.fetchval(
+        "SELECT 1 FROM members WHERE id = $1 AND account_id = $2 FOR KEY SHARE",
+        member_id,
+        account_id,
+    )
+    return held is not None
+
+
 async def owner_count(conn: asyncpg.Connection, account_id: uuid.UUID) -> int:
     count: int = await conn.fetchval(
         "SELECT count(*) FROM members WHERE account_id = $1 AND role = 'owner'", account_id

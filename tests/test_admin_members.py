@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -17,6 +18,7 @@ from gateway.config import Config, FailedAuthConfig
 from gateway.errors import GatewayError
 from gateway.keyformat import Hasher
 
+from .helpers import wait_for
 from .test_admin_support import (  # noqa: F401 - fixtures
     OPERATOR_TOKEN,
     AdminClient,
@@ -81,6 +83,53 @@ async def test_removed_member_token_stops_working_at_once(world: World) -> None:
     assert (
         await client.call("DELETE", f"/v1/members/{world.readonly_id}", world.owner)
     ).status == 404
+
+
+@pytest.mark.parametrize(
+    ("role", "path", "body", "table"),
+    [
+        ("admin", "/v1/keys", {"name": "in flight"}, "api_keys"),
+        (
+            "owner",
+            "/v1/webhooks",
+            {"url": "http://127.0.0.1:9/hook", "events": ["key.created"]},
+            "webhook_endpoints",
+        ),
+    ],
+)
+async def test_member_removed_while_their_create_is_in_flight_gets_401(
+    world: World, db: asyncpg.Connection, role: str, path: str, body: Any, table: str
+) -> None:
+    """The new row names its creator (`created_by`): a removal that commits while the
+    request waits for it answers 401, as the member's next request would get, and
+    nothing is written."""
+    client = world.client
+    token, member_id = await add_member(client, world.owner, role)
+    before = await db.fetchval(
+        f"SELECT (SELECT count(*) FROM {table}) + (SELECT count(*) FROM audit_log)"  # noqa: S608
+    )
+    removal = db.transaction()
+    await removal.start()
+    await db.execute("DELETE FROM members WHERE id = $1", member_id)
+    request = asyncio.create_task(client.call("POST", path, token, json_body=body))
+
+    async def waiting_for_the_removal() -> bool:
+        blocked: bool = await db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks"
+            " WHERE NOT granted AND pg_backend_pid() = ANY (pg_blocking_pids(pid)))"
+        )
+        return blocked
+
+    try:
+        await wait_for(waiting_for_the_removal)
+    finally:
+        await removal.commit()
+    reply = await request
+    assert (reply.status, reply.body["error"]["code"]) == (401, "invalid_token"), reply.text
+    after = await db.fetchval(
+        f"SELECT (SELECT count(*) FROM {table}) + (SELECT count(*) FROM audit_log)"  # noqa: S608
+    )
+    assert after == before
 
 
 async def test_regenerated_member_token_replaces_the_old_one_at_once(world: World) -> None:
