@@ -178,16 +178,23 @@ async def update_key(request: web.Request) -> web.Response:
         changes["enabled"] = fields.get("enabled", v.boolean)
     if not body:
         fields.fail("body", "name at least one field to change")
+    if body.get("rate_limit") == {}:
+        fields.fail("rate_limit", "name per_minute or per_day (null clears it), or be null")
     fields.check()
-    store = request.app[STORE]
+    store, config = request.app[STORE], request.app[CONFIG]
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        if changes.get("enabled") is True:
-            exists, leaked_at = await store.leaked_at(conn, who.account_id, key_id)
-            if exists and leaked_at is not None:
-                raise leaked("it cannot be enabled again")
-        info = await store.update(who.account_id, key_id, changes, conn=conn)
-        if info is None:
+        current = await store.get(who.account_id, key_id, conn=conn, for_update=True)
+        if current is None:
             raise v.not_found("key")
+        if changes.get("enabled") is True and current.leaked_at is not None:
+            raise leaked("it cannot be enabled again")
+        # Only what differs from the key as it is: the audit event and the webhook list
+        # those fields, and a PATCH that changes nothing writes neither.
+        changes = {k: val for k, val in changes.items() if val != _setting(current, k)}
+        if not changes:
+            return web.json_response(key_object(current, config))
+        info = await store.update(who.account_id, key_id, changes, conn=conn)
+        assert info is not None  # the row is locked: still there
         logged = {k: _loggable(val) for k, val in changes.items()}
         await record(conn, request, "key.update", "key", key_id, {"changes": logged})
         await emit(
@@ -198,7 +205,13 @@ async def update_key(request: web.Request) -> web.Response:
             {"key": key_data(info), "changes": sorted(logged)},
         )
     metrics.KEY_LIFECYCLE.labels("updated").inc()
-    return web.json_response(key_object(info, request.app[CONFIG]))
+    return web.json_response(key_object(info, config))
+
+
+def _setting(info: KeyInfo, column: str) -> Any:
+    """A key's value of an updatable column, in the form `update_key` checks it into."""
+    value = getattr(info, column)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def leaked(action: str) -> GatewayError:

@@ -124,6 +124,13 @@ async def update_member(request: web.Request) -> web.Response:
     fields.check()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         target = await _target(conn, who, member_id)
+        changes: dict[str, Any] = {}
+        if role is not None and role != target.role:
+            changes["role"] = {"from": target.role, "to": role}
+        if name is not None and name != target.name:
+            changes["name"] = name
+        if not changes:  # nothing to write, so no audit event and no webhook
+            return web.json_response(member_object(target))
         if (
             target.role == OWNER
             and role not in (None, OWNER)
@@ -134,11 +141,6 @@ async def update_member(request: web.Request) -> web.Response:
             conn, who.account_id, member_id, name=name, role=role
         )
         assert updated is not None
-        changes: dict[str, Any] = {}
-        if role is not None and role != target.role:
-            changes["role"] = {"from": target.role, "to": role}
-        if name is not None and name != target.name:
-            changes["name"] = name
         await record(conn, request, "member.update", "member", member_id, {"changes": changes})
         if "role" in changes:
             await emit(

@@ -246,7 +246,8 @@ def schemas(permissions: Sequence[str]) -> dict[str, Any]:
                 "name": NAME_IN,
                 "permissions": permissions_in,
                 "scopes": SCOPES_IN,
-                "rate_limit": rate_limit_in,
+                # An empty object names nothing to change: refused, like an empty body.
+                "rate_limit": {**rate_limit_in, "minProperties": 1},
                 "ip_allowlist": CIDRS,
                 "expires_at": {
                     **nullable(TIME),

@@ -100,11 +100,15 @@ def _webhook_id(request: web.Request) -> uuid.UUID:
 
 
 async def _endpoint(
-    conn: asyncpg.Connection, account_id: uuid.UUID, webhook_id: uuid.UUID
+    conn: asyncpg.Connection,
+    account_id: uuid.UUID,
+    webhook_id: uuid.UUID,
+    *,
+    for_update: bool = False,
 ) -> asyncpg.Record:
     row = await conn.fetchrow(
         f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints"  # noqa: S608 - constant columns
-        " WHERE id = $1 AND account_id = $2",
+        " WHERE id = $1 AND account_id = $2" + (" FOR UPDATE" if for_update else ""),
         webhook_id,
         account_id,
     )
@@ -218,6 +222,11 @@ async def update_webhook(request: web.Request) -> web.Response:
     await _checked_url(request, fields, url)
     fields.check()
     async with request.app[POOL].acquire() as conn, conn.transaction():
+        current = await _endpoint(conn, who.account_id, webhook_id, for_update=True)
+        wanted = {"url": url, "events": event_types, "enabled": enabled}
+        changes = {k: val for k, val in wanted.items() if val is not None and val != current[k]}
+        if not changes:  # nothing to write, so no audit event
+            return web.json_response(endpoint_object(current))
         row = await conn.fetchrow(
             f"""
             UPDATE webhook_endpoints
@@ -232,9 +241,6 @@ async def update_webhook(request: web.Request) -> web.Response:
             event_types,
             enabled,
         )
-        if row is None:
-            raise v.not_found("webhook")
-        changes = {k: val for k, val in body.items() if k in ("url", "events", "enabled")}
         await record(conn, request, "webhook.update", "webhook", webhook_id, {"changes": changes})
     return web.json_response(endpoint_object(row))
 

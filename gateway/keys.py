@@ -214,12 +214,15 @@ class KeyStore:
         key_id: uuid.UUID,
         *,
         conn: asyncpg.Connection | None = None,
+        for_update: bool = False,
     ) -> KeyInfo | None:
-        """One live key of this account; None for deleted keys and other accounts' ids."""
+        """One live key of this account; None for deleted keys and other accounts' ids.
+        `for_update`: its row stays locked until `conn`'s transaction ends."""
         executor: Any = conn or self.pool
         row = await executor.fetchrow(
             f"SELECT {INFO_COLUMNS} FROM api_keys"  # noqa: S608 - constant column list
-            " WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL",
+            " WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL"
+            + (" FOR UPDATE" if for_update else ""),
             key_id,
             account_id,
         )

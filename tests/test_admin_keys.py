@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
+from typing import Any
 
 import asyncpg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .test_admin_support import (  # noqa: F401 - fixtures
@@ -157,6 +160,64 @@ async def test_audit_log_records_every_change_newest_first(world: World) -> None
     assert rest.body["next_cursor"] is None
     other = await client.call("GET", "/v1/audit-log", world.other)
     assert [e["action"] for e in other.body["items"]] == ["account.create"]
+
+
+EVERY_PERMISSION = ["test:any", "reports:read", "data:write", "data:read", "customers:read"]
+NO_CHANGE: list[tuple[str, str, Any]] = [
+    ("key", "/v1/keys/{key}", {"name": " Key of A "}),
+    ("key", "/v1/keys/{key}", {"enabled": True, "ip_allowlist": []}),
+    ("key", "/v1/keys/{key}", {"rate_limit": {"per_minute": None}, "expires_at": None}),
+    ("key", "/v1/keys/{key}", {"rate_limit": None}),
+    ("key", "/v1/keys/{key}", {"permissions": [*EVERY_PERMISSION, "account:read"]}),
+    ("member", "/v1/members/{member}", {"role": "readonly"}),
+    ("webhook", "/v1/webhooks/{webhook}", {"enabled": True}),
+]
+
+
+async def _hook(world: World) -> str:
+    """An endpoint for the events a change emits: the change would queue them."""
+    hook = await world.client.call(
+        "POST",
+        "/v1/webhooks",
+        world.owner,
+        json_body={
+            "url": "http://127.0.0.1:9/hook",
+            "events": ["key.updated", "member.role_changed"],
+        },
+    )
+    assert hook.status == 201, hook.text
+    return str(hook.body["id"])
+
+
+@pytest.mark.parametrize(("kind", "path", "body"), NO_CHANGE)
+async def test_a_patch_that_changes_nothing_leaves_no_trace(
+    world: World, db: asyncpg.Connection, kind: str, path: str, body: Any
+) -> None:
+    """200 with the resource as it is: no audit event, no webhook event."""
+    hook = await _hook(world)
+    url = path.format(key=world.key_id, member=world.readonly_id, webhook=hook)
+    trail = "SELECT (SELECT count(*) FROM audit_log) + (SELECT count(*) FROM webhook_events)"
+    before = await db.fetchval(trail)
+    reply = await world.client.call("PATCH", url, world.owner, json_body=body)
+    assert reply.status == 200, reply.text
+    if kind != "member":  # members have no GET of one
+        assert reply.body == (await world.client.call("GET", url, world.owner)).body
+    assert await db.fetchval(trail) == before
+
+
+async def test_a_patch_records_only_what_it_changed(world: World, db: asyncpg.Connection) -> None:
+    await _hook(world)
+    reply = await world.client.call(
+        "PATCH",
+        f"/v1/keys/{world.key_id}",
+        world.owner,
+        json_body={"name": "Key of A", "enabled": False, "rate_limit": {"per_day": None}},
+    )
+    assert (reply.status, reply.body["enabled"]) == (200, False)
+    log = await world.client.call("GET", "/v1/audit-log?action=key.update", world.owner)
+    assert [e["details"] for e in log.body["items"]] == [{"changes": {"enabled": False}}]
+    payload = await db.fetchval("SELECT payload FROM webhook_events WHERE type = 'key.updated'")
+    assert json.loads(payload)["data"]["changes"] == ["enabled"]
 
 
 async def test_audit_event_is_written_with_the_change_or_not_at_all(

@@ -338,6 +338,8 @@ async def test_list_query_errors(world: World, query: str, fields: set[str]) -> 
     ("body", "fields"),
     [
         ({}, {"body"}),
+        ({"rate_limit": {}}, {"rate_limit"}),
+        ({"name": "k", "rate_limit": {}}, {"rate_limit"}),
         ({"enabled": "yes"}, {"enabled"}),
         ({"enabled": None}, {"enabled"}),
         ({"name": None}, {"name"}),
