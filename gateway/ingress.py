@@ -142,7 +142,10 @@ def _original(
     named = nginx or forwarded
     if named is not None:
         method, uri = named
-        path = path_of(uri)
+        # Up to the '?' only: a '#' stays, and the route table refuses it. nginx passes
+        # `/x#f` on to the API as `/x%23f`, a path other than `/x`; Caddy's and
+        # Traefik's `{uri}` encode the '#' themselves.
+        path = uri.partition("?")[0]
     else:
         uri = path = raw_path.removeprefix(PATH)  # a path already: this request's own
         if not uri.startswith("/"):
@@ -153,9 +156,9 @@ def _original(
 
 
 def path_of(target: str) -> str:
-    """The path of a request target as aiohttp reads one (the proxy's `raw_path`): up to
-    the first '?', or without one up to the first '#'. A '#' before the '?' stays, and
-    the route table refuses it (`routes.canonical_segments`)."""
+    """The path of a request target as aiohttp reads one (the public listener's
+    `raw_path`): up to the first '?', or without one up to the first '#'. A '#' before
+    the '?' stays, and the route table refuses it (`routes.canonical_segments`)."""
     path, question, _ = target.partition("?")
     return path if question else path.partition("#")[0]
 

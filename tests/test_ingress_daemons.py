@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,7 +38,7 @@ from gateway.embedded_pg import free_port
 from gateway.verify_listener import VerifyListener
 
 from .conftest import Cluster, GatewayFactory, Seed, VerifyListenerFactory
-from .helpers import DEFAULT_ROUTE_DATA, make_config, wait_for
+from .helpers import DEFAULT_ROUTE_DATA, make_config, raw_request, wait_for
 from .topology import DEPLOY, Daemon, require
 
 FAILED_AUTH_PER_IP = 2
@@ -472,6 +473,26 @@ async def test_a_client_cannot_name_another_route_through_the_ingress(
     assert recorder.seen == []
     (allowed,) = await send(ingress, [Sent("/v1/reports/mrr", bearer(key.key))], "127.0.2.62")
     assert allowed.status == 200
+
+
+async def test_a_fragment_never_reaches_the_api_as_another_path(
+    ingress: str, seed: Seed, recorder: Recorder, request: pytest.FixtureRequest
+) -> None:
+    """nginx names the target as the client wrote it (`/x#f`) and passes its path on as
+    `/x%23f`, not `/x`: the gateway refuses a '#' in the original path. Caddy encodes the
+    '#' in `{uri}` itself, so the API gets the very path the gateway judged."""
+    key = await seed.key(permissions=["reports:read"])
+    port = int(ingress.rsplit(":", 1)[1])
+    for path in ("/v1/reports/mrr#top", "/v1/reports/mrr#?"):
+        status, body = await raw_request(port, f"GET {path} HTTP/1.1", bearer(key.key))
+        if request.node.callspec.params["ingress"].startswith("nginx"):
+            assert (status, json.loads(body)["error"]["code"]) == (400, "invalid_path")
+        else:
+            assert status == 200
+    if request.node.callspec.params["ingress"].startswith("nginx"):
+        assert recorder.seen == []
+    else:
+        assert all("%23" in path for _, path, _ in recorder.seen), recorder.seen
 
 
 # What the client sends toward the auth question: its key, a cookie, and forged names of
