@@ -157,12 +157,21 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+# The longest a duration setting may be, by the unit its name ends in: far past any use,
+# and short of what Postgres timestamps and Python's timedelta can add to now
+# (`webhooks.give_up_after_seconds: 1e13` made every failed delivery's update fail).
+LONGEST = {"_seconds": 366 * 24 * 3600, "_days": 100 * 366}
+
+
 def positive(name: str, value: float) -> None:
     # NaN compares false with everything, so `value <= 0` alone would let it through.
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     if value <= 0:
         raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
+    for unit, longest in LONGEST.items():
+        if name.endswith(unit) and value > longest:
+            raise ConfigError(f"{name}: must be at most {longest}, got {value!r}")
 
 
 def between(name: str, value: int, low: int, high: int) -> None:

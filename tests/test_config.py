@@ -236,6 +236,10 @@ def test_config_is_frozen() -> None:
         ({"proxy": {"port": 9000, "verify_port": 9000}}, "proxy.verify_port"),
         ({"admin": {"port": -1}}, "admin.port"),
         ({"proxy": {"timeout_seconds": 0}}, "proxy.timeout_seconds"),
+        # past a year (days: a century), durations overflow timestamps when added to now
+        ({"webhooks": {"give_up_after_seconds": 1.0e13}}, "webhooks.give_up_after_seconds"),
+        ({"keys": {"cache_ttl_seconds": 366 * 86400 + 1}}, "keys.cache_ttl_seconds"),
+        ({"keys": {"rotation_days": 10**11}}, "keys.rotation_days"),
         ({"database": {"pool_min_size": 20, "pool_max_size": 10}}, "database.pool_min_size"),
         ({"keys": {"prefix": "gp-"}}, "keys.prefix"),
         ({"keys": {"prefix": ""}}, "keys.prefix"),
