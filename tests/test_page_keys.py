@@ -437,6 +437,58 @@ async def test_last_used_is_polled_every_15_seconds_in_place_keeping_focus_and_s
     await page.set_viewport_size(WIDE)
 
 
+async def test_a_refresh_brings_another_members_changes_to_the_row_and_its_dialogs(
+    browser: Browser, acme: Acme, client: AdminClient
+) -> None:
+    """Regenerated, renamed, disabled and limited elsewhere: after the tab's refresh the row
+    shows and copies the new partial key, its buttons are named for the new name, and Edit
+    starts from the key as it is now, so a Save back to the old limit is sent."""
+    page = browser.page
+    made = await create_key(client, acme.owner, "Sheets", rate_limit={"per_minute": 50})
+    await browser.sign_in(acme.owner)
+    await expect(browser.row("Sheets")).to_have_count(1)
+    rolled = await client.call("POST", f"/v1/keys/{made['id']}/regenerate", acme.admin)
+    assert rolled.status == 200, rolled.text
+    partial = rolled.body["partial_key"]
+    assert partial != made["partial_key"]
+    changed = await client.call(
+        "PATCH",
+        f"/v1/keys/{made['id']}",
+        acme.admin,
+        json_body={"enabled": False, "name": "Sheets (old)", "rate_limit": {"per_minute": 7}},
+    )
+    assert changed.status == 200, changed.text
+
+    await page.evaluate("window.dispatchEvent(new Event('focus'))")
+    row = browser.row("Sheets (old)")
+    await expect(row.locator(".badge", has_text="Disabled")).to_have_count(1)
+    await expect(row.locator(".partial-key")).to_have_text(partial)
+    for label in ("Copy the partial key of", "Edit", "Usage of", "Regenerate", "Delete"):
+        name = f"{label} Sheets (old)"
+        await expect(row.get_by_role("button", name=name, exact=True)).to_have_count(1)
+    await row.get_by_role("button", name="Copy the partial key of Sheets (old)").click()
+    await expect(page.locator("#toasts")).to_contain_text(f"Copied the partial key {partial}")
+    assert await browser.clipboard() == partial
+
+    await row.get_by_role("button", name="Edit Sheets (old)").click()
+    dialog = page.locator("#edit-dialog")
+    await expect(page.locator("#edit-title")).to_have_text("Edit “Sheets (old)”")
+    await expect(page.locator("#edit-name")).to_have_value("Sheets (old)")
+    await expect(page.locator("#edit-status")).to_contain_text("This key is disabled")
+    await expect(dialog.get_by_role("button", name="Enable key")).to_be_visible()
+    await expect(page.locator("#edit-per-minute")).to_have_value("7")
+    await page.locator("#edit-per-minute").fill("50")
+    await dialog.get_by_role("button", name="Save changes").click()
+    await expect(dialog).to_be_hidden()
+    saved = (await client.call("GET", f"/v1/keys/{made['id']}", acme.owner)).body
+    assert saved["rate_limit"]["per_minute"] == 50
+    assert saved["name"] == "Sheets (old)" and saved["enabled"] is False
+
+    await browser.row("Sheets (old)").get_by_role("button", name="Regenerate Sheets (old)").click()
+    await expect(page.locator("#confirm-title")).to_have_text("Regenerate “Sheets (old)”?")
+    await page.locator("#confirm-cancel").click()
+
+
 async def test_keyboard_only_create_edit_regenerate_delete(
     browser: Browser, acme: Acme, client: AdminClient
 ) -> None:

@@ -1,6 +1,7 @@
 // The key table: list (cursor pagination), copy the partial key, edit, usage, regenerate
-// (with a grace period), delete, create. "Last used" is refreshed in place while the page
-// is open: every 15 seconds and when the tab comes back into view.
+// (with a grace period), delete, create. The rows are refreshed in place while the page is
+// open (name, partial key, badges, "Last used"): every 15 seconds and when the tab comes
+// back into view.
 
 import { ApiError } from './api.js';
 import { confirmAction, createKeyDialog, editKeyDialog, revealKey } from './dialogs.js';
@@ -74,12 +75,22 @@ function badges(key) {
   return out;
 }
 
+// The row buttons' names for assistive technology, with the key's name: built with the
+// row and kept current by refresh() when the key is renamed elsewhere.
+const ACTION_LABELS = {
+  Copy: (name) => `Copy the partial key of ${name}`,
+  Edit: (name) => `Edit ${name}`,
+  Usage: (name) => `Usage of ${name}`,
+  Regenerate: (name) => `Regenerate ${name}`,
+  Delete: (name) => `Delete ${name}`,
+};
+
 // Icon and label; at 390 px only the icon shows, so the title gives the words on hover and
 // the aria-label names it (with the key) for assistive technology.
-function actionButton(iconName, text, label, onClick, extraClass = '') {
+function actionButton(iconName, text, key, onClick, extraClass = '') {
   return h(
     'button',
-    { type: 'button', class: `btn btn-secondary btn-small ${extraClass}`.trim(), 'aria-label': label, title: text, 'data-action': text, onclick: onClick },
+    { type: 'button', class: `btn btn-secondary btn-small ${extraClass}`.trim(), 'aria-label': ACTION_LABELS[text](key.name), title: text, 'data-action': text, onclick: onClick },
     icon(iconName),
     h('span', { class: 'label', text }),
   );
@@ -137,6 +148,7 @@ export class KeysView {
   /**
    * Update the rows on screen from the API without rebuilding them: the cells whose
    * content changed are replaced, so scroll position, focus and hover stay where they are.
+   * The row buttons act on this.items at click time (see row()), so they follow too.
    * A different set of keys (added or deleted elsewhere) rebuilds the table.
    */
   async refresh() {
@@ -167,6 +179,12 @@ export class KeysView {
       if (before !== key.last_used_at) used.replaceChildren(timeCell(key.last_used_at, { emptyText: 'Never', relative: true }));
       const name = row.querySelector('.key-name');
       if (name.textContent !== key.name) name.textContent = key.name;
+      const partial = row.querySelector('.partial-key');
+      if (partial.textContent !== key.partial_key) partial.textContent = key.partial_key;
+      for (const button of row.querySelectorAll('.actions button[data-action]')) {
+        const label = ACTION_LABELS[button.dataset.action](key.name);
+        if (button.getAttribute('aria-label') !== label) button.setAttribute('aria-label', label);
+      }
       const meta = row.querySelector('.key-meta');
       const fresh = h('div', null, badges(key));
       const old = [...meta.querySelectorAll('.badge')].map((b) => b.textContent).join('|');
@@ -255,6 +273,10 @@ export class KeysView {
   }
 
   row(key) {
+    // The key as last loaded, not as this row was built: refresh() keeps the row and
+    // replaces this.items when someone else renames, regenerates or disables the key, and
+    // Edit must start from (and compare with) what the key is now.
+    const current = () => this.items.find((k) => k.id === key.id) ?? key;
     return h(
       'tr',
       { 'data-key-id': key.id },
@@ -272,11 +294,11 @@ export class KeysView {
         h(
           'div',
           { class: 'actions' },
-          actionButton('copy', 'Copy', `Copy the partial key of ${key.name}`, (event) => this.copy(key, event.currentTarget)),
-          actionButton('edit', 'Edit', `Edit ${key.name}`, () => this.edit(key)),
-          actionButton('chart', 'Usage', `Usage of ${key.name}`, () => this.onUsage(key)),
-          actionButton('regenerate', 'Regenerate', `Regenerate ${key.name}`, () => this.regenerate(key)),
-          actionButton('trash', 'Delete', `Delete ${key.name}`, () => this.remove(key), 'btn-danger-text'),
+          actionButton('copy', 'Copy', key, (event) => this.copy(current(), event.currentTarget)),
+          actionButton('edit', 'Edit', key, () => this.edit(current())),
+          actionButton('chart', 'Usage', key, () => this.onUsage(current())),
+          actionButton('regenerate', 'Regenerate', key, () => this.regenerate(current())),
+          actionButton('trash', 'Delete', key, () => this.remove(current()), 'btn-danger-text'),
         ),
       ),
     );
