@@ -98,3 +98,44 @@ async def test_the_audit_log_pages_with_its_cursor(
     await expect(page.locator("#audit-next")).to_be_disabled()
     await page.get_by_role("button", name="Newer").click()
     await expect(entries.first).to_have_text("Dana Whitfield created ‘Batch 30’")
+
+
+async def test_names_added_since_the_log_was_last_open_are_shown_and_filterable(
+    browser: Browser, acme: Acme, client: AdminClient
+) -> None:
+    """The log reads member and key names afresh each time the page is entered."""
+    page = browser.page
+    await browser.sign_in(acme.owner)
+    await browser.go("Audit log")
+    entries = page.locator("#audit-list .audit-sentence")
+    await expect(entries.first).to_have_text("Dana Whitfield added ana@acme.example as Admin")
+
+    zapier = await create_key(client, acme.owner, "Zapier automation")
+    rolled = await client.call("POST", f"/v1/keys/{zapier['id']}/regenerate", acme.owner)
+    assert rolled.status == 200, rolled.text
+    added = await client.call(
+        "POST",
+        "/v1/members",
+        acme.owner,
+        json_body={"email": "lee@acme.example", "name": "Lee Chen", "role": "admin"},
+    )
+    assert added.status == 201, added.text
+    await create_key(client, added.body["token"], "Sheets")
+
+    await browser.go("API keys")
+    await browser.go("Audit log")
+    await expect(entries.first).to_have_text("Lee Chen created ‘Sheets’")
+    await expect(entries.nth(1)).to_have_text("Dana Whitfield added lee@acme.example as Admin")
+    await expect(entries.nth(2)).to_have_text(
+        "Dana Whitfield regenerated ‘Zapier automation’; the old secret stopped at once"
+    )
+    await page.locator("#audit-actor").select_option(label="Lee Chen")
+    await expect(entries).to_have_text(["Lee Chen created ‘Sheets’"])
+    await page.locator("#audit-actor").select_option("")
+    await page.locator("#audit-key").select_option(label="Zapier automation")
+    await expect(entries).to_have_text(
+        [
+            "Dana Whitfield regenerated ‘Zapier automation’; the old secret stopped at once",
+            "Dana Whitfield created ‘Zapier automation’",
+        ]
+    )

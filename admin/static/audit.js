@@ -62,7 +62,6 @@ export class AuditView {
     this.page = 0;
     this.members = new Map();
     this.keys = new Map();
-    this.ready = false;
     for (const id of ['audit-actor', 'audit-action', 'audit-key']) {
       byId(id).addEventListener('change', () => {
         this.cursors = [null];
@@ -78,7 +77,6 @@ export class AuditView {
   reset() {
     this.cursors = [null];
     this.page = 0;
-    this.ready = false;
     byId('audit-list').replaceChildren();
   }
 
@@ -100,6 +98,15 @@ export class AuditView {
     key.value = chosenKey;
   }
 
+  /**
+   * Entering the page: the names are read again each time, as keys and members come and
+   * go elsewhere (names kept from an earlier visit showed a new key as "a deleted key").
+   */
+  async open() {
+    await this.names();
+    await this.load();
+  }
+
   async goTo(page) {
     if (page < 0 || page >= this.cursors.length) return;
     this.page = page;
@@ -107,10 +114,6 @@ export class AuditView {
   }
 
   async load() {
-    if (!this.ready) {
-      await this.names();
-      this.ready = true;
-    }
     const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
     for (const [param, id] of [['actor', 'audit-actor'], ['action', 'audit-action'], ['key', 'audit-key']]) {
       if (byId(id).value) query.set(param, byId(id).value);

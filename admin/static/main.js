@@ -139,7 +139,7 @@ async function route({ focus = false } = {}) {
       pendingUsageKey = null;
       await usage.select(key ? key.id : usage.keyId, key?.name);
     } else if (name === 'members') await members.load(me);
-    else if (name === 'audit') await audit.load();
+    else if (name === 'audit') await audit.open();
     else if (name === 'webhooks') await webhooks.load();
   } finally {
     view.removeAttribute('aria-busy');
