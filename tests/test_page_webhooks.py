@@ -128,3 +128,32 @@ async def test_an_owner_manages_a_webhook_endpoint_from_add_to_delete(
         assert (await client.call("GET", "/v1/webhooks", acme.owner)).body["items"] == []
     finally:
         await server.close()
+
+
+async def test_a_rotated_secret_is_offered_to_copy_afresh(browser: Browser, acme: Acme) -> None:
+    """After a rotation the Copy button says Copy again, and copies the new secret."""
+    page = browser.page
+    await browser.sign_in(acme.owner)
+    await browser.go("Webhooks")
+    url = "http://127.0.0.1:9/hook"
+    await page.locator("#webhook-url").fill(url)
+    await page.get_by_role("button", name="Add endpoint").click()
+    secret, copy = page.locator("#webhook-secret"), page.locator("#webhook-secret-copy")
+    await expect(secret).to_have_text(SECRET)
+    first = await secret.inner_text()
+    await copy.click()
+    await expect(copy).to_have_text("Copied")
+    assert await browser.clipboard() == first
+    await page.get_by_role("button", name="I've stored it").click()
+    await expect(page.locator("#webhook-secret-box")).to_be_hidden()
+
+    row = page.locator("#webhooks-body tr", has_text=url)
+    await row.get_by_role("button", name=f"Rotate secret of {url}").click()
+    await page.locator("#confirm-dialog").get_by_role("button", name="Rotate secret").click()
+    await expect(secret).to_have_text(SECRET)
+    await expect(secret).not_to_have_text(first)
+    await expect(copy).to_have_text("Copy")
+    await expect(copy).not_to_have_class(re.compile(r"\bis-copied\b"))
+    await copy.click()
+    await expect(copy).to_have_text("Copied")
+    assert await browser.clipboard() == await secret.inner_text()

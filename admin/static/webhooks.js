@@ -75,8 +75,12 @@ export class WebhooksView {
   showSecret(lead, secret) {
     byId('webhook-secret-lead').replaceChildren(h('strong', { text: lead }), ' Copy it into your receiver now: it verifies every request, and it is not shown again.');
     byId('webhook-secret').textContent = secret;
+    // A new secret is not copied yet, whatever the button said about the one before.
+    const copy = byId('webhook-secret-copy');
+    copy.textContent = 'Copy';
+    copy.classList.remove('is-copied');
     show(byId('webhook-secret-box'));
-    byId('webhook-secret-copy').focus();
+    copy.focus();
   }
 
   async load() {
