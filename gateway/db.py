@@ -9,11 +9,12 @@ longer matches is an error, never silently re-run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -208,7 +209,8 @@ async def pending_migrations(
     conn: asyncpg.Connection, migrations: list[Migration] | None = None
 ) -> list[Migration]:
     migrations = load_migrations() if migrations is None else migrations
-    return _check(migrations, await _applied(conn))
+    with _refusals():
+        return _check(migrations, await _applied(conn))
 
 
 async def migrate(
@@ -216,25 +218,39 @@ async def migrate(
 ) -> list[Migration]:
     """Apply every pending migration; return those applied by this call."""
     migrations = load_migrations() if migrations is None else migrations
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    with _refusals():
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        try:
+            await conn.execute(_CREATE_TABLE)
+            pending = _check(migrations, await _applied(conn))
+            for migration in pending:
+                try:
+                    await _apply(conn, migration)
+                except asyncpg.PostgresError as exc:
+                    raise MigrationError(
+                        f"{migration.version:04d}_{migration.name}.sql failed and was rolled"
+                        f" back: {type(exc).__name__}: {exc}"
+                    ) from exc
+                log.info(
+                    "applied migration",
+                    extra={"migration": f"{migration.version:04d}_{migration.name}"},
+                )
+            return pending
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """Postgres refusing the runner's own statements (a read-only session or standby, a
+    role without CREATE on the schema or SELECT on schema_migrations) is a MigrationError,
+    reported in one line like a failing file, not a traceback."""
     try:
-        await conn.execute(_CREATE_TABLE)
-        pending = _check(migrations, await _applied(conn))
-        for migration in pending:
-            try:
-                await _apply(conn, migration)
-            except asyncpg.PostgresError as exc:
-                raise MigrationError(
-                    f"{migration.version:04d}_{migration.name}.sql failed and was rolled back:"
-                    f" {type(exc).__name__}: {exc}"
-                ) from exc
-            log.info(
-                "applied migration",
-                extra={"migration": f"{migration.version:04d}_{migration.name}"},
-            )
-        return pending
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+        yield
+    except asyncpg.PostgresError as exc:
+        raise MigrationError(
+            f"the database refused the migrations runner: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:

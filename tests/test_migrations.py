@@ -6,10 +6,12 @@ import asyncio
 import dataclasses
 import os
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from yarl import URL
 
 from gateway.db import (
     MIGRATION_LOCK_ID,
@@ -284,6 +286,49 @@ def test_migrate_command_with_unreachable_database_exits_1() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("gateway: cannot connect to the database")
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+READ_ONLY = [
+    "?default_transaction_read_only=on",
+    "?options=-c%20default_transaction_read_only%3Don",
+]
+
+
+@pytest.mark.parametrize("query", READ_ONLY)
+@pytest.mark.parametrize("args", [("migrate",), ("serve", "--migrate")])
+def test_migrations_on_a_read_only_database_exit_1_with_one_line(
+    empty_database_url: str, args: tuple[str, ...], query: str
+) -> None:
+    """A session that may not write (a standby, default_transaction_read_only): one line
+    naming the refusal, exit 1 (it was a traceback from the runner's own CREATE TABLE)."""
+    result = run_gateway(
+        empty_database_url + query, *args, GATEWAY__PROXY__PORT="0", GATEWAY__ADMIN__PORT="0"
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gateway: the database refused the migrations runner: ")
+    assert "read-only transaction" in lines[0]
+
+
+async def test_migrate_as_a_role_without_create_exits_1_with_one_line(
+    empty_database_url: str, conn: asyncpg.Connection
+) -> None:
+    """A role that may not create tables in the schema: one line, exit 1."""
+    role = f"gw_no_create_{uuid.uuid4().hex[:8]}"
+    await conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        await conn.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+        url = str(URL(empty_database_url).with_user(role))
+        result = run_gateway(url, "migrate")
+    finally:
+        await conn.execute(f"DROP ROLE {role}")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gateway: the database refused the migrations runner: ")
+    assert "InsufficientPrivilegeError" in lines[0]
+    assert await public_tables(conn) == set()
 
 
 async def test_a_released_pool_connection_costs_no_reset_round_trip(database_url: str) -> None:
