@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -117,15 +116,22 @@ async def run_migrate(config: Config) -> None:
 
 
 async def run_bootstrap(config: Config, account: str, owner_email: str, as_json: bool) -> None:
+    # The admin API's own checks, so bootstrap takes exactly what POST /v1/accounts takes
+    # (the command serves the admin listener too: see serving.py).
+    from admin import validation as v
+
     from .accounts import create_account
     from .db import create_pool
     from .keyformat import Hasher
 
-    name = account.strip()
-    if not 1 <= len(name) <= 100:
-        raise ConfigError("--account: 1 to 100 characters")
-    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", owner_email):
-        raise ConfigError("--owner-email: not an email address")
+    try:
+        name = v.name(account)
+    except v.FieldError as exc:
+        raise ConfigError(f"--account: {exc}") from None
+    try:
+        owner_email = v.email(owner_email)
+    except v.FieldError as exc:
+        raise ConfigError(f"--owner-email: {exc}") from None
     await _check_schema(config, apply_migrations=False)
     pool = await create_pool(config.database, min_size=1, max_size=1)
     try:

@@ -132,12 +132,20 @@ async def test_each_bootstrap_creates_a_new_account(
         ("", "owner@acme.example", "--account"),
         ("   ", "owner@acme.example", "--account"),
         ("x" * 101, "owner@acme.example", "--account"),
+        # What the admin API refuses too (admin.validation); a byte that is not UTF-8
+        # reaches Python as a lone surrogate, which was a traceback.
+        ("Acme\udcff", "owner@acme.example", "--account"),
+        ("Ac\x1b[31mme", "owner@acme.example", "--account"),
+        ("Acme", "owner\udcff@acme.example", "--owner-email"),
+        ("Acme", "owner\x01@acme.example", "--owner-email"),
+        ("Acme", "owner@" + "a" * 300 + ".example", "--owner-email"),
     ],
 )
 async def test_bootstrap_with_bad_arguments_exits_2(
     database_url: str, db: asyncpg.Connection, account: str, email: str, setting: str
 ) -> None:
-    """A bad account name or email: one line naming the option, exit 2, nothing written."""
+    """A name or email the admin API would refuse: one line naming the option, exit 2,
+    nothing written."""
     result = bootstrap(database_url, "--account", account, "--owner-email", email, "--json")
     assert result.returncode == 2
     lines = result.stderr.splitlines()
