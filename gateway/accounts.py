@@ -78,20 +78,6 @@ async def create_account(
     return NewAccount(account_id, member_id, token)
 
 
-async def regenerate_member_token(
-    conn: asyncpg.Connection, hasher: Hasher, member_id: uuid.UUID
-) -> str | None:
-    token, public_id, token_hash = await new_member_token(hasher)
-    updated = await conn.fetchval(
-        "UPDATE members SET token_public_id = $2, token_hash = $3, token_created_at = now()"
-        " WHERE id = $1 RETURNING id",
-        member_id,
-        public_id,
-        token_hash,
-    )
-    return token if updated else None
-
-
 async def audit(
     conn: asyncpg.Connection,
     account_id: uuid.UUID | None,

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .accounts import create_account, regenerate_member_token
+from .accounts import audit, create_account, replace_member_token
 from .config import Config, load_config
 from .db import connect, create_pool, migrate
 from .embedded_pg import EmbeddedPostgres, free_port
@@ -72,21 +72,53 @@ async def _prepare(database_url: str, config_path: str | None) -> tuple[str, str
             token, account_id, member_id = created.token, created.account_id, created.member_id
         else:
             account_id, member_id = owner["account_id"], owner["member_id"]
-            async with pool.acquire() as c:
-                token = await regenerate_member_token(c, hasher, member_id) or ""
-        key_id = await pool.fetchval(
-            "SELECT id FROM api_keys WHERE account_id = $1 AND name = $2"
-            " AND deleted_at IS NULL ORDER BY created_at LIMIT 1",
-            account_id,
-            DEMO_KEY,
-        )
-        new = None
-        if key_id is not None:
-            new = await store.regenerate(account_id, key_id)
-        if new is None:
-            new = await store.create(
-                account_id, DEMO_KEY, created_by=member_id, permissions=config.permissions
+            # Each change with the event the admin API writes for it, in its transaction.
+            async with pool.acquire() as conn, conn.transaction():
+                replaced = await replace_member_token(conn, hasher, account_id, member_id)
+                assert replaced is not None  # found above; nothing else removes it
+                token = replaced[1]
+                await audit(
+                    conn, account_id, "system", None, "member.regenerate_token", "member", member_id
+                )
+        async with pool.acquire() as conn, conn.transaction():
+            key_id = await conn.fetchval(
+                "SELECT id FROM api_keys WHERE account_id = $1 AND name = $2"
+                " AND deleted_at IS NULL ORDER BY created_at LIMIT 1",
+                account_id,
+                DEMO_KEY,
             )
+            new = None
+            if key_id is not None:
+                new = await store.regenerate(account_id, key_id, conn=conn)
+                if new is not None:
+                    await audit(
+                        conn,
+                        account_id,
+                        "system",
+                        None,
+                        "key.regenerate",
+                        "key",
+                        key_id,
+                        details={"grace_seconds": 0},
+                    )
+            if new is None:
+                new = await store.create(
+                    account_id,
+                    DEMO_KEY,
+                    created_by=member_id,
+                    permissions=config.permissions,
+                    conn=conn,
+                )
+                await audit(
+                    conn,
+                    account_id,
+                    "system",
+                    None,
+                    "key.create",
+                    "key",
+                    new.id,
+                    details={"name": DEMO_KEY},
+                )
         return token, new.key
     finally:
         await pool.close()

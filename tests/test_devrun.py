@@ -7,6 +7,7 @@ Output goes through pipes, never to files: it holds the secrets the run prints.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -16,8 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
+from gateway import devrun
 from gateway.embedded_pg import EmbeddedPostgres, free_port
 
 from .helpers import FAST_ARGON2
@@ -171,3 +174,35 @@ async def test_run_leaves_running_a_postgres_it_did_not_start(
         assert pg.running_port() == pg.port
     finally:
         pg.stop(mode="immediate")
+
+
+async def test_each_run_writes_the_audit_event_of_each_secret_it_issues(
+    database_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo key's creation, and on later runs the new Owner token and key secret, each
+    leave the event the admin API writes for the same change, with the actor `system`."""
+    monkeypatch.setenv("GATEWAY__KEYS__ARGON2__TIME_COST", str(FAST_ARGON2["time_cost"]))
+    monkeypatch.setenv("GATEWAY__KEYS__ARGON2__MEMORY_KIB", str(FAST_ARGON2["memory_kib"]))
+    query = (
+        "SELECT actor_type, actor_id, action, target_type, target_id, details"
+        " FROM audit_log WHERE id > $1 ORDER BY id"
+    )
+    await devrun._prepare(database_url, None)
+    member_id = await db.fetchval("SELECT id FROM members WHERE email = $1", devrun.DEMO_OWNER)
+    key_id = await db.fetchval("SELECT id FROM api_keys WHERE name = $1", devrun.DEMO_KEY)
+    first = await db.fetch(query, 0)
+    assert [(e["actor_type"], e["actor_id"], e["action"]) for e in first] == [
+        ("system", None, "account.create"),
+        ("system", None, "key.create"),
+    ]
+    assert (first[1]["target_type"], first[1]["target_id"]) == ("key", key_id)
+    assert json.loads(first[1]["details"]) == {"name": devrun.DEMO_KEY}
+
+    last_id = await db.fetchval("SELECT max(id) FROM audit_log")
+    await devrun._prepare(database_url, None)
+    second = await db.fetch(query, last_id)
+    assert [(e["actor_type"], e["action"], e["target_type"], e["target_id"]) for e in second] == [
+        ("system", "member.regenerate_token", "member", member_id),
+        ("system", "key.regenerate", "key", key_id),
+    ]
+    assert json.loads(second[1]["details"]) == {"grace_seconds": 0}
