@@ -27,9 +27,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import asyncpg
+
 from .accounts import audit, create_account, replace_member_token
 from .config import Config, load_config
-from .db import connect, create_pool, migrate
+from .db import UNAVAILABLE, MigrationError, connect, create_pool, migrate
 from .embedded_pg import EmbeddedPostgres, free_port
 from .keyformat import Hasher, KeyFormat
 from .keys import KeyStore
@@ -241,7 +243,18 @@ def main() -> int:
             children.append(upstream)
             env["GATEWAY__PROXY__UPSTREAM"] = f"http://127.0.0.1:{port}"
             _wait_http(f"http://127.0.0.1:{port}/v1/customers", upstream)
-        token, key = asyncio.run(_prepare(env["DATABASE_URL"], config_path))
+        try:
+            token, key = asyncio.run(_prepare(env["DATABASE_URL"], config_path))
+        except MigrationError as exc:
+            print(f"make run: {exc}", file=sys.stderr)
+            return 1
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            # Unreachable, refused login, no such database: the clean-up below still runs.
+            print(
+                f"make run: cannot prepare the database: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
         env.setdefault("GATEWAY__LOGGING__FORMAT", "text")
         gateway = subprocess.Popen([*gateway_cmd, "serve"], env=env)
         children.append(gateway)

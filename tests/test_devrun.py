@@ -159,6 +159,21 @@ async def test_busy_port_is_refused_before_anything_starts(
     assert not (tmp_path / ".data" / "pg").exists()  # no Postgres made, no secret issued
 
 
+async def test_unreachable_database_url_is_one_line_and_exit_1(
+    start_run: StartRun, run_env: dict[str, str]
+) -> None:
+    """DATABASE_URL where nothing answers: one line saying so, exit 1 (it was a traceback),
+    after stopping the demo upstream it had started."""
+    run_env["DATABASE_URL"] = "postgresql://postgres@127.0.0.1:9/nothing"
+    run_env["GATEWAY__DATABASE__CONNECT_TIMEOUT_SECONDS"] = "2"
+    run = await start_run()
+    assert await run.finish() == 1
+    assert "Traceback" not in run.text
+    errors = [line for line in run.text.splitlines() if line.startswith("make run: ")]
+    assert len(errors) == 1, run.text
+    assert errors[0].startswith("make run: cannot prepare the database: ConnectionRefusedError")
+
+
 async def test_run_leaves_running_a_postgres_it_did_not_start(
     start_run: StartRun, tmp_path: Path
 ) -> None:
