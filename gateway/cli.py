@@ -2,6 +2,11 @@
 
 Exit codes: 0 success, 1 a runtime failure (database unreachable, pending migrations),
 2 a usage or configuration error (one line naming the setting).
+
+prometheus-client chooses at import whether it writes to a multiprocess directory, so
+nothing that imports it (`gateway.db`, `gateway.serving`, through `gateway.metrics`) is
+imported at the top of this module: `main` prepares the directory for `serve --workers N`
+first (see `_metrics_directory`).
 """
 
 from __future__ import annotations
@@ -14,15 +19,14 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from .config import Config, config_path, load_config
-from .db import UNAVAILABLE, MigrationError, connect, migrate, pending_migrations
 from .logs import configure_logging
-from .serving import serve_one, serve_supervised
 from .settings import ConfigError
 from .tls import check as check_tls
 
@@ -56,6 +60,8 @@ async def serve(
     worker: bool = False,
     config_path_arg: str | None = None,
 ) -> None:
+    from .serving import serve_one, serve_supervised
+
     if not worker:  # a worker's parent has checked the schema and said where it read it
         source = config_path(config_path_arg)
         log.info(
@@ -73,6 +79,8 @@ async def serve(
 
 
 async def _check_schema(config: Config, apply_migrations: bool) -> None:
+    from .db import migrate, pending_migrations
+
     conn = await _connect(config)
     try:
         if apply_migrations:
@@ -89,6 +97,8 @@ async def _check_schema(config: Config, apply_migrations: bool) -> None:
 
 
 async def _connect(config: Config) -> asyncpg.Connection:
+    from .db import UNAVAILABLE, connect
+
     try:
         # Direct: migrations take a session advisory lock (not through PgBouncer).
         return await connect(config.database, direct=True)
@@ -100,6 +110,8 @@ async def _connect(config: Config) -> asyncpg.Connection:
 
 
 async def run_migrate(config: Config) -> None:
+    from .db import migrate
+
     conn = await _connect(config)
     try:
         applied = await migrate(conn)
@@ -205,12 +217,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metrics_directory(args: argparse.Namespace) -> tuple[Path, bool] | None:
+    """For the supervisor of `serve --workers N`: the multiprocess metrics directory,
+    prepared (and named in the environment, for this process and its workers) before
+    anything imports prometheus-client. Imported earlier, the supervisor's own metrics
+    (admin requests, key events, its pool, webhooks) stay in memory where /metrics, which
+    reads only the directory, never sees them."""
+    if args.command != "serve" or args.worker or args.workers <= 1:
+        return None
+    from .workers import prepare_metrics_directory
+
+    return prepare_metrics_directory()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo-upstream":
         logging.basicConfig(level=logging.INFO, stream=sys.stdout)
         run_demo_upstream(args.host, args.port)
         return 0
+    metrics_directory = _metrics_directory(args)
+    try:
+        return _main(args)
+    finally:
+        if metrics_directory is not None and metrics_directory[1]:
+            from .workers import remove_metrics_directory
+
+            remove_metrics_directory(metrics_directory[0])
+
+
+def _main(args: argparse.Namespace) -> int:
+    from .db import MigrationError
+
     try:
         config = load_config(args.config)
         configure_logging(config.logging)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Callable
@@ -225,13 +226,13 @@ async def _start_verify_listener(
 
 async def serve_supervised(config: Config, workers: int, config_path: str | None) -> None:
     """N proxy workers sharing the port, the admin listener here, metrics summed."""
-    from .workers import Supervisor, prepare_metrics_directory, remove_metrics_directory
-
-    directory, created = prepare_metrics_directory()
-    # Only now may prometheus_client be imported: it reads the directory at import.
     from admin.app import create_admin_app
     from admin.health import LISTENER_CHECK, registry
 
+    from .workers import MULTIPROC_ENV, Supervisor
+
+    # `gateway.cli` prepared it before anything imported prometheus-client.
+    directory = os.environ[MULTIPROC_ENV]
     stop = _stop_event()
     timeout = config.server.shutdown_timeout_seconds
     child_args = [*(["--config", config_path] if config_path else []), "serve", "--worker"]
@@ -245,7 +246,7 @@ async def serve_supervised(config: Config, workers: int, config_path: str | None
 
     _on_sighup(reload)
     runner: web.AppRunner | None = None
-    log.info("starting workers", extra={"workers": workers, "metrics_dir": str(directory)})
+    log.info("starting workers", extra={"workers": workers, "metrics_dir": directory})
     try:
         await supervisor.start()
         if config.admin.enabled:
@@ -279,6 +280,4 @@ async def serve_supervised(config: Config, workers: int, config_path: str | None
         await supervisor.stop()
         if runner is not None:
             await runner.cleanup()
-        if created:
-            remove_metrics_directory(directory)
     log.info("stopped")

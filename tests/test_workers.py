@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 
 import aiohttp
 import asyncpg
@@ -14,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.embedded_pg import free_port
 
+from . import secret_scan
 from .conftest import Seed
 from .helpers import wait_for
 from .reliability import Served, StartServe, serve  # noqa: F401
@@ -117,6 +120,51 @@ async def test_both_workers_flush_last_used_on_sigterm(
         )
         == 20
     )
+
+
+async def test_one_scrape_shows_what_the_supervisor_counts(
+    serve: StartServe,  # noqa: F811
+    upstream: TestServer,
+) -> None:
+    """The admin listener runs in the supervisor: its requests, key events and pool are
+    in the same scrape as the workers' metrics."""
+    from .test_admin_support import OPERATOR_TOKEN
+
+    served = await serve(
+        str(upstream.make_url("")).rstrip("/"), workers=2, GATEWAY_OPERATOR_TOKEN=OPERATOR_TOKEN
+    )
+    async with aiohttp.ClientSession(base_url=served.admin_url) as session:
+        async with session.post(
+            "/v1/accounts",
+            json={"name": "Acme", "owner_email": "owner@acme.io"},
+            headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+        ) as response:
+            assert response.status == 201, await response.text()
+            owner = (await response.json())["token"]
+        secret_scan.register(owner)
+        async with session.post(
+            "/v1/keys", json={"name": "k"}, headers={"Authorization": f"Bearer {owner}"}
+        ) as response:
+            assert response.status == 201, await response.text()
+            secret_scan.register((await response.json())["key"])
+    metrics = await served.metrics()
+    assert metrics[("gateway_key_lifecycle_events_total", (("event", "created"),))] == 1
+    assert any(
+        name == "gateway_admin_requests_total" and dict(labels)["route"] == "/v1/keys"
+        for name, labels in metrics
+    )
+    # Sampled once a second (and the admin pool may have no connection yet): present.
+    assert ("gateway_db_pool_connections", (("pool", "admin"),)) in metrics
+    assert ("gateway_db_pool_connections", (("pool", "proxy"),)) in metrics
+    assert await stop(served) == 0
+
+
+def test_the_command_imports_prometheus_client_only_when_told_where_to_write() -> None:
+    """prometheus-client picks its mode at import: `gateway.cli` must leave it unimported
+    until `serve --workers N` has set PROMETHEUS_MULTIPROC_DIR."""
+    code = "import sys, gateway.cli; print('prometheus_client' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 async def test_a_dead_worker_is_started_again_and_logged(workers: Served, seed: Seed) -> None:
