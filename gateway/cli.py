@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -232,6 +233,10 @@ def _metrics_directory(args: argparse.Namespace) -> tuple[Path, bool] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        # SIGHUP (a reload) before its handler exists would stop the start-up (the default
+        # action); ignored until `serving` installs the handler.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if args.command == "demo-upstream":
         logging.basicConfig(level=logging.INFO, stream=sys.stdout)
         run_demo_upstream(args.host, args.port)

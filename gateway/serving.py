@@ -152,9 +152,11 @@ async def serve_one(config: Config, *, worker: bool) -> None:
 
         stop_with_parent()
     tls = Reloader()
+    # The handler before the files: the supervisor passes SIGHUP only to a worker that
+    # has it, so one that has not yet is sure to read the files after the signal.
+    _on_sighup(tls.reload)
     proxy_tls = tls.server_context(config.proxy.tls, "proxy.tls")
     admin_tls = None if worker else tls.server_context(config.admin.tls, "admin.tls")
-    _on_sighup(tls.reload)
     runners: list[web.AppRunner] = []
     verify: VerifyListener | None = None
     try:

@@ -8,7 +8,8 @@ children start and removes at exit; the admin /metrics sums every worker from it
 
 A child that dies is logged and started again (with a growing pause if it keeps dying).
 SIGTERM or SIGINT to the parent is passed to every child; each finishes its in-flight
-requests and flushes, and the parent waits for them before it exits.
+requests and flushes, and the parent waits for them before it exits. SIGHUP is passed to
+every child that has installed its handler (one still starting reads the files anyway).
 """
 
 from __future__ import annotations
@@ -89,9 +90,13 @@ class Supervisor:
             self.restarts += 1
 
     def signal(self, sig: signal.Signals) -> None:
-        """Pass `sig` on to every live worker (SIGHUP: reload the TLS files)."""
+        """Pass `sig` on (SIGHUP: reload the TLS files) to every live worker that has its
+        handler. One still starting would die of it (the default action), and it reads
+        the files after installing the handler (`serving.serve_one`), so it misses no
+        reload. Spawning workers with the signal ignored does not work: libuv (uvloop)
+        resets every disposition in the child before exec."""
         for process in self.children.values():
-            if process.returncode is None:
+            if process.returncode is None and _catches(process.pid, sig):
                 process.send_signal(sig)
 
     def alive(self) -> int:
@@ -121,6 +126,19 @@ class Supervisor:
                     "worker exited with an error",
                     extra={"worker_pid": process.pid, "exit_code": process.returncode},
                 )
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process `pid` has a handler for `sig` (its SigCgt mask in /proc). Where
+    there is no /proc: assumed, as before."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # gone, or no /proc on this system
+        return not sys.platform.startswith("linux")
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return True
 
 
 def _mark_dead(pid: int) -> None:

@@ -109,11 +109,18 @@ StartServe = Callable[..., Awaitable[Served]]
 
 @pytest.fixture
 async def serve(database_url: str, tmp_path: Path) -> AsyncIterator[StartServe]:
-    """`await serve(upstream_url, workers=1, **env)`: a ready `gateway serve` on this test's
-    database, with the repository's config.yaml, fast argon2 and `env` on top."""
+    """`await serve(upstream_url, workers=1, starting=None, **env)`: a ready `gateway serve`
+    on this test's database, with the repository's config.yaml, fast argon2 and `env` on
+    top; `await starting(served)` runs once the process is started, before it is ready."""
     started: list[Served] = []
 
-    async def start(upstream_url: str, *, workers: int = 1, **env: str) -> Served:
+    async def start(
+        upstream_url: str,
+        *,
+        workers: int = 1,
+        starting: Callable[[Served], Awaitable[None]] | None = None,
+        **env: str,
+    ) -> Served:
         proxy_port, admin_port = free_port(), free_port()
         log_path = tmp_path / f"serve-{len(started)}.log"
         environment = {
@@ -137,6 +144,8 @@ async def serve(database_url: str, tmp_path: Path) -> AsyncIterator[StartServe]:
             )
         served = Served(process, proxy_port, admin_port, log_path)
         started.append(served)
+        if starting is not None:  # what the test does before the process is ready
+            await starting(served)
 
         async def ready() -> bool:
             assert process.poll() is None, served.logs()

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -188,6 +189,48 @@ async def test_a_dead_worker_is_started_again_and_logged(workers: Served, seed: 
             return False
 
     await wait_for(serving, timeout=15)
+    assert await stop(workers) == 0
+
+
+def logged(served: Served, message: str) -> list[dict[str, Any]]:
+    return [line for line in served.log_lines() if line["message"] == message]
+
+
+@pytest.mark.parametrize("count", [1, 2])
+async def test_sighup_during_start_up_is_ignored(
+    serve: StartServe,  # noqa: F811
+    upstream: TestServer,
+    count: int,
+) -> None:
+    """A reload (SIGHUP) soon after start, before the handler exists, does not stop it."""
+
+    async def reload_while_starting(served: Served) -> None:
+        await wait_for(lambda: logged(served, "configuration loaded"), interval=0.002)
+        served.process.send_signal(signal.SIGHUP)
+
+    served = await serve(
+        str(upstream.make_url("")).rstrip("/"), workers=count, starting=reload_while_starting
+    )
+    assert await stop(served) == 0
+
+
+async def test_sighup_spares_a_worker_still_starting(workers: Served, seed: Seed) -> None:
+    """The supervisor passes SIGHUP on only to workers that have installed its handler."""
+    os.kill(logged(workers, "worker started")[0]["worker_pid"], signal.SIGKILL)
+    await wait_for(lambda: len(logged(workers, "worker started")) == 3, interval=0.002)
+    workers.process.send_signal(signal.SIGHUP)  # the new worker is still importing
+    new_pid = logged(workers, "worker started")[2]["worker_pid"]
+    key = await seed.key()
+
+    async def new_worker_serving() -> bool:
+        assert len(logged(workers, "worker exited; starting it again")) == 1, "SIGHUP killed it"
+        try:
+            assert set(await spread(workers, key.key, 4)) == {200}
+        except aiohttp.ClientConnectionError:
+            return False
+        return new_pid in access_pids(workers)
+
+    await wait_for(new_worker_serving, timeout=15, interval=0.2)
     assert await stop(workers) == 0
 
 
