@@ -6,7 +6,8 @@ proxy port with SO_REUSEPORT so the kernel spreads connections over them. Metric
 prometheus-client multiprocess directory that the parent creates (and empties) before the
 children start and removes at exit; the admin /metrics sums every worker from it.
 
-A child that dies is logged and started again (with a growing pause if it keeps dying).
+A child that dies is logged and started again (with a growing pause if it keeps dying
+soon after its start; back to a short one after it lived STABLE_AFTER_SECONDS).
 SIGTERM or SIGINT to the parent is passed to every child; each finishes its in-flight
 requests and flushes, and the parent waits for them before it exits. SIGHUP is passed to
 every child that has installed its handler (one still starting reads the files anyway).
@@ -22,12 +23,36 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger("gateway.workers")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# A worker that lived this long before it died did not die of starting: its restart
+# waits only the first pause again, whatever deaths came before.
+STABLE_AFTER_SECONDS = 30.0
+
+
+class RestartPause:
+    """The pause before a dead worker is started again: doubling (up to `longest`) while
+    it keeps dying soon after its start, back to `first` after one that lived
+    STABLE_AFTER_SECONDS."""
+
+    def __init__(self, first: float = 0.5, longest: float = 30.0) -> None:
+        self.first = first
+        self.longest = longest
+        self._next = first
+
+    def after(self, lived: float) -> float:
+        """The pause after a death `lived` seconds after the worker's start."""
+        if lived >= STABLE_AFTER_SECONDS:
+            self._next = self.first
+        pause = self._next
+        self._next = min(pause * 2, self.longest)
+        return pause
 
 
 def prepare_metrics_directory() -> tuple[Path, bool]:
@@ -71,9 +96,10 @@ class Supervisor:
         log.info("worker started", extra={"worker": slot, "worker_pid": process.pid})
 
     async def _watch(self, slot: int) -> None:
-        pause = 0.5
+        pause = RestartPause()
         while True:
             process = self.children[slot]
+            started = time.monotonic()  # at most a few ms after its start (the spawn)
             code = await process.wait()
             _mark_dead(process.pid)
             if self._stopping:
@@ -82,8 +108,7 @@ class Supervisor:
                 "worker exited; starting it again",
                 extra={"worker": slot, "worker_pid": process.pid, "exit_code": code},
             )
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 30.0)
+            await asyncio.sleep(pause.after(time.monotonic() - started))
             if self._stopping:
                 return
             await self._spawn(slot)

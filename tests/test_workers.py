@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.embedded_pg import free_port
+from gateway.workers import STABLE_AFTER_SECONDS, RestartPause
 
 from . import secret_scan
 from .conftest import Seed
@@ -190,6 +191,14 @@ async def test_a_dead_worker_is_started_again_and_logged(workers: Served, seed: 
 
     await wait_for(serving, timeout=15)
     assert await stop(workers) == 0
+
+
+def test_restart_pause_doubles_while_a_worker_keeps_dying_and_resets_once_it_lived() -> None:
+    pause = RestartPause(first=0.5, longest=30.0)
+    assert [pause.after(lived=0.1) for _ in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert pause.after(lived=STABLE_AFTER_SECONDS) == 0.5
+    assert pause.after(lived=0.1) == 1
+    assert pause.after(lived=STABLE_AFTER_SECONDS + 3600) == 0.5
 
 
 def logged(served: Served, message: str) -> list[dict[str, Any]]:
