@@ -226,6 +226,17 @@ async def _start_verify_listener(
     return listener
 
 
+async def _bind_and_close(host: str, port: int) -> None:
+    """Bind as the workers will (SO_REUSEPORT), then let go: an address another process
+    holds stops the start here, with the one line a single process gives (`OSError`),
+    instead of workers that fail to bind and are started again for ever."""
+    server = await asyncio.get_running_loop().create_server(
+        asyncio.Protocol, host, port, reuse_port=True
+    )
+    server.close()
+    await server.wait_closed()
+
+
 async def serve_supervised(config: Config, workers: int, config_path: str | None) -> None:
     """N proxy workers sharing the port, the admin listener here, metrics summed."""
     from admin.app import create_admin_app
@@ -248,6 +259,10 @@ async def serve_supervised(config: Config, workers: int, config_path: str | None
 
     _on_sighup(reload)
     runner: web.AppRunner | None = None
+    if config.proxy.enabled:
+        for port in (config.proxy.port, config.proxy.verify_port):
+            if port:
+                await _bind_and_close(config.proxy.host, port)
     log.info("starting workers", extra={"workers": workers, "metrics_dir": directory})
     try:
         await supervisor.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -20,7 +21,7 @@ from gateway.workers import STABLE_AFTER_SECONDS, RestartPause
 
 from . import secret_scan
 from .conftest import Seed
-from .helpers import wait_for
+from .helpers import gateway_command, wait_for
 from .reliability import Served, StartServe, serve  # noqa: F401
 
 
@@ -191,6 +192,40 @@ async def test_a_dead_worker_is_started_again_and_logged(workers: Served, seed: 
 
     await wait_for(serving, timeout=15)
     assert await stop(workers) == 0
+
+
+@pytest.mark.parametrize("held", ["port", "verify_port"])
+def test_a_port_another_process_holds_stops_the_start_with_one_line(
+    database_url: str, tmp_path: Any, held: str
+) -> None:
+    """As one process does: exit 1 naming the address, not workers that fail to bind and
+    are started again for ever."""
+    with socket.socket() as holder:  # no SO_REUSEPORT: the port is not to be shared
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        ports = {"port": str(free_port()), "verify_port": str(free_port()), held: str(taken)}
+        environment = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "GATEWAY__PROXY__HOST": "127.0.0.1",
+            "GATEWAY__PROXY__PORT": ports["port"],
+            "GATEWAY__PROXY__VERIFY_PORT": ports["verify_port"],
+            "GATEWAY__ADMIN__PORT": str(free_port()),
+        }
+        environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        done = subprocess.run(
+            gateway_command("--config", "/dev/null", "serve", "--workers", "2"),
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    assert done.returncode == 1, done.stderr[-2000:]
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("gateway:")]
+    assert f"127.0.0.1:{taken}" in line or str(taken) in line
+    assert "worker exited" not in done.stdout
 
 
 def test_restart_pause_doubles_while_a_worker_keeps_dying_and_resets_once_it_lived() -> None:
