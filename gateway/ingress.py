@@ -155,14 +155,6 @@ def _original(
     return method, path
 
 
-def path_of(target: str) -> str:
-    """The path of a request target as aiohttp reads one (the public listener's
-    `raw_path`): up to the first '?', or without one up to the first '#'. A '#' before
-    the '?' stays, and the route table refuses it (`routes.canonical_segments`)."""
-    path, question, _ = target.partition("?")
-    return path if question else path.partition("#")[0]
-
-
 def _pair(headers: CIMultiDictProxy[str], method: str, uri: str) -> tuple[str, str] | None:
     if method not in headers and uri not in headers:
         return None

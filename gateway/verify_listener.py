@@ -45,7 +45,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import GatewayError, error_body, new_request_id
 from .headers import SERVER_NAME
-from .ingress import JSON, PATH, Verdict, VerifyEndpoint, path_of
+from .ingress import JSON, PATH, Verdict, VerifyEndpoint
 
 log = logging.getLogger("gateway")
 
@@ -263,7 +263,7 @@ class VerifyProtocol(asyncio.Protocol):
 
     async def _decide(self, request: _Request) -> Verdict:
         target = request.target
-        path = path_of(target)  # as the public listener's aiohttp reads it
+        path = _path_of(target)
         if not target.startswith("/") or (path != PATH and not path.startswith(PATH + "/")):
             return _unread(GatewayError(404, "not_found", f"This listener serves only {PATH}."))
         return await self._endpoint.decide(
@@ -318,6 +318,14 @@ class VerifyProtocol(asyncio.Protocol):
             self._transport.close()
         else:
             self._timer = self._loop.call_at(deadline, self._idle)
+
+
+def _path_of(target: str) -> str:
+    """The path of a request target as aiohttp reads one (the public listener's
+    `raw_path`): up to the first '?', or without one up to the first '#'. A '#' before
+    the '?' stays, and the route table refuses it (`routes.canonical_segments`)."""
+    path, question, _ = target.partition("?")
+    return path if question else path.partition("#")[0]
 
 
 def _unread(error: GatewayError) -> Verdict:
