@@ -820,6 +820,42 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_time(
     await wait_for(lambda: not listener.connections, timeout=TIMEOUT)
 
 
+async def test_a_client_gone_while_its_key_is_verified_is_counted_once_as_gone(
+    rig: Rig, seed: Seed, connect: Connect
+) -> None:
+    """The decision is under way in a task (a key not yet verified, with a slow hash)
+    when the client leaves: the task is cancelled, the request counted as 499, and the
+    listener serves the next connection."""
+    slow_store = KeyStore(
+        seed.pool,
+        seed.store.format,
+        Hasher(Argon2Config(time_cost=24, memory_kib=65536, parallelism=1)),
+    )
+    account = await seed.account()
+    slow = await slow_store.create(
+        account.account_id, "slow", created_by=account.member_id, permissions=["customers:read"]
+    )
+    listener = rig.listener
+    gone = sample("gateway_requests_total", outcome="ok", status_class="4xx")
+    misses = sample("gateway_key_cache_misses_total")
+    leaving = await connect(listener.port)
+    await leaving.send(
+        b"GET /_gateway/verify/v1/customers HTTP/1.1\r\nHost: g\r\n"
+        b"Authorization: Bearer " + slow.key.encode() + b"\r\n\r\n"
+    )
+    await wait_for(lambda: sample("gateway_key_cache_misses_total") > misses, timeout=TIMEOUT)
+    leaving.close()
+    await wait_for(
+        lambda: sample("gateway_requests_total", outcome="ok", status_class="4xx") > gone,
+        timeout=TIMEOUT,
+    )
+    assert not listener.connections
+    staying = await connect(listener.port)
+    await staying.send(rig.request(envoy("next")))
+    assert (await staying.answer()).status == 200
+    assert sample("gateway_requests_total", outcome="ok", status_class="4xx") == gone + 1
+
+
 async def test_close_closes_idle_connections_at_once_and_finishes_answers_under_way(
     rig: Rig, seed: Seed, connect: Connect
 ) -> None:
