@@ -171,23 +171,37 @@ class KeyStore:
         return (False, None) if row is None else (True, row["leaked_at"])
 
     async def mark_leaked(
-        self, conn: asyncpg.Connection, key_id: uuid.UUID, url: str | None, action: str
+        self,
+        conn: asyncpg.Connection,
+        key_id: uuid.UUID,
+        url: str | None,
+        action: str,
+        *,
+        secret_hash: str | None = None,
     ) -> bool:
         """Record a leak of a live key and apply `action` (disable, revoke, report).
+
+        `secret_hash`: the hash the leaked secret was verified against; the leak is
+        recorded only while that secret still works. A regenerate that commits between
+        the verification and this statement replaced it: the new secret was not leaked.
 
         Disable and revoke change columns the notify trigger watches: every gateway
         process hears of it when the caller's transaction commits.
         """
+        # Re-checked on the row as it is once its lock is ours (READ COMMITTED).
         status = await conn.execute(
             """
             UPDATE api_keys
                SET leaked_at = coalesce(leaked_at, now()), leak_url = $2,
                    enabled = enabled AND $3 = 'report'
              WHERE id = $1 AND deleted_at IS NULL
+               AND ($4::text IS NULL OR secret_hash = $4
+                    OR (previous_secret_hash = $4 AND previous_secret_expires_at > now()))
             """,
             key_id,
             url,
             action,
+            secret_hash,
         )
         if status != "UPDATE 1":
             return False

@@ -298,25 +298,30 @@ class SecretScanning:
             return "false_positive"
         # One argon2 verification: the current secret (a previous one still in its grace
         # period is tried too, since it works just as well for whoever found it).
-        matched = False
+        matched: str | None = None
         for secret_hash in record.candidate_hashes(_now()):
             async with self._slots:
                 metrics.ARGON2_VERIFICATIONS.inc()
-                matched = await asyncio.to_thread(
-                    self.store.hasher.verify, secret_hash, parsed.secret
-                )
+                if await asyncio.to_thread(self.store.hasher.verify, secret_hash, parsed.secret):
+                    matched = secret_hash
             if matched:
                 break
-        if not matched:
+        if matched is None:
             metrics.SECRET_SCANNING_TOKENS.labels("wrong_secret").inc()
             return "false_positive"
         match = next(a for a in alerts if a["token"] == token)
-        await self._leaked(record.id, record.account_id, match, self.store.format.partial(token))
+        partial = self.store.format.partial(token)
+        await self._leaked(record.id, record.account_id, match, partial, matched)
         metrics.SECRET_SCANNING_TOKENS.labels("leaked").inc()
         return "true_positive"
 
     async def _leaked(
-        self, key_id: uuid.UUID, account_id: uuid.UUID, match: dict[str, Any], partial: str
+        self,
+        key_id: uuid.UUID,
+        account_id: uuid.UUID,
+        match: dict[str, Any],
+        partial: str,
+        secret_hash: str,
     ) -> None:
         url = _clean_url(match.get("url"))
         action = self.config.action
@@ -328,8 +333,8 @@ class SecretScanning:
             "action": {"disable": "disabled", "revoke": "revoked", "report": "reported"}[action],
         }
         async with self.store.pool.acquire() as conn, conn.transaction():
-            if not await self.store.mark_leaked(conn, key_id, url, action):
-                return  # deleted meanwhile
+            if not await self.store.mark_leaked(conn, key_id, url, action, secret_hash=secret_hash):
+                return  # deleted, or its secret replaced, meanwhile
             await audit(
                 conn, account_id, "system", None, "key.leaked", "key", key_id, details=details
             )

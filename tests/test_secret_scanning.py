@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.config import Config
 
 from .conftest import GatewayFactory, Seed
-from .helpers import key_status, make_config, sample
+from .helpers import key_status, make_config, sample, wait_for
 from .reliability import StartServe, serve  # noqa: F401 - fixture
 from .test_admin_support import (  # noqa: F401 - fixtures
     World,
@@ -436,3 +436,61 @@ async def test_turned_off_the_path_is_404_and_never_forwarded(
     status, answer = await post(gateway, body, github.sign(body))
     assert (status, answer["error"]["code"]) == (404, "not_found")
     assert github.fetches == 0
+
+
+async def test_a_leak_of_a_secret_regenerated_meanwhile_spares_the_new_secret(
+    start_gateway: GatewayFactory,
+    config: Config,
+    github: FakeGitHub,
+    seed: Seed,
+    db: asyncpg.Connection,
+) -> None:
+    """The alert's secret is verified, then the key is regenerated before the leak is
+    recorded: the new secret was never leaked, and stays enabled and unmarked."""
+    gateway = await start_gateway(config=scanning_config(config, github, action="revoke"))
+    account = await seed.account()
+    key = await seed.key(account)
+    body = alert(key.key)
+    async with seed.pool.acquire() as conn:
+        regenerating = conn.transaction()
+        await regenerating.start()
+        # The row is locked, its old secret still the committed one: the alert verifies
+        # it, then waits for the lock to record the leak.
+        new = await seed.store.regenerate(account.account_id, key.id, conn=conn)
+        assert new is not None
+        answered = asyncio.create_task(post(gateway, body, github.sign(body)))
+
+        async def waiting_for_the_row() -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%leaked_at = coalesce%'"
+                )
+            )
+
+        await wait_for(waiting_for_the_row)
+        await regenerating.commit()
+    status, _ = await answered
+    assert status == 200
+    info = await seed.store.get(account.account_id, key.id)
+    assert info is not None and info.enabled and info.leaked_at is None
+    assert await key_status(gateway, new.key) == 200
+    assert await key_status(gateway, key.key) == 401
+
+
+async def test_a_leaked_secret_in_its_grace_period_disables_the_key(
+    start_gateway: GatewayFactory, config: Config, github: FakeGitHub, seed: Seed
+) -> None:
+    """The previous secret still works during a regenerate's grace: its leak counts."""
+    gateway = await start_gateway(config=scanning_config(config, github))
+    account = await seed.account()
+    key = await seed.key(account)
+    new = await seed.store.regenerate(account.account_id, key.id, grace_seconds=3600)
+    assert new is not None
+    body = alert(key.key)
+    status, answer = await post(gateway, body, github.sign(body))
+    assert (status, answer[0]["label"]) == (200, "true_positive")
+    info = await seed.store.get(account.account_id, key.id)
+    assert info is not None and not info.enabled and info.leaked_at is not None
+    assert await key_status(gateway, key.key) == 401
+    assert await key_status(gateway, new.key) == 401
