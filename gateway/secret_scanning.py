@@ -208,11 +208,16 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def _clean_url(url: Any) -> str | None:
-    """Where the leak was found, kept only as an http(s) URL (the page links to it)."""
+def _clean_url(url: Any, secret: str) -> str | None:
+    """Where the leak was found, kept only as an http(s) URL (the page links to it).
+
+    A URL can name the key itself (a wiki page, a file called after it): kept, it would
+    put the key in the database, the log, the audit trail and the webhooks."""
     if not isinstance(url, str) or not url.startswith(("https://", "http://")):
         return None
     if len(url) > URL_MAX or any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        return None
+    if secret in url:
         return None
     return url
 
@@ -311,7 +316,8 @@ class SecretScanning:
             return "false_positive"
         match = next(a for a in alerts if a["token"] == token)
         partial = self.store.format.partial(token)
-        await self._leaked(record.id, record.account_id, match, partial, matched)
+        url = _clean_url(match.get("url"), parsed.secret)
+        await self._leaked(record.id, record.account_id, match, url, partial, matched)
         metrics.SECRET_SCANNING_TOKENS.labels("leaked").inc()
         return "true_positive"
 
@@ -320,10 +326,10 @@ class SecretScanning:
         key_id: uuid.UUID,
         account_id: uuid.UUID,
         match: dict[str, Any],
+        url: str | None,
         partial: str,
         secret_hash: str,
     ) -> None:
-        url = _clean_url(match.get("url"))
         action = self.config.action
         details = {
             "partial_key": partial,

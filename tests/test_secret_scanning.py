@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.config import Config
 
+from . import secret_scan
 from .conftest import GatewayFactory, Seed
 from .helpers import key_status, make_config, sample, wait_for
 from .reliability import StartServe, serve  # noqa: F401 - fixture
@@ -494,3 +495,33 @@ async def test_a_leaked_secret_in_its_grace_period_disables_the_key(
     assert info is not None and not info.enabled and info.leaked_at is not None
     assert await key_status(gateway, key.key) == 401
     assert await key_status(gateway, new.key) == 401
+
+
+async def test_a_leak_url_holding_the_key_is_not_kept(
+    start_gateway: GatewayFactory,
+    config: Config,
+    github: FakeGitHub,
+    seed: Seed,
+    db: asyncpg.Connection,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Where GitHub found a key can name it (a wiki page, a file called after it): the key
+    is then neither stored, nor logged, nor sent in a webhook."""
+    gateway = await start_gateway(config=scanning_config(config, github, action="report"))
+    account = await seed.account()
+    await db.execute(
+        "INSERT INTO webhook_endpoints (account_id, url, events, secret)"
+        " VALUES ($1, 'http://127.0.0.1:9/hook', '{key.leaked}', 'whsec_AAAA')",
+        account.account_id,
+    )
+    key = await seed.key(account)
+    secret_scan.plant(key.key)  # found below if kept: this test's own finding
+    body = alert(key.key, url=f"https://github.com/octo/repo/wiki/{key.key}")
+    status, answer = await post(gateway, body, github.sign(body))
+    assert (status, answer[0]["label"]) == (200, "true_positive")
+    info = await seed.store.get(account.account_id, key.id)
+    assert info is not None and info.leaked_at is not None and info.leak_url is None
+    assert await secret_scan.scan_database(database_url, "the test database") == []
+    logged = "\n".join(secret_scan.LogScanner().format(r) for r in caplog.records)
+    assert key.key not in logged
