@@ -317,7 +317,9 @@ class SecretScanning:
         match = next(a for a in alerts if a["token"] == token)
         partial = self.store.format.partial(token)
         url = _clean_url(match.get("url"), parsed.secret)
-        await self._leaked(record.id, record.account_id, match, url, partial, matched)
+        if not await self._leaked(record.id, record.account_id, match, url, partial, matched):
+            metrics.SECRET_SCANNING_TOKENS.labels("wrong_secret").inc()
+            return "false_positive"  # deleted or regenerated since it was verified
         metrics.SECRET_SCANNING_TOKENS.labels("leaked").inc()
         return "true_positive"
 
@@ -329,7 +331,9 @@ class SecretScanning:
         url: str | None,
         partial: str,
         secret_hash: str,
-    ) -> None:
+    ) -> bool:
+        """Record the leak and apply the action; False if the key, or the secret verified
+        against `secret_hash`, is gone meanwhile."""
         action = self.config.action
         details = {
             "partial_key": partial,
@@ -340,7 +344,7 @@ class SecretScanning:
         }
         async with self.store.pool.acquire() as conn, conn.transaction():
             if not await self.store.mark_leaked(conn, key_id, url, action, secret_hash=secret_hash):
-                return  # deleted, or its secret replaced, meanwhile
+                return False  # deleted, or its secret replaced, meanwhile
             await audit(
                 conn, account_id, "system", None, "key.leaked", "key", key_id, details=details
             )
@@ -355,6 +359,7 @@ class SecretScanning:
             "leaked API key reported by GitHub secret scanning",
             extra={"key_id": str(key_id), "action": details["action"], "leak_url": url},
         )
+        return True
 
 
 def _now() -> dt.datetime:
