@@ -192,15 +192,18 @@ def _alerts(body: bytes, max_tokens: int) -> list[dict[str, Any]]:
                 "invalid_payload",
                 "Each match must be an object with string 'token' and 'type'.",
             )
-        if not all(
-            _is_unicode(item.get(name) or "") for name in ("token", "type", "url", "source")
-        ):
-            raise GatewayError(400, "invalid_payload", "A string holds a lone surrogate.")
+        if not all(_storable(item.get(name) or "") for name in ("token", "type", "url", "source")):
+            raise GatewayError(
+                400, "invalid_payload", "A string holds a lone surrogate or a NUL character."
+            )
     return data
 
 
-def _is_unicode(text: str) -> bool:
-    """JSON's \\ud800 escapes make strings that no UTF-8 column or answer can hold."""
+def _storable(text: str) -> bool:
+    """JSON's \\ud800 escapes make strings that no UTF-8 column or answer can hold, and
+    its \\u0000 strings that Postgres text and jsonb refuse (a 500, the leak unrecorded)."""
+    if "\x00" in text:
+        return False
     try:
         text.encode()
     except UnicodeEncodeError:

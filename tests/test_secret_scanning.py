@@ -525,3 +525,17 @@ async def test_a_leak_url_holding_the_key_is_not_kept(
     assert await secret_scan.scan_database(database_url, "the test database") == []
     logged = "\n".join(secret_scan.LogScanner().format(r) for r in caplog.records)
     assert key.key not in logged
+
+
+@pytest.mark.parametrize("field", ["type", "source"])
+async def test_a_nul_in_a_signed_alert_is_a_400_not_a_500(
+    start_gateway: GatewayFactory, config: Config, github: FakeGitHub, seed: Seed, field: str
+) -> None:
+    """Postgres text and jsonb cannot hold U+0000: refused before any work, like a lone
+    surrogate, rather than a 500 that GitHub would retry for ever."""
+    gateway = await start_gateway(config=scanning_config(config, github))
+    key = await seed.key()
+    match = {"token": key.key, "type": "growpanel_api_key", "source": "content"}
+    body = json.dumps([{**match, field: "a\u0000b"}]).encode()
+    status, answer = await post(gateway, body, github.sign(body))
+    assert (status, answer["error"]["code"]) == (400, "invalid_payload")
