@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import logging
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -220,7 +221,7 @@ def _clean_url(url: Any, secret: str) -> str | None:
         return None
     if len(url) > URL_MAX or any(ord(c) < 0x20 or c == "\x7f" for c in url):
         return None
-    if secret in url:
+    if secret in url or secret in urllib.parse.unquote(url):
         return None
     return url
 

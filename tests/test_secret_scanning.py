@@ -9,7 +9,7 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -497,7 +497,13 @@ async def test_a_leaked_secret_in_its_grace_period_disables_the_key(
     assert await key_status(gateway, new.key) == 401
 
 
+@pytest.mark.parametrize(
+    "encode",
+    [str, lambda key: "".join(f"%{b:02X}" for b in key.encode())],
+    ids=["plain", "percent-encoded"],
+)
 async def test_a_leak_url_holding_the_key_is_not_kept(
+    encode: Callable[[str], str],
     start_gateway: GatewayFactory,
     config: Config,
     github: FakeGitHub,
@@ -517,7 +523,7 @@ async def test_a_leak_url_holding_the_key_is_not_kept(
     )
     key = await seed.key(account)
     secret_scan.plant(key.key)  # found below if kept: this test's own finding
-    body = alert(key.key, url=f"https://github.com/octo/repo/wiki/{key.key}")
+    body = alert(key.key, url=f"https://github.com/octo/repo/wiki/{encode(key.key)}")
     status, answer = await post(gateway, body, github.sign(body))
     assert (status, answer[0]["label"]) == (200, "true_positive")
     info = await seed.store.get(account.account_id, key.id)
