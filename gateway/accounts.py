@@ -17,9 +17,10 @@ from typing import Any
 
 import asyncpg
 
+from .config import ADMIN_TOKEN_PREFIX
 from .keyformat import Hasher, KeyFormat
 
-ADMIN_TOKEN_FORMAT = KeyFormat("gpa_")
+ADMIN_TOKEN_FORMAT = KeyFormat(ADMIN_TOKEN_PREFIX)
 ROLES = ("owner", "admin", "readonly")
 
 

@@ -226,6 +226,11 @@ class Argon2Config:
             raise ConfigError(f"keys.argon2: cannot hash with these parameters ({exc})") from None
 
 
+# Members' admin tokens (gateway/accounts.py): API keys never share it, so that neither
+# can pass for the other and a scanner tells them apart.
+ADMIN_TOKEN_PREFIX = "gpa_"  # noqa: S105 (a prefix, not a secret)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class KeysConfig:
     prefix: str = "gp_"
@@ -241,6 +246,10 @@ class KeysConfig:
             c.isascii() and (c.isalnum() or c == "_") for c in self.prefix
         ):
             raise ConfigError("keys.prefix: must be one or more of [A-Za-z0-9_]")
+        if self.prefix.startswith(ADMIN_TOKEN_PREFIX):
+            raise ConfigError(
+                f"keys.prefix: must not begin with {ADMIN_TOKEN_PREFIX!r}, the admin tokens' prefix"
+            )
         positive("keys.rotation_days", self.rotation_days)
         positive("keys.cache_ttl_seconds", self.cache_ttl_seconds)
         positive("keys.cache_max_entries", self.cache_max_entries)

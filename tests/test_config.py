@@ -243,6 +243,9 @@ def test_config_is_frozen() -> None:
         ({"database": {"pool_min_size": 20, "pool_max_size": 10}}, "database.pool_min_size"),
         ({"keys": {"prefix": "gp-"}}, "keys.prefix"),
         ({"keys": {"prefix": ""}}, "keys.prefix"),
+        # API keys that admin tokens (gpa_…) could pass for
+        ({"keys": {"prefix": "gpa_"}}, "keys.prefix"),
+        ({"keys": {"prefix": "gpa_live"}}, "keys.prefix"),
         ({"keys": {"argon2": {"memory_kib": 4}}}, "keys.argon2.memory_kib"),
         # argon2 takes 32-bit values; beyond them hashing raised OverflowError
         ({"keys": {"argon2": {"memory_kib": 99_999_999_999}}}, "keys.argon2.memory_kib"),
