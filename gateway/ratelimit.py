@@ -204,7 +204,7 @@ class SlidingWindowLimiter:
         now = asyncio.get_running_loop().time()
         if now >= self._next_expiry:
             self._next_expiry = now + EXPIRE_EVERY
-            await self._expire()
+            await self.expire()
 
     async def sync(self) -> bool:
         """One statement: write the new counts, read the totals back. False: kept for later."""
@@ -296,7 +296,9 @@ class SlidingWindowLimiter:
             if windows.day == batch.day:
                 windows.others_day = today
 
-    async def _expire(self) -> None:
+    async def expire(self) -> None:
+        """Delete the rows no window can reach, and forget the keys with nothing left
+        to count."""
         assert self._store is not None
         second = math.floor(self._clock.time())
         today = second - second % DAY
@@ -304,7 +306,9 @@ class SlidingWindowLimiter:
             await self._store.expire(second, today)
         except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
             log.warning("could not delete old rate-limit counters: %s", exc)
-        # Keys not used today and not pending here: their windows are empty.
+        # Keys not used today and not pending here: their windows are empty once nothing
+        # of theirs counts in the minute any more. Just after midnight their requests of
+        # the day before still do; forgotten, the key would get a second burst.
         for key_id in [k for k, w in self._keys.items() if w.day < today]:
-            if key_id not in self._touched:
+            if key_id not in self._touched and self._keys[key_id].idle(second):
                 del self._keys[key_id]

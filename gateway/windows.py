@@ -66,6 +66,14 @@ class Windows:
             self.day = day
             self.own_day = self.synced_day = self.others_day = 0
 
+    def idle(self, second: int) -> bool:
+        """Nothing counted here (nor learnt of the others) counts at `second` any more:
+        not in the minute, nor in the buckets a sync reads."""
+        newest = self.seconds or self.left
+        if newest and newest[-1][0] >= minute_from(second):
+            return False
+        return not self.others_minute or second >= self.others_second + MINUTE
+
     def own_in_buckets(self) -> int:
         """This process's requests in Postgres's buckets of the minute (after `advance`):
         the minute's, and the written part of those that left it."""

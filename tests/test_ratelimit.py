@@ -537,6 +537,27 @@ async def test_another_process_count_stops_binding_once_its_bucket_is_no_longer_
     assert await statuses(first, key.key, 4) == [200] * 3 + [429]
 
 
+async def test_forgetting_keys_not_used_today_keeps_their_minute_over_midnight(
+    start_gateway: GatewayFactory, config: Config, seed: Seed
+) -> None:
+    """The periodic expiry forgets the keys not used on the new day, but not while their
+    requests of the day before still count in the sliding minute: forgotten, they would
+    give the key a second burst just after midnight."""
+    clock = FakeClock(MIDNIGHT - 20.5)  # 23:59:39.5
+    gateway = await start_gateway(limits_config(config, sync_interval_seconds=3600), clock)
+    limiter = gateway.app[LIMITER]
+    key = await seed.key(rate_limit_per_minute=5)
+
+    assert await statuses(gateway, key.key, 5) == [200] * 5
+    assert await limiter.sync()
+    clock.advance(30)  # 00:00:09.5: a new day; the five count until 00:00:39
+    await limiter.expire()
+    refused = await get(gateway, key.key)
+    assert (refused.status, refused.headers.get("Retry-After")) == (429, "30")
+    clock.advance(29.5)  # 00:00:39
+    assert await statuses(gateway, key.key, 6) == [200] * 5 + [429]
+
+
 async def test_a_sync_returns_only_keys_whose_others_counts_it_does_not_have(
     database_url: str,
 ) -> None:
