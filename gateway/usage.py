@@ -126,9 +126,17 @@ class UsageRecorder:
             array_literal(counts.values()),
         )
 
-    def _restore(self, last_used: dict[uuid.UUID, float], counts: dict[UsageKey, int]) -> None:
+    def _restore(
+        self, last_used: dict[uuid.UUID, float], counts: defaultdict[UsageKey, int]
+    ) -> None:
         for key_id, at in last_used.items():
             if self._last_used.get(key_id, 0.0) < at:
                 self._last_used[key_id] = at
-        for key, n in counts.items():
-            self._counts[key] += n
+        # The batch comes back first; what arrived while it was out of memory fits in the
+        # bound's room, like any new count: else each failed flush could add a bound more.
+        arrived, self._counts = self._counts, counts
+        for key, n in arrived.items():
+            if key in counts or len(counts) < self._config.max_pending_keys:
+                counts[key] += n
+            else:
+                self.dropped += n

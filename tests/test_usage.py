@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import aiohttp
@@ -11,9 +12,11 @@ from aiohttp.test_utils import TestServer
 from gateway.app import LIMITER, USAGE
 from gateway.clock import FakeClock
 from gateway.config import Config
+from gateway.usage import UsageRecorder
 
 from .conftest import Cluster, GatewayFactory, Seed
 from .helpers import make_config, wait_for
+from .test_background import Gate, GatedKeyStore, fail_writes
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -192,3 +195,26 @@ async def test_a_key_removed_with_its_account_does_not_cost_the_others_their_cou
         == 1
     )
     assert gateway.app[USAGE].pending == (0, 0)
+
+
+async def test_pending_counts_stay_bounded_when_a_failed_flush_puts_its_batch_back(
+    config: Config, seed: Seed, db: asyncpg.Connection
+) -> None:
+    """`usage.max_pending_keys` holds through a long outage: the counts that arrived while
+    a flush waited on Postgres, and the batch that flush puts back, are one bound."""
+    gate = Gate()
+    bounded = make_config(config.database.url, usage={"max_pending_keys": 2})
+    usage = UsageRecorder(GatedKeyStore(seed.store, gate), seed.pool, bounded.usage, FakeClock())
+    keys = [(await seed.key(name=f"k{i}")).id for i in range(4)]
+    await fail_writes(db, "key_usage_hourly", "40001")  # a transient failure: kept
+    for key_id in keys[:2]:
+        usage.mark_used(key_id)
+        usage.count(key_id, "ok")
+    flushing = asyncio.create_task(usage.flush())
+    await asyncio.wait_for(gate.reached.wait(), 10)  # the batch is out of memory
+    for key_id in keys[2:]:
+        usage.count(key_id, "ok")
+    gate.opened.set()
+    assert await flushing is False
+    assert usage.pending[1] <= 2
+    assert usage.dropped == 2
