@@ -78,7 +78,12 @@ class LimitEvents:
             log.warning("cannot queue key.limit_reached events: %s", exc)
         finally:
             # Kept for the next flush, also when cancelled midway (the shutdown's bound).
+            # With those refused meanwhile, within the one bound: the newest beyond it are
+            # dropped, and forgotten, so that a later refusal in their window queues them.
             self._pending[:0] = pending[queued:]
+            for key, window, start in self._pending[MAX_PENDING:]:
+                self._marks.discard((key.id, window, start))
+            del self._pending[MAX_PENDING:]
         return queued == len(pending)
 
     async def _queue(self, key: KeyRecord, window: str, start: int) -> None:

@@ -15,6 +15,7 @@ not written. Postgres "not answering yet" is a store whose write waits at a `Gat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 
@@ -25,7 +26,7 @@ from gateway.clock import FakeClock
 from gateway.config import Config
 from gateway.counters import Deltas, PostgresCounters, Totals
 from gateway.keys import KeyStore
-from gateway.limit_events import LimitEvents
+from gateway.limit_events import MAX_PENDING, LimitEvents
 from gateway.ratelimit import SlidingWindowLimiter
 from gateway.records import KeyInfo, KeyRecord
 from gateway.usage import UsageRecorder
@@ -301,3 +302,29 @@ async def test_shutdown_time_up_counts_the_flush_still_waiting_as_not_written(
     errors = [r.message for r in caplog.records if r.levelno == logging.ERROR]
     assert [e.split(":")[0] for e in errors] == [LOST[kind]]
     assert await flusher.written() == NOTHING[kind]
+
+
+async def test_limit_events_put_back_stay_within_their_bound(
+    config: Config, seed: Seed, db: asyncpg.Connection
+) -> None:
+    """The events a failed flush puts back and those refused meanwhile are one bound, not
+    one more bound per failed flush."""
+    new = await seed.key()
+    key = await seed.store.lookup(new.public_id)
+    assert key is not None
+    await db.execute(
+        "INSERT INTO webhook_endpoints (account_id, url, events, secret)"
+        " VALUES ($1, 'http://127.0.0.1:9/hook', '{key.limit_reached}', 'whsec_x')",
+        key.account_id,
+    )
+    await fail_writes(db, "webhook_events", "40001")
+    gate = Gate()
+    events = LimitEvents(GatedKeyStore(seed.store, gate), config.rate_limits)
+    events.refused(key, "minute", 0.0)
+    flushing = asyncio.create_task(events.flush())
+    await asyncio.wait_for(gate.reached.wait(), 10)  # the pending events are out of memory
+    for _ in range(MAX_PENDING):
+        events.refused(dataclasses.replace(key, id=uuid.uuid4()), "day", 0.0)
+    gate.opened.set()
+    assert await flushing is False
+    assert events.pending == MAX_PENDING
