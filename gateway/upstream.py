@@ -36,6 +36,11 @@ from .upstream_wire import (
 
 log = logging.getLogger("gateway.upstream")
 
+# RFC 9110 §9.2.2: the methods a request of which may be sent twice to the same effect.
+# Only these are retried on a fresh connection: an upstream that closed without answering
+# may have acted on the request before it died.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
 
 class UpstreamPool:
     """Keep-alive connections to one upstream, at most `limit` at a time."""
@@ -182,13 +187,15 @@ class UpstreamPool:
                     connection.close()
                     self._open.discard(connection)
                     # An idle connection the upstream had just closed is retried once, as
-                    # long as no request body was consumed and no response byte came back.
+                    # long as no request body was consumed, no response byte came back,
+                    # and sending the request again cannot do twice what it asks.
                     stale = (
                         type(exc) is UpstreamError
                         and reused
                         and attempt == 0
                         and body is None
                         and not connection.received_any
+                        and method in _IDEMPOTENT
                     )
                     if not stale:
                         raise

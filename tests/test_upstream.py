@@ -268,6 +268,30 @@ async def test_idle_connection_closed_by_the_upstream_is_retried() -> None:
         assert connections == 3
 
 
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_a_request_that_is_not_idempotent_is_never_sent_twice(method: str) -> None:
+    """An upstream that closes a reused connection without answering may have acted on
+    the request (RFC 9110 §9.2.2): a POST or PATCH is not retried, it fails."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            seen.append(head.split(b" ", 1)[0])
+            if not head.startswith(b"GET "):
+                writer.close()  # acted on it, then died before answering
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+            await writer.drain()
+
+    async with pool_on_raw_server(handler, limit=1) as pool:
+        response = await pool.request("GET", "/", [], timeout=5)
+        assert await read_all(response) == b"hi"
+        with pytest.raises(UpstreamError):
+            await pool.request(method, "/charge", [], timeout=5)
+    assert seen == [b"GET", method.encode()]
+
+
 async def test_slow_reader_bounds_the_buffer(pool: UpstreamPool) -> None:
     """A 20 MB body read slowly never buffers much more than the high-water mark."""
     response = await pool.request("GET", "/fixed?n=20000000", [], timeout=5)
