@@ -226,6 +226,9 @@ class UpstreamPool:
             finally:
                 timer.cancel()
             return response
+        # An answer (or a failure) ends any wait for the upstream to take more of the
+        # body: one that answered early may never read the rest, and it is not wanted.
+        response.head_received.add_done_callback(connection.stop_writing)
         try:
             async with asyncio.timeout(timeout):
                 await connection.write(head)

@@ -217,6 +217,10 @@ class Connection(asyncio.Protocol):
         if not self._writable.is_set():
             await self._writable.wait()
 
+    def stop_writing(self, _: object = None) -> None:
+        """Wake a `write` waiting for the transport to drain: the writer stops anyway."""
+        self._writable.set()
+
     def _buffered(self) -> int:
         return 0 if self.transport is None else self.transport.get_write_buffer_size()
 

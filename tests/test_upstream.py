@@ -292,6 +292,39 @@ async def test_a_request_that_is_not_idempotent_is_never_sent_twice(method: str)
     assert seen == [b"GET", method.encode()]
 
 
+async def test_an_early_answer_is_returned_though_the_upstream_never_reads_the_body() -> None:
+    """An upstream that refuses a large body at once and never reads it: its answer comes
+    back, not a timeout for a write that can never finish."""
+    answered = asyncio.Event()
+    finished = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\n\r\nbig")
+        await writer.drain()
+        answered.set()
+        await finished.wait()  # reads nothing more, keeps the connection open
+
+    chunk = b"x" * 65536
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(1024):  # 64 MiB: far more than the socket buffers hold
+            yield chunk
+
+    async with pool_on_raw_server(handler) as pool:
+        length = 1024 * len(chunk)
+        try:
+            response = await pool.request(
+                "POST", "/upload", [], body(), content_length=length, timeout=5
+            )
+        finally:
+            finished.set()
+        assert answered.is_set()
+        assert response.status == 413
+        assert await read_all(response) == b"big"
+        assert pool.open_connections == 0  # the body was cut short: never reused
+
+
 async def test_slow_reader_bounds_the_buffer(pool: UpstreamPool) -> None:
     """A 20 MB body read slowly never buffers much more than the high-water mark."""
     response = await pool.request("GET", "/fixed?n=20000000", [], timeout=5)
