@@ -12,10 +12,10 @@ it can be desynchronised (request smuggling, response splitting):
   1xx/204/304 response, has no body; otherwise Content-Length or chunked frames it, and
   without either the body runs until the upstream closes). Interim 1xx answers are
   skipped. Any byte after the final response (a second response, a body where none can
-  be, stray text), a response that starts before the request body was sent, or anything
-  llhttp refuses poisons the connection: it is closed, never reused, and the request
-  fails (`UpstreamError` before the head, `UpstreamBodyError` after) unless its answer
-  was already complete.
+  be, stray text), a response that starts before the request body was sent, a head or
+  trailer section over 64 KiB, or anything llhttp refuses poisons the connection: it is
+  closed, never reused, and the request fails (`UpstreamError` before the head,
+  `UpstreamBodyError` after) unless its answer was already complete.
 
 The pool that owns these connections is `gateway.upstream`.
 """
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 _NO_BODY_STATUS = frozenset({204, 304})
 _HIGH_WATER = 256 * 1024  # buffered response bytes before we stop reading the socket
+# Response bytes in a row that complete no head and carry no body byte: a head (with its
+# interim answers) or a trailer section. llhttp bounds neither, and httptools keeps what
+# it has of a field in memory, so without this an upstream could fill ours.
+_MAX_HEAD = 64 * 1024
 
 # RFC 9110 §5.6.2: a token (a method, a header name).
 _TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
@@ -89,6 +93,8 @@ class Connection(asyncio.Protocol):
         self.received_any = False
         self.request_sent = False  # the whole request, body included, was written
         self._final = False  # the head of the final (non-1xx) response was parsed
+        self._progressed = False  # the bytes being parsed finished a head or held body
+        self._head_bytes = 0  # bytes read since the response last progressed
         self._writable = asyncio.Event()
         self._writable.set()
         self._response: UpstreamResponse | None = None
@@ -105,10 +111,18 @@ class Connection(asyncio.Protocol):
         if self._parser is None:  # bytes nobody asked for: the connection is unusable
             self.close()
             return
+        self._progressed = False
         try:
             self._parser.feed_data(data)
         except Exception as exc:  # llhttp's errors, an upgrade, or `_Stray` from a callback
             self._poison(f"invalid response from upstream: {exc.__context__ or exc}")
+            return
+        if self._progressed:
+            self._head_bytes = 0
+        else:
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEAD:
+                self._poison("response head or trailers over 64 KiB")
 
     def eof_received(self) -> bool | None:
         return False  # close the transport; connection_lost does the rest
@@ -156,6 +170,7 @@ class Connection(asyncio.Protocol):
             response.raw_headers.clear()
             return
         self._final = True
+        self._progressed = True
         response.status = status
         # An answer that began before the request body was all sent (handed to the
         # kernel, not just to the transport's buffer) leaves the upstream's reading of
@@ -177,6 +192,7 @@ class Connection(asyncio.Protocol):
         assert self._response is not None
         if self._response.complete:  # a body after a HEAD, 204 or 304 answer
             raise _Stray("a body where the response has none")
+        self._progressed = True
         self._response.feed(body)
 
     def on_message_complete(self) -> None:
@@ -190,6 +206,7 @@ class Connection(asyncio.Protocol):
         self.received_any = False
         self.request_sent = False
         self._final = False
+        self._head_bytes = 0
         self._response = response
         self._parser = httptools.HttpResponseParser(self)
 

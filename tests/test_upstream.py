@@ -325,6 +325,53 @@ async def test_an_early_answer_is_returned_though_the_upstream_never_reads_the_b
         assert pool.open_connections == 0  # the body was cut short: never reused
 
 
+FILLER = b"a" * 1000
+ENDLESS = {
+    "header fields": (b"HTTP/1.1 200 OK\r\n", b"X-Filler: " + FILLER + b"\r\n"),
+    "one field": (b"HTTP/1.1 200 OK\r\nX-Long: ", FILLER),
+    "interim answers": (b"", b"HTTP/1.1 103 Early Hints\r\nLink: </" + FILLER + b">\r\n\r\n"),
+    "trailers": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n",
+        b"X-Trailer: " + FILLER + b"\r\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ENDLESS))
+async def test_a_head_or_trailers_that_never_end_are_cut_off(kind: str) -> None:
+    """llhttp bounds no head: an upstream that sends one without end is cut off once it
+    passes 64 KiB, not read into memory until the timeout."""
+    start, unit = ENDLESS[kind]
+    cut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(start)
+        try:
+            for _ in range(8 * 1024):  # 8 MiB
+                writer.write(unit)
+                await writer.drain()
+        except ConnectionError:
+            cut.set_result(True)
+            return
+        cut.set_result(False)
+
+    async def exchange() -> None:
+        response = await pool.request("GET", "/", [], timeout=10)
+        try:
+            await read_all(response)
+        finally:
+            response.release()
+
+    async with pool_on_raw_server(handler) as pool:
+        request = asyncio.create_task(exchange())
+        assert await asyncio.wait_for(cut, 10), "the upstream sent it all"
+        with pytest.raises((UpstreamError, UpstreamBodyError)) as refused:
+            await request
+        assert not isinstance(refused.value, UpstreamTimeout)
+        assert pool.open_connections == 0
+
+
 async def test_slow_reader_bounds_the_buffer(pool: UpstreamPool) -> None:
     """A 20 MB body read slowly never buffers much more than the high-water mark."""
     response = await pool.request("GET", "/fixed?n=20000000", [], timeout=5)
