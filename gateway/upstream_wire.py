@@ -132,8 +132,8 @@ class Connection(asyncio.Protocol):
         self._writable.set()
         response = self._response
         if response is not None and not response.complete:
-            if response.head_received and response.close_delimited:
-                response.finish()  # the close *is* the end of such a body
+            if response.close_delimited and exc is None:
+                response.finish()  # the close *is* the end of such a body; a reset is not
             else:
                 self._fail(UpstreamError("upstream closed the connection"))
 

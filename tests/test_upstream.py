@@ -7,6 +7,8 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -192,6 +194,31 @@ async def test_close_delimited_body_ends_at_close() -> None:
         response = await pool.request("GET", "/", [], timeout=5)
         assert await read_all(response) == b"until the end"
         assert pool.open_connections == 0  # never reused
+
+
+async def test_close_delimited_body_cut_by_a_reset_is_an_error() -> None:
+    """Only an orderly close ends a body that runs until the close; a reset cuts it."""
+    reset = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\nfirst part")
+        await writer.drain()
+        await reset.wait()
+        linger = struct.pack("ii", 1, 0)  # close with a reset (RST), not a FIN
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        writer.transport.abort()
+
+    async with pool_on_raw_server(handler) as pool:
+        response = await pool.request("GET", "/", [], timeout=5)
+        chunks = response.iter_chunks(5)
+        assert await anext(chunks) == b"first part"
+        reset.set()
+        with pytest.raises(UpstreamBodyError):
+            async for _ in chunks:
+                pass
+        response.release()
+        assert pool.open_connections == 0
 
 
 async def test_upstream_that_dies_mid_body_is_an_error() -> None:
