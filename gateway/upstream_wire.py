@@ -151,7 +151,9 @@ class Connection(asyncio.Protocol):
 
     def on_status(self, status: bytes) -> None:
         assert self._response is not None
-        self._response.reason = status.decode("latin-1")
+        # llhttp hands over what each read holds of the line: a reason split across
+        # reads comes in pieces.
+        self._response.reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._response is not None
@@ -167,6 +169,7 @@ class Connection(asyncio.Protocol):
         if status < 200:  # 100 Continue and friends: wait for the real response
             if status == 101:  # we never ask to switch protocols
                 raise _Stray("unrequested 101 Switching Protocols")
+            response.reason = ""
             response.raw_headers.clear()
             return
         self._final = True

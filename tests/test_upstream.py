@@ -24,6 +24,8 @@ from gateway.upstream_wire import (
     UpstreamTimeout,
 )
 
+from .helpers import wait_for
+
 
 async def read_all(response: UpstreamResponse, timeout: float = 10) -> bytes:
     parts = [chunk async for chunk in response.iter_chunks(timeout)]
@@ -259,6 +261,27 @@ async def test_interim_100_continue_is_skipped() -> None:
     async with pool_on_raw_server(handler) as pool:
         response = await pool.request("GET", "/", [], timeout=5)
         assert response.status == 201
+        assert await read_all(response) == b"ok"
+
+
+@pytest.mark.parametrize("interim", [b"", b"HTTP/1.1 100 Continue\r\n\r\n"])
+async def test_reason_phrase_split_across_reads_comes_whole(interim: bytes) -> None:
+    go = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(interim + b"HTTP/1.1 299 Everything ")
+        await writer.drain()
+        await go.wait()
+        writer.write(b"Is Fine\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with pool_on_raw_server(handler, limit=1) as pool:
+        request = asyncio.create_task(pool.request("GET", "/", [], timeout=5))
+        await wait_for(lambda: any(c.received_any for c in pool._open))
+        go.set()
+        response = await request
+        assert (response.status, response.reason) == (299, "Everything Is Fine")
         assert await read_all(response) == b"ok"
 
 
