@@ -118,8 +118,14 @@ class Written(enum.Enum):
 TRANSIENT = (*UNAVAILABLE, asyncpg.exceptions.TransactionRollbackError)
 
 
-async def write_batch(kind: str, write: Awaitable[T]) -> tuple[Written, T | None]:
-    """Await `write` under the flushers' policy; `kind` labels the metrics and logs."""
+async def write_batch(
+    kind: str, write: Awaitable[T], *, keep_refused: bool = False
+) -> tuple[Written, T | None]:
+    """Await `write` under the flushers' policy; `kind` labels the metrics and logs.
+
+    `keep_refused`: a batch Postgres refuses is kept too, for a writer whose batches
+    cannot be the cause (the refusal is then the database's state: a full disk, a
+    read-only standby) and whose counts others rely on."""
     started = time.perf_counter()
     try:
         result = await write
@@ -129,6 +135,9 @@ async def write_batch(kind: str, write: Awaitable[T]) -> tuple[Written, T | None
         return Written.KEPT, None
     except asyncpg.PostgresError:
         metrics.FLUSH_FAILURES.labels(kind).inc()
+        if keep_refused:
+            log.exception("%s flush refused by Postgres, kept for the next one", kind)
+            return Written.KEPT, None
         log.exception("%s flush refused by Postgres; batch dropped", kind)
         return Written.DROPPED, None
     metrics.FLUSH_DURATION.labels(kind).observe(time.perf_counter() - started)

@@ -218,7 +218,10 @@ class SlidingWindowLimiter:
             written: Written = Written.KEPT
             others: Totals | None = None
             try:
-                written, others = await write_batch("rate_limits", write)
+                # Kept when refused as well: a batch is only this process's own counts
+                # (no foreign key), and one dropped would go on counting, in every later
+                # sync, as written: the others' share read back would lack it.
+                written, others = await write_batch("rate_limits", write, keep_refused=True)
             finally:
                 if written is Written.KEPT:
                     self._restore(batch)
