@@ -8,7 +8,9 @@ finished, so the final usage flush still has its database pool.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import types
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -45,6 +47,12 @@ USAGE = web.AppKey("usage", UsageRecorder)
 UPSTREAM = web.AppKey("upstream", UpstreamPool)
 PROXY = web.AppKey("proxy", Proxy)
 VERIFY = web.AppKey("verify", ingress.VerifyEndpoint)
+
+# The aiohttp server options this app must be served with (`gateway serve`, the tests).
+# Bodies pass to the upstream as the client sent them: aiohttp would decode a gzip or
+# deflate body as it reads it, and the upstream got the decoded bytes under the client's
+# Content-Encoding, or a 502 when they no longer matched the Content-Length.
+SERVER_OPTIONS: Mapping[str, Any] = types.MappingProxyType({"auto_decompress": False})
 
 
 def create_app(

@@ -16,7 +16,9 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -116,7 +118,9 @@ async def _start_listener(
     server: ServerConfig,
     reuse_port: bool,
     ssl_context: ssl.SSLContext | None = None,
+    options: Mapping[str, Any] = types.MappingProxyType({}),
 ) -> web.AppRunner:
+    """`app` served on `host`:`port`, with aiohttp's server `options` besides these."""
     # aiohttp's keep-alive timer runs from the connection's start (and from each response)
     # until a whole request head has arrived, so it bounds slow heads as well as idle
     # connections; its default is an hour.
@@ -125,6 +129,7 @@ async def _start_listener(
         access_log=None,
         shutdown_timeout=server.shutdown_timeout_seconds,
         keepalive_timeout=server.keepalive_timeout_seconds,
+        **options,
     )
     await runner.setup()
     try:
@@ -144,7 +149,7 @@ async def serve_one(config: Config, *, worker: bool) -> None:
     from admin.app import create_admin_app
     from admin.health import LISTENER_CHECK
 
-    from .app import LISTENER, create_app
+    from .app import LISTENER, SERVER_OPTIONS, create_app
 
     stop = _stop_event()
     if worker:
@@ -172,6 +177,7 @@ async def serve_one(config: Config, *, worker: bool) -> None:
                     config.server,
                     worker,
                     proxy_tls,
+                    SERVER_OPTIONS,
                 )
             )
             if config.proxy.verify_port:

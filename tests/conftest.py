@@ -24,7 +24,7 @@ from aiohttp.typedefs import Handler
 from yarl import URL
 
 from gateway.accounts import create_account
-from gateway.app import VERIFY, create_app
+from gateway.app import SERVER_OPTIONS, VERIFY, create_app
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.db import migrate
@@ -207,7 +207,7 @@ async def start_gateway(config: Config) -> AsyncIterator[GatewayFactory]:
     async def start(config: Config = config, clock: Clock | None = None, **kw: Any) -> TestServer:
         app: web.Application = create_app(config, clock=clock, **kw)
         server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
+        await server.start_server(**SERVER_OPTIONS)
         servers.append(server)
         return server
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import re
 
 import aiohttp
@@ -79,6 +80,35 @@ async def test_chunked_client_body_is_rechunked_by_the_gateway(
         assert received.header("Content-Length") == []
         assert received.header("X-Trailer") == []
         assert b"ext=" not in upstream.raw[0]
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
+async def test_an_encoded_body_reaches_the_upstream_as_the_client_sent_it(
+    start_gateway: GatewayFactory, seed: Seed, database_url: str, coding: str, framing: str
+) -> None:
+    """The gateway never decodes a body. aiohttp did, as it read one: a gzip body reached
+    the upstream decoded, still labelled gzip (or got a 502, its length now another), and
+    a deflate body that did not inflate was a 500."""
+    key = await seed.key()
+    body = gzip.compress(b'{"name": "x"}' * 20) if coding == "gzip" else b"\x8b\x01not inflatable"
+    head = (
+        f"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key.key}\r\n"
+        f"Content-Type: application/json\r\nContent-Encoding: {coding}\r\n"
+    ).encode()
+    if framing == "length":
+        request = head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    else:
+        request = head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+            len(body),
+            body,
+        )
+    async with raw_upstream() as upstream:
+        gateway = await start_gateway(make_config(database_url, upstream.url))
+        assert status_codes(await exchange(gateway.port, request)) == [200]
+        (received,) = upstream.received
+        assert received.body == body
+        assert received.header("Content-Encoding") == [coding]
 
 
 async def second_response(request: Received, transport: asyncio.Transport) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import json
 import os
 import socket
@@ -406,6 +407,27 @@ def test_upstream_sees_exactly_what_the_gateway_answered_for(rig: Rig, data: st.
         assert response.seq in by_seq, (response, upstream.records)
         check_forwarded(by_seq[response.seq], request, rig.account_id)
     assert rig.process.poll() is None, rig.logs()
+
+
+def test_gateway_serve_passes_an_encoded_body_on_undecoded(rig: Rig) -> None:
+    """`gateway serve` (not only the test servers) never decodes a body: aiohttp did,
+    and the upstream got the decoded bytes under the client's `Content-Encoding: gzip`."""
+    body = gzip.compress(b'{"name": "x"}' * 20)
+    upstream = rig.upstream
+    upstream.settle()
+    upstream.reset()
+    upstream.script = ok_answer
+    request = (
+        f"POST /v1/echo/gzip HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {rig.key}\r\n"
+        f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with _connect(rig.port) as sock:
+        sock.sendall(request)
+        (got,) = read_responses(sock, ["POST"])
+    upstream.settle()
+    assert got.status == 200, got
+    (seen,) = upstream.records
+    assert (seen.body, seen.header("content-encoding")) == (body, ["gzip"])
 
 
 # -- responses ------------------------------------------------------------------------------
