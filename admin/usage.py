@@ -3,7 +3,8 @@
 The gateways write `key_usage_hourly` in batches (gateway/usage.py); this reads it back so
 an Owner can spot unexpected use, and `failed_auth` shows attempts with an old or wrong
 secret for the key's id. Hours are buckets starting on the hour, in UTC; a bucket is
-included when its start lies in [from, to). Only hours with traffic are listed.
+included from the one that contains `from` to the last that starts before `to`. Only
+hours with traffic are listed.
 
 `GET /v1/usage?from=&to=&limit=` is the same across the account: its hourly totals, and
 the keys with the most requests and with the most failures (`failed_auth` + `denied`:
