@@ -57,7 +57,9 @@ class Call:
     path: str
     key: KeyRecord | None = None
     outcome: Outcome = Outcome.OK
-    auth_result: str = "ok"  # or the AuthError reason (gateway_auth_total)
+    # gateway_auth_total's label: "ok", or the AuthError's reason; None for a request
+    # refused before its key was judged (throttled, a head or expectation refused)
+    auth_result: str | None = None
     status: int = 0
     client_gone: bool = False
     extra_headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -145,6 +147,7 @@ class Proxy:
         credentials = parse_authorization(authorization, self.key_format)
         attempt = self.throttle.admit(call.client_ip, credentials.public_id)
         call.key = key = await self._authenticate(credentials, attempt)
+        call.auth_result = "ok"
         self._authorise(method, raw_path, key, call)
         self._limit(key, call)
         self.usage.mark_used(key.id)
@@ -218,7 +221,8 @@ class Proxy:
         """Count a finished request (metrics, hourly usage) and write its access-log line."""
         status_class = f"{call.status // 100}xx"
         metrics.count(metrics.requests_by(call.outcome, status_class))
-        metrics.count(metrics.auth_results_by(call.auth_result))
+        if call.auth_result is not None:
+            metrics.count(metrics.auth_results_by(call.auth_result))
         metrics.request_duration.observe(elapsed)
         if call.key is not None:
             outcome = call.outcome if call.outcome in USAGE_OUTCOMES else Outcome.DENIED

@@ -115,6 +115,28 @@ async def test_a_scrape_counts_every_request_before_it(
     assert added("gateway_upstream_duration_seconds_count") == 3
 
 
+async def test_a_request_refused_before_its_key_is_judged_is_no_authentication_result(
+    admin: TestServer, gateway: TestServer, seed: Seed
+) -> None:
+    """An expectation the gateway refuses (417) is decided before authentication: it
+    counts as a request, not as a key accepted (it used to add to result="ok")."""
+    key = await seed.key()
+    before = await scrape(admin)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            gateway.make_url("/v1/customers"),
+            headers={"Authorization": f"Bearer {key.key}", "Expect": "something-else"},
+        ) as response:
+            assert response.status == 417
+    after = await scrape(admin)
+    assert value(after, "gateway_requests_total", outcome="bad_request", status_class="4xx") == (
+        value(before, "gateway_requests_total", outcome="bad_request", status_class="4xx") + 1
+    )
+    assert value(after, "gateway_auth_total", result="ok") == value(
+        before, "gateway_auth_total", result="ok"
+    )
+
+
 def test_a_worker_file_not_yet_sized_leaves_every_other_workers_metrics_readable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -152,12 +152,15 @@ async def test_ip_with_too_many_failures_gets_429_before_any_database_or_argon2_
     assert [(await call(gateway, g, ip))[0] for g in guesses[:PER_IP]] == [401] * PER_IP
     before = work_done()
     throttled_before = sample("gateway_failed_auth_throttled_total", scope="ip")
+    authenticated_before = sample("gateway_auth_total", result="ok")
     status, body, headers = await call(gateway, guesses[PER_IP], ip)
     assert status == 429
     assert body["error"]["code"] == "too_many_failed_attempts"
     assert headers["Retry-After"] == str(60 // PER_IP)
     assert work_done() == before
     assert sample("gateway_failed_auth_throttled_total", scope="ip") == throttled_before + 1
+    # Its key was never judged: no authentication result (it used to count as "ok").
+    assert sample("gateway_auth_total", result="ok") == authenticated_before
     assert (await call(gateway, guesses[PER_IP], fresh_ip()))[0] == 401  # other IPs are not
 
 
