@@ -49,7 +49,7 @@ UPSTREAM_DURATION = Histogram(
 )
 UPSTREAM_ERRORS = Counter(
     "gateway_upstream_errors_total",
-    "Upstream failures by kind (connect, timeout, protocol).",
+    "Upstream failures by kind (connect, timeout, protocol, tls).",
     ["kind"],
 )
 AUTH_RESULTS = Counter(
@@ -273,7 +273,7 @@ def _precreate() -> None:
         FLUSH_DURATION.labels(kind)
         FLUSH_FAILURES.labels(kind)
         FLUSH_PENDING.labels(kind)
-    for kind in ("connect", "timeout", "protocol"):
+    for kind in ("connect", "timeout", "protocol", "tls"):
         UPSTREAM_ERRORS.labels(kind)
     for window in ("minute", "day"):
         RATE_LIMITED.labels(window)

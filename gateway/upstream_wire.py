@@ -60,7 +60,7 @@ class UpstreamError(Exception):
 
     def __init__(self, message: str, kind: str = "protocol") -> None:
         super().__init__(message)
-        self.kind = kind  # "connect", "protocol" or "timeout": a metric label
+        self.kind = kind  # "connect", "protocol", "timeout" or "tls": a metric label
 
 
 class UpstreamTimeout(UpstreamError):
