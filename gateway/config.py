@@ -26,6 +26,7 @@ from .settings import (
     apply_environment,
     between,
     build,
+    non_negative,
     port,
     positive,
     read_yaml,
@@ -253,8 +254,7 @@ class KeysConfig:
         positive("keys.rotation_days", self.rotation_days)
         positive("keys.cache_ttl_seconds", self.cache_ttl_seconds)
         positive("keys.cache_max_entries", self.cache_max_entries)
-        if self.stale_if_error_seconds < 0:
-            raise ConfigError("keys.stale_if_error_seconds: must be 0 or more")
+        non_negative("keys.stale_if_error_seconds", self.stale_if_error_seconds)
         positive("keys.verify_concurrency", self.verify_concurrency)
         self.argon2.validate()
 
@@ -332,8 +332,9 @@ class SecretScanningConfig:
             )
         positive("secret_scanning.max_tokens", self.max_tokens)
         positive("secret_scanning.max_body_bytes", self.max_body_bytes)
-        if self.refresh_min_interval_seconds < 0:
-            raise ConfigError("secret_scanning.refresh_min_interval_seconds: must be 0 or more")
+        non_negative(
+            "secret_scanning.refresh_min_interval_seconds", self.refresh_min_interval_seconds
+        )
         positive("secret_scanning.fetch_timeout_seconds", self.fetch_timeout_seconds)
 
 

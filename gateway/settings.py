@@ -164,11 +164,21 @@ LONGEST = {"_seconds": 366 * 24 * 3600, "_days": 100 * 366}
 
 
 def positive(name: str, value: float) -> None:
+    _bounded(name, value)
+    if value <= 0:
+        raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
+
+
+def non_negative(name: str, value: float) -> None:
+    _bounded(name, value)
+    if value < 0:
+        raise ConfigError(f"{name}: must be 0 or more, got {value!r}")
+
+
+def _bounded(name: str, value: float) -> None:
     # NaN compares false with everything, so `value <= 0` alone would let it through.
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name}: expected a finite number, got {value!r}")
-    if value <= 0:
-        raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
     for unit, longest in LONGEST.items():
         if name.endswith(unit) and value > longest:
             raise ConfigError(f"{name}: must be at most {longest}, got {value!r}")

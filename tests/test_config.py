@@ -239,6 +239,12 @@ def test_config_is_frozen() -> None:
         # past a year (days: a century), durations overflow timestamps when added to now
         ({"webhooks": {"give_up_after_seconds": 1.0e13}}, "webhooks.give_up_after_seconds"),
         ({"keys": {"cache_ttl_seconds": 366 * 86400 + 1}}, "keys.cache_ttl_seconds"),
+        ({"keys": {"stale_if_error_seconds": 1.0e12}}, "keys.stale_if_error_seconds"),
+        ({"keys": {"stale_if_error_seconds": -1}}, "keys.stale_if_error_seconds"),
+        (
+            {"secret_scanning": {"refresh_min_interval_seconds": 1.0e12}},
+            "secret_scanning.refresh_min_interval_seconds",
+        ),
         ({"keys": {"rotation_days": 10**11}}, "keys.rotation_days"),
         ({"database": {"pool_min_size": 20, "pool_max_size": 10}}, "database.pool_min_size"),
         ({"keys": {"prefix": "gp-"}}, "keys.prefix"),
