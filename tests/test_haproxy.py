@@ -12,6 +12,7 @@ production.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.embedded_pg import free_port
@@ -62,18 +64,22 @@ def session_from(address: str) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
 
 
-@pytest.fixture
-async def balanced(
-    database_url: str, upstream: TestServer, tmp_path: Path
+@contextlib.asynccontextmanager
+async def haproxy_over_replicas(
+    database_url: str, upstreams: tuple[str, str], tmp_path: Path
 ) -> AsyncIterator[Balanced]:
+    """deploy/haproxy/haproxy.cfg in front of two replicas, both UP; replica i forwards to
+    `upstreams[i]`."""
     haproxy_bin = require("haproxy", "haproxy")
     env = {
         "DATABASE_URL": database_url,
-        "GATEWAY__PROXY__UPSTREAM": str(upstream.make_url("")).rstrip("/"),
         "GATEWAY__PROXY__TRUSTED_PROXIES": "[127.0.0.1/32]",
         **NO_LIMITS,
     }
-    replicas = [Replica(f"replica{i}", env, tmp_path) for i in (1, 2)]
+    replicas = [
+        Replica(f"replica{i}", {**env, "GATEWAY__PROXY__UPSTREAM": url}, tmp_path)
+        for i, url in enumerate(upstreams, start=1)
+    ]
     port, stats_port = free_port(), free_port()
     haproxy_env = {
         "PATH": "/usr/bin:/bin",
@@ -110,6 +116,15 @@ async def balanced(
             haproxy.stop()
         for replica in replicas:
             replica.kill()
+
+
+@pytest.fixture
+async def balanced(
+    database_url: str, upstream: TestServer, tmp_path: Path
+) -> AsyncIterator[Balanced]:
+    url = str(upstream.make_url("")).rstrip("/")
+    async with haproxy_over_replicas(database_url, (url, url), tmp_path) as lb:
+        yield lb
 
 
 async def test_client_ip_through_haproxy_reaches_access_log_and_allowlist(
@@ -208,3 +223,50 @@ async def test_rolling_restart_under_load_loses_no_request(balanced: Balanced, s
     print(f"\nrolling restart through HAProxy: {sent} requests sent, {len(failures)} failed")
     assert sent < max_requests and time.monotonic() < deadline, "load ran out of bounds"
     assert failures == [], failures[:5]
+
+
+async def test_a_post_a_replica_took_is_not_replayed_on_the_other_when_it_dies(
+    database_url: str, seed: Seed, tmp_path: Path
+) -> None:
+    """A replica that dies after forwarding a POST leaves the client a 502, not a second
+    POST upstream through the other replica (HAProxy's retry-on empty-response)."""
+    received: list[str] = []  # which replica forwarded each POST
+    arrived = asyncio.Event()
+    release = asyncio.Event()
+
+    async def import_data(request: web.Request) -> web.Response:
+        received.append(request.match_info["replica"])
+        arrived.set()
+        if len(received) == 1:
+            await release.wait()  # the first is held until its replica is gone
+        return web.json_response({"imported": True})
+
+    app = web.Application()
+    app.router.add_post("/{replica}/v1/data/{tail:.*}", import_data)
+    upstream = TestServer(app, host="127.0.0.1")
+    await upstream.start_server()
+    base = str(upstream.make_url("")).rstrip("/")
+    try:
+        async with haproxy_over_replicas(
+            database_url, (f"{base}/replica1", f"{base}/replica2"), tmp_path
+        ) as lb:
+            key = await seed.key()
+            async with session_from(CLIENT) as session:
+                posting = asyncio.create_task(
+                    session.post(
+                        f"{lb.url}/v1/data/import",
+                        json={"rows": 1},
+                        headers={"Authorization": f"Bearer {key.key}"},
+                        timeout=aiohttp.ClientTimeout(total=30),
+                    )
+                )
+                await asyncio.wait_for(arrived.wait(), 10)
+                (took,) = received
+                lb.replicas[int(took.removeprefix("replica")) - 1].kill()  # a crash, OOM
+                async with await posting as response:
+                    status = response.status
+            assert received == [took], "the POST reached the upstream twice"
+            assert status in (502, 503)
+    finally:
+        release.set()
+        await upstream.close()
