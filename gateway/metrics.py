@@ -103,6 +103,14 @@ LISTENER_CONNECTED = Gauge(
     "Processes whose notification listener is connected (one per proxy process when healthy).",
     multiprocess_mode="livesum",
 )
+# What gateway_listener_connected should read: with `--workers N` a scrape shows the sum
+# over the workers, and an admin-only process has no listener at all.
+PROXY_PROCESSES = Gauge(
+    "gateway_proxy_processes",
+    "Proxy processes this gateway runs (N with --workers N, 0 with the proxy off), each "
+    "with a notification listener.",
+    multiprocess_mode="livemax",
+)
 DB_POOL_IN_USE = Gauge(
     "gateway_db_pool_connections_in_use",
     "Postgres pool connections checked out, by pool (proxy, admin).",

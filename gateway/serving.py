@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from . import metrics
 from .config import Config, ServerConfig
 from .errors import GatewayError, error_body, internal_error, new_request_id
 from .headers import SERVER_NAME
@@ -182,6 +183,8 @@ async def serve_one(config: Config, *, worker: bool) -> None:
             )
             if config.proxy.verify_port:
                 verify = await _start_verify_listener(proxy_app, config, worker, proxy_tls)
+        if not worker:
+            metrics.PROXY_PROCESSES.set(1 if proxy_app is not None else 0)
         if config.admin.enabled and not worker:
             admin_app = create_admin_app(config)
             if proxy_app is not None:
@@ -270,6 +273,7 @@ async def serve_supervised(config: Config, workers: int, config_path: str | None
             if port:
                 await _bind_and_close(config.proxy.host, port)
     log.info("starting workers", extra={"workers": workers, "metrics_dir": directory})
+    metrics.PROXY_PROCESSES.set(workers if config.proxy.enabled else 0)
     try:
         await supervisor.start()
         if config.admin.enabled:

@@ -6,6 +6,7 @@ names only metrics the gateway exports.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -142,20 +143,12 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
 
-@pytest.fixture
-async def scraped(
-    database_url: str, upstream: TestServer, tmp_path: Path
-) -> AsyncIterator[tuple[Prometheus, Replica]]:
+@contextlib.asynccontextmanager
+async def scraping(replica: Replica, tmp_path: Path) -> AsyncIterator[Prometheus]:
+    """A real Prometheus on deploy/prometheus/prometheus.yml and the alert rules, scraping
+    `replica`'s admin listener every second; the replica is started here, killed at the
+    end."""
     program = require("prometheus", "prometheus")
-    replica = Replica(
-        "workers2",
-        {
-            "DATABASE_URL": database_url,
-            "GATEWAY__PROXY__UPSTREAM": str(upstream.make_url("")).rstrip("/"),
-        },
-        tmp_path,
-        workers=2,
-    )
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(RULES)]
@@ -166,7 +159,6 @@ async def scraped(
     daemon = None
     replica.start()
     try:
-        await replica.wait_ready()
         daemon = Daemon(
             [
                 program,
@@ -188,11 +180,29 @@ async def scraped(
                 return False
 
         await wait_for(answering, timeout=30, interval=0.1)
-        yield prometheus, replica
+        yield prometheus
     finally:
         if daemon is not None:
             daemon.stop()
         replica.kill()
+
+
+@pytest.fixture
+async def scraped(
+    database_url: str, upstream: TestServer, tmp_path: Path
+) -> AsyncIterator[tuple[Prometheus, Replica]]:
+    replica = Replica(
+        "workers2",
+        {
+            "DATABASE_URL": database_url,
+            "GATEWAY__PROXY__UPSTREAM": str(upstream.make_url("")).rstrip("/"),
+        },
+        tmp_path,
+        workers=2,
+    )
+    async with scraping(replica, tmp_path) as prometheus:
+        await replica.wait_ready()
+        yield prometheus, replica
 
 
 async def test_prometheus_scrapes_a_two_worker_gateway_and_sees_its_requests(
@@ -225,6 +235,7 @@ async def test_prometheus_scrapes_a_two_worker_gateway_and_sees_its_requests(
     assert ok is not None and ok >= sent
     # Both workers' listeners, summed in the one scrape.
     assert await prometheus.value(f"sum(gateway_listener_connected{{{job}}})") == 2
+    assert await prometheus.value(f"sum(gateway_proxy_processes{{{job}}})") == 2
 
     shipped = sum(len(group["rules"]) for group in yaml.safe_load(RULES.read_text())["groups"])
 
@@ -240,3 +251,33 @@ async def test_prometheus_scrapes_a_two_worker_gateway_and_sees_its_requests(
     # Every dashboard query is valid PromQL for this Prometheus.
     for expr in dashboard_queries():
         await prometheus.api("query", query=expr)
+
+
+def alert_expression(name: str) -> str:
+    (expr,) = (
+        rule["expr"]
+        for group in yaml.safe_load(RULES.read_text())["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") == name
+    )
+    return str(expr)
+
+
+async def test_an_admin_only_gateway_is_not_reported_without_notifications(
+    database_url: str, tmp_path: Path
+) -> None:
+    """An admin-only process (proxy.enabled: false, documented) runs no notification
+    listener and needs none: GatewayNotReady's condition does not hold for it."""
+    replica = Replica(
+        "admin-only", {"DATABASE_URL": database_url, "GATEWAY__PROXY__ENABLED": "false"}, tmp_path
+    )
+    async with scraping(replica, tmp_path) as prometheus:
+        job = 'job="growpanel-gateway"'
+
+        async def scraped_once() -> bool:
+            return await prometheus.value(f"up{{{job}}}") == 1
+
+        await wait_for(scraped_once, timeout=30, interval=0.2)
+        assert (await prometheus.api("query", query=alert_expression("GatewayNotReady")))[
+            "result"
+        ] == []
