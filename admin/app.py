@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.background import running
 from gateway.config import Config
 from gateway.db import create_pool, sample_pool
-from gateway.deliverer import Deliverer
+from gateway.deliverer import Deliverer, watch_backlog
 from gateway.errors import error_middleware
 from gateway.headers import name_the_server
 from gateway.keyformat import Hasher, KeyFormat
@@ -52,6 +52,8 @@ def create_admin_app(
     app.cleanup_ctx.append(_authentication)
     if config.webhooks.deliver:
         app.cleanup_ctx.append(_deliverer)
+    else:
+        app.cleanup_ctx.append(_webhook_backlog)
     health.add_routes(app)
     openapi.add_routes(app)
     accounts.add_routes(app)
@@ -77,6 +79,14 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 DELIVERER = web.AppKey("deliverer", Deliverer)
+
+
+async def _webhook_backlog(app: web.Application) -> AsyncIterator[None]:
+    """No deliverer here, but the backlog gauges still: the alert on a growing outbox
+    (GatewayWebhookBacklogGrowing) must fire when no replica delivers at all."""
+    interval = app[CONFIG].webhooks.poll_interval_seconds
+    async with running(watch_backlog(app[POOL], interval), "webhook-backlog-gauges"):
+        yield
 
 
 async def _deliverer(app: web.Application) -> AsyncIterator[None]:

@@ -97,6 +97,25 @@ RETURNING status, extract(epoch FROM now() - created_at) AS age
 """
 
 
+async def look(pool: asyncpg.Pool) -> bool:
+    """Set the backlog gauges; True when a worker would find a delivery to claim."""
+    row = await pool.fetchrow(_LOOK)
+    metrics.WEBHOOK_PENDING.set(row["pending"])
+    metrics.WEBHOOK_OLDEST_PENDING.set(float(row["oldest"]))
+    return bool(row["due"])
+
+
+async def watch_backlog(pool: asyncpg.Pool, interval: float) -> None:
+    """The backlog gauges alone, every `interval`, where no deliverer runs
+    (webhooks.deliver: false): an outbox that no process sends must show too."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await look(pool)
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            log.warning("webhook backlog not sampled: %s", exc)
+
+
 class Deliverer:
     def __init__(self, config: Config, store: KeyStore, clock: Clock | None = None) -> None:
         self.config = config
@@ -197,10 +216,7 @@ class Deliverer:
     async def look(self) -> bool:
         """Set the backlog gauges; True when a worker would find a delivery to claim."""
         assert self._pool is not None
-        row = await self._pool.fetchrow(_LOOK)
-        metrics.WEBHOOK_PENDING.set(row["pending"])
-        metrics.WEBHOOK_OLDEST_PENDING.set(float(row["oldest"]))
-        return bool(row["due"])
+        return await look(self._pool)
 
     # -- delivering -----------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from standardwebhooks import Webhook
 from yarl import URL
 
 from admin.app import DELIVERER, create_admin_app
+from gateway import metrics
 from gateway.config import Config
 from gateway.deliverer import Deliverer
 from gateway.embedded_pg import free_port
@@ -440,6 +441,22 @@ async def test_delivery_metrics_count_sent_failed_pending_and_latency(
     assert sample("gateway_webhook_attempt_duration_seconds_count") == attempts + len(
         receiver.received
     )
+
+
+async def test_the_backlog_gauges_are_kept_where_no_deliverer_runs(
+    start_admin: StartAdmin, receiver: Receiver
+) -> None:
+    """GatewayWebhookBacklogGrowing must see an outbox that no process sends (every admin
+    listener with webhooks.deliver: false): the admin listener samples the backlog
+    gauges without delivering."""
+    metrics.WEBHOOK_PENDING.set(0)
+    admin = await start_admin(deliver=False)
+    assert DELIVERER not in admin.server.app
+    await admin.webhook(receiver.url, ["key.created"])
+    await admin.key()
+    await wait_for(lambda: sample("gateway_webhook_pending") == 1, timeout=5)
+    assert sample("gateway_webhook_oldest_pending_seconds") > 0
+    assert receiver.received == []
 
 
 async def test_redirects_are_not_followed_and_slow_receivers_time_out(
