@@ -15,12 +15,14 @@ import asyncio
 import contextlib
 import csv
 import io
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -270,3 +272,74 @@ async def test_a_post_a_replica_took_is_not_replayed_on_the_other_when_it_dies(
     finally:
         release.set()
         await upstream.close()
+
+
+async def test_haproxy_refuses_a_replica_whose_certificate_names_another_host(
+    database_url: str, upstream: TestServer, seed: Seed, tmp_path: Path
+) -> None:
+    """With GATEWAY_REPLICA_CA, a replica must show a certificate for
+    GATEWAY_REPLICA_NAME: any other certificate the CA signed (another internal service)
+    is not a replica, and gets no request with its key."""
+    haproxy_bin = require("haproxy", "haproxy")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    env = {
+        "DATABASE_URL": database_url,
+        "GATEWAY__PROXY__UPSTREAM": str(upstream.make_url("")).rstrip("/"),
+        "GATEWAY__PROXY__TRUSTED_PROXIES": "[127.0.0.1/32]",
+    }
+    replicas = []
+    for name, host in (("replica1", "gateway.internal"), ("replica2", "other.internal")):
+        issued = ca.issue_cert("127.0.0.1", host)
+        issued.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.pem"))
+        issued.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
+        replica = Replica(
+            name,
+            {
+                **env,
+                "GATEWAY__PROXY__TLS__CERTIFICATE": str(tmp_path / f"{name}.pem"),
+                "GATEWAY__PROXY__TLS__KEY": str(tmp_path / f"{name}.key"),
+            },
+            tmp_path,
+        )
+        replica.scheme = "https"
+        replicas.append(replica)
+    trust = ssl.create_default_context()
+    ca.configure_trust(trust)
+    port, stats_port = free_port(), free_port()
+    haproxy = None
+    try:
+        for replica in replicas:
+            replica.start()
+        for replica in replicas:
+            await replica.wait_ready(ssl=trust)
+        haproxy = Daemon(
+            [haproxy_bin, "-db", "-f", str(DEPLOY / "haproxy" / "haproxy.cfg")],
+            tmp_path / "haproxy.log",
+            env={
+                "PATH": "/usr/bin:/bin",
+                "GATEWAY_LB_BIND": f"127.0.0.1:{port}",
+                "GATEWAY_REPLICA_CA": str(tmp_path / "ca.pem"),
+                "GATEWAY_REPLICA_NAME": "gateway.internal",
+                "GATEWAY_REPLICA_1": f"127.0.0.1:{replicas[0].proxy_port}",
+                "GATEWAY_REPLICA_2": f"127.0.0.1:{replicas[1].proxy_port}",
+                "HAPROXY_STATS_BIND": f"127.0.0.1:{stats_port}",
+            },
+        )
+        lb = Balanced(haproxy, port, stats_port, replicas)
+        await lb.wait_state("replica2", "DOWN")
+        await lb.wait_state("replica1", "UP")
+        key = await seed.key()
+        async with session_from(CLIENT) as session:
+            for _ in range(4):
+                async with session.get(
+                    f"{lb.url}/v1/customers",
+                    headers={"Authorization": f"Bearer {key.key}"},
+                ) as response:
+                    assert response.status == 200
+        assert replicas[1].access_lines() == []
+    finally:
+        if haproxy is not None:
+            haproxy.stop()
+        for replica in replicas:
+            replica.kill()

@@ -32,7 +32,7 @@ async def test_tls_haproxy_pgbouncer_prometheus_together(
     haproxy_bin = require("haproxy", "haproxy")
     prometheus_bin = require("prometheus", "prometheus")
     ca, client_ca = trustme.CA(), trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
+    server = ca.issue_cert("127.0.0.1", "gateway.internal")
     files = {
         "ca": ca.cert_pem,
         "client-ca": client_ca.cert_pem,
@@ -82,6 +82,7 @@ async def test_tls_haproxy_pgbouncer_prometheus_together(
                     "GATEWAY_LB_BIND": f"127.0.0.1:{port}",
                     "GATEWAY_LB_CERT": str(haproxy_pem),
                     "GATEWAY_REPLICA_CA": str(paths["ca"]),
+                    "GATEWAY_REPLICA_NAME": "gateway.internal",
                     "GATEWAY_REPLICA_1": f"127.0.0.1:{replicas[0].proxy_port}",
                     "GATEWAY_REPLICA_2": f"127.0.0.1:{replicas[1].proxy_port}",
                     "HAPROXY_STATS_BIND": f"127.0.0.1:{stats_port}",
