@@ -21,6 +21,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -97,14 +100,45 @@ class _Server(web.Server):
         return _Handler(self, loop=self._loop, **self._kwargs)
 
 
+# What `web.Server` calls to make each request object (aiohttp's own alias is private).
+_RequestFactory = Callable[
+    [RawRequestMessage, StreamReader, RequestHandler, AbstractStreamWriter, "asyncio.Task[None]"],
+    BaseRequest,
+]
+
+
+def _last_if_chunked(make: _RequestFactory) -> _RequestFactory:
+    """`make`, but a chunked request is the last of its connection (`Connection: close`).
+
+    aiohttp's parser keeps the last trailer field of a chunked body and adds it to the
+    head of the next request on the connection: an `Authorization` trailer authenticated
+    the request after it, which behind a proxy sharing its connections is another
+    client's. Trailers come only after chunked bodies, so no request follows one.
+    """
+
+    def made(
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> BaseRequest:
+        if message.chunked and not message.should_close:
+            message = message._replace(should_close=True)
+        return make(message, payload, protocol, writer, task)
+
+    return made
+
+
 class _Runner(web.AppRunner):
-    """`web.AppRunner` whose connections are handled by `_Handler`."""
+    """`web.AppRunner` whose connections are handled by `_Handler`, and end with a chunked
+    request (`_last_if_chunked`)."""
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
         return _Server(
             made.request_handler,
-            request_factory=made.request_factory,
+            request_factory=_last_if_chunked(made.request_factory),
             handler_cancellation=made.handler_cancellation,
             loop=made._loop,
             **made._kwargs,

@@ -12,15 +12,26 @@ from typing import Any
 
 import aiohttp
 import yaml
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
 from gateway import metrics
 from gateway.config import DEFAULT_PERMISSIONS, DEFAULT_ROUTES, Config, from_dict
+from gateway.serving import _Runner
 
 # Cheap argon2 parameters keep the suite fast; the OWASP defaults have their own test.
 FAST_ARGON2 = {"time_cost": 1, "memory_kib": 1024, "parallelism": 1}
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServedTestServer(TestServer):
+    """A test server whose connections are handled as `gateway serve` handles them
+    (`gateway.serving`): a request aiohttp's parser refuses gets the gateway's JSON
+    error, not aiohttp's text, and a chunked request is the connection's last."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return _Runner(self.app, **kwargs)
 
 
 def make_config(

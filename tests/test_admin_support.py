@@ -21,16 +21,15 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from admin.app import create_admin_app
 from admin.openapi import document
 from gateway.accounts import ADMIN_TOKEN_FORMAT
 from gateway.config import Config
-from gateway.serving import _Runner
 
 from .conftest import Seed
+from .helpers import ServedTestServer
 
 OPERATOR_TOKEN = "op_" + secrets.token_urlsafe(32)
 OPERATOR_ENV = {"GATEWAY_OPERATOR_TOKEN": OPERATOR_TOKEN}
@@ -168,14 +167,6 @@ class World:
 
 # Well-formed (valid checksum), but no member holds it.
 BAD_TOKEN = ADMIN_TOKEN_FORMAT.generate()[0]
-
-
-class ServedTestServer(TestServer):
-    """A test server whose connections are handled as `gateway serve` handles them: a
-    request aiohttp's parser refuses gets the gateway's JSON error, not aiohttp's text."""
-
-    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
-        return _Runner(self.app, **kwargs)
 
 
 @pytest.fixture(name="admin_server")

@@ -23,13 +23,21 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.app import UPSTREAM
+from gateway.app import SERVER_OPTIONS, UPSTREAM, create_app
 from gateway.upstream import UpstreamPool
 from gateway.upstream_wire import UnsafeRequest, request_head
 
 from .conftest import GatewayFactory, Seed
-from .helpers import make_config, wait_for
-from .reliability import Received, answer, exchange, raw_upstream, status_codes
+from .helpers import ServedTestServer, make_config, wait_for
+from .reliability import (
+    Received,
+    StartServe,
+    answer,
+    exchange,
+    raw_upstream,
+    serve,  # noqa: F401
+    status_codes,
+)
 
 FRAMING_DECOYS = [
     ("X-Transfer-Encoding", "chunked"),
@@ -80,6 +88,60 @@ async def test_chunked_client_body_is_rechunked_by_the_gateway(
         assert received.header("Content-Length") == []
         assert received.header("X-Trailer") == []
         assert b"ext=" not in upstream.raw[0]
+
+
+# The first request of a connection, by the endpoint it reaches: each is chunked and
+# ends with an `Authorization` trailer holding a valid key.
+TRAILED = {
+    "proxied": "POST /v1/echo HTTP/1.1\r\nAuthorization: Bearer {key}\r\n",
+    "refused": "POST /v1/echo HTTP/1.1\r\n",
+    "reserved": "POST /_gateway/ready HTTP/1.1\r\n",
+    "gateway 404": "POST /_gateway/nothing HTTP/1.1\r\n",
+}
+
+
+def _trailed_then_keyless(first: str, key: str) -> bytes:
+    trailed = (
+        first.format(key=key) + "Host: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        f"3\r\nabc\r\n0\r\nAuthorization: Bearer {key}\r\n\r\n"
+    )
+    return (trailed + "GET /v1/customers HTTP/1.1\r\nHost: x\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("first", sorted(TRAILED))
+async def test_a_trailer_never_becomes_a_header_of_the_next_request(
+    seed: Seed, database_url: str, first: str
+) -> None:
+    """aiohttp's parser carries the last trailer field of a chunked request into the head
+    of the next request on the connection: a keyless request was served with the key of
+    the trailer before it (behind a proxy that shares connections, another client's)."""
+    key = await seed.key()
+    async with raw_upstream() as upstream:
+        gateway = ServedTestServer(create_app(make_config(database_url, upstream.url)))
+        await gateway.start_server(**SERVER_OPTIONS)
+        try:
+            raw = await exchange(gateway.port, _trailed_then_keyless(TRAILED[first], key.key), 2)
+        finally:
+            await gateway.close()
+        head = raw.split(b"\r\n\r\n", 1)[0].lower()
+        assert b"\r\nconnection: close" in head
+        assert status_codes(raw)[1:] in ([], [401])
+        assert [r.target for r in upstream.received] == (["/v1/echo"] if first == "proxied" else [])
+
+
+async def test_a_trailer_never_becomes_a_header_of_the_next_request_under_serve(
+    serve: StartServe,  # noqa: F811
+    seed: Seed,
+) -> None:
+    """The same, through `gateway serve`."""
+    key = await seed.key()
+    async with raw_upstream() as upstream:
+        served = await serve(upstream.url)
+        raw = await exchange(
+            served.proxy_port, _trailed_then_keyless(TRAILED["refused"], key.key), 2
+        )
+        assert status_codes(raw) == [401]
+        assert upstream.received == []
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
