@@ -27,6 +27,8 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 
+from multidict import CIMultiDictProxy
+
 from . import metrics
 from .background import cancel
 from .cache import CacheEntry, KeyCache
@@ -129,6 +131,16 @@ class Credentials:
     @property
     def public_id(self) -> str:
         return self.parsed.public_id
+
+
+def authorization_header(headers: CIMultiDictProxy[str]) -> str | None:
+    """The request's one `Authorization` header, or None. Two or more are no credential
+    (401 `invalid_api_key`): the gateway would judge one key while an upstream given
+    them (`proxy.forward_authorization`) may act on another, or on them joined."""
+    values = headers.getall("Authorization", ())
+    if len(values) > 1:
+        raise invalid_key("malformed")
+    return values[0] if values else None
 
 
 def parse_authorization(header: str | None, key_format: KeyFormat) -> Credentials:

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from .auth import authorization_header
 from .errors import GatewayError, Outcome, error_body, internal_error, new_request_id
 from .headers import SERVER_NAME, ClientAddress, identity_headers
 from .proxy import Call, Proxy
@@ -91,7 +92,8 @@ class VerifyEndpoint:
         verdict: Verdict | None = None
         try:
             call.method, call.path = _original(method, raw_path, headers, client.peer_trusted)
-            key = await proxy.admit(headers.get("Authorization"), call.method, call.path, call)
+            authorization = authorization_header(headers)
+            key = await proxy.admit(authorization, call.method, call.path, call)
             verdict = Verdict(
                 200,
                 [

@@ -21,7 +21,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from . import metrics
-from .auth import Authenticator, AuthError, Credentials, parse_authorization
+from .auth import (
+    Authenticator,
+    AuthError,
+    Credentials,
+    authorization_header,
+    parse_authorization,
+)
 from .config import ProxyConfig
 from .errors import (
     REQUEST_ID,
@@ -134,7 +140,7 @@ class Proxy:
         self, request: web.Request, call: Call, client: ClientAddress
     ) -> web.StreamResponse:
         _check_head(request)
-        authorization = request.headers.get("Authorization")
+        authorization = authorization_header(request.headers)
         key = await self.admit(authorization, call.method, call.path, call)
         return await self.forwarder.forward(request, call, client, key)
 

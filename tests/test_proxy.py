@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -342,6 +343,27 @@ async def test_forward_authorization_option_passes_the_header(
     key = await seed.key()
     _, _, echo = await call(gateway, headers=bearer(key.key))
     assert ["Authorization", f"Bearer {key.key}"] in echo["headers"]
+
+
+@pytest.mark.parametrize("forward_authorization", [False, True])
+async def test_two_authorization_headers_are_no_credential(
+    start_gateway: GatewayFactory, config: Config, seed: Seed, forward_authorization: bool
+) -> None:
+    """The gateway judged the first `Authorization` and passed both on: an upstream that
+    reads the last (or joins them) acted on a key the gateway never checked (revoked, out
+    of its limits, without the route's permission)."""
+    judged, other = await seed.key(), await seed.key(permissions=[])
+    async with raw_upstream() as upstream:
+        proxy = {"forward_authorization": forward_authorization}
+        gateway = await start_gateway(make_config(config.database.url, upstream.url, proxy=proxy))
+        for first, second in [(judged, other), (other, judged), (judged, judged)]:
+            status, body = await raw_request(
+                gateway.port,
+                "GET /v1/customers HTTP/1.1",
+                {"Authorization": f"Bearer {first.key}", "authorization": f"Bearer {second.key}"},
+            )
+            assert (status, json.loads(body)["error"]["code"]) == (401, "invalid_api_key")
+        assert upstream.received == []
 
 
 @pytest.mark.parametrize("code", [200, 201, 204, 301, 404, 418, 500, 503])
