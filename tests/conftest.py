@@ -36,7 +36,7 @@ from gateway.records import NewKey
 from gateway.verify_listener import VerifyListener
 
 from . import secret_scan
-from .helpers import make_config
+from .helpers import ServedTestServer, make_config
 
 TEMPLATE_DB = "gateway_test_template"
 _counter = itertools.count()
@@ -201,12 +201,13 @@ GatewayFactory = Callable[..., Awaitable[TestServer]]
 
 @pytest.fixture
 async def start_gateway(config: Config) -> AsyncIterator[GatewayFactory]:
-    """Start the real proxy app on a real socket: `await start_gateway(config=..., clock=...)`."""
+    """Start the real proxy app on a real socket, served as `gateway serve` serves it:
+    `await start_gateway(config=..., clock=...)`."""
     servers: list[TestServer] = []
 
     async def start(config: Config = config, clock: Clock | None = None, **kw: Any) -> TestServer:
         app: web.Application = create_app(config, clock=clock, **kw)
-        server = TestServer(app, host="127.0.0.1")
+        server = ServedTestServer(app, host="127.0.0.1")
         await server.start_server(**SERVER_OPTIONS)
         servers.append(server)
         return server
