@@ -141,6 +141,13 @@ _HTTP_CODES = {
 }
 
 
+def http_error(exc: web.HTTPException) -> GatewayError:
+    """aiohttp's own HTTP error as the gateway's."""
+    code = _HTTP_CODES.get(exc.status, "http_error")
+    headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+    return GatewayError(exc.status, code, exc.reason, headers)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -150,9 +157,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return error_response(request, GatewayError(exc.status, code, exc.reason, headers))
+        return error_response(request, http_error(exc))
     except ConnectionResetError:
         raise  # the client is gone: nothing to answer
     except Exception:

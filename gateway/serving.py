@@ -17,6 +17,7 @@ import os
 import signal
 import ssl
 import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,7 +30,14 @@ from aiohttp.web_request import BaseRequest
 
 from . import metrics
 from .config import Config, ServerConfig
-from .errors import GatewayError, error_body, internal_error, new_request_id
+from .errors import (
+    GatewayError,
+    error_body,
+    error_response,
+    http_error,
+    internal_error,
+    new_request_id,
+)
 from .headers import SERVER_NAME
 from .tls import Reloader
 from .verify_listener import VerifyListener
@@ -93,6 +101,17 @@ class _Handler(RequestHandler):
         )
         response.force_close()
         return response
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        # An HTTP error of aiohttp's own that no middleware rendered: on the public
+        # listener, which has none, the router's 404 for a target that is not a path
+        # (`OPTIONS *`, `CONNECT host:443`, `GET http://host`). Else it went out as text,
+        # under aiohttp's and Python's versions.
+        if isinstance(resp, web.HTTPException) and resp.status >= 400:
+            resp = error_response(typing.cast(web.Request, request), http_error(resp))
+        return await super().finish_response(request, resp, start_time)
 
 
 class _Server(web.Server):

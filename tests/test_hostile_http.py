@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
 from .conftest import Seed
 from .reliability import (
     NO_LIMITS,
@@ -433,6 +435,32 @@ async def test_the_request_target_cannot_pick_the_upstream(
                 problems.append(f"{name}: Forwarded header passed on")
         assert problems == [], "\n".join(problems)
         assert attacker.accepted == 0, "the gateway connected to a server it was told about"
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    ["OPTIONS * HTTP/1.1", "CONNECT example.com:443 HTTP/1.1", "GET http://example.com HTTP/1.1"],
+)
+async def test_a_target_that_is_not_a_path_gets_the_gateways_json_error(
+    serve: StartServe,  # noqa: F811
+    seed: Seed,
+    request_line: str,
+) -> None:
+    """No route can match it, and aiohttp's router answered in plain text, under
+    `Server: Python/… aiohttp/…`."""
+    async with raw_upstream() as upstream:
+        gateway = await serve(upstream.url, **NO_LIMITS)
+        key = (await seed.key()).key
+        request = http(request_line, "Host: example.com", f"Authorization: Bearer {key}")
+        raw = await exchange(gateway.proxy_port, request)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        headers = dict(line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:])
+        assert status_codes(raw)[0] == 404
+        assert headers["Server"] == "GrowPanel-Gateway"
+        assert headers["Content-Type"].startswith("application/json")
+        error = json.loads(body)["error"]
+        assert (error["code"], error["request_id"]) == ("not_found", headers["X-Request-Id"])
+        assert upstream.received == []
 
 
 async def test_path_tricks_cannot_dodge_permissions(
