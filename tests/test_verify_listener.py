@@ -36,6 +36,7 @@ from gateway.config import Argon2Config
 from gateway.ingress import Verdict
 from gateway.keyformat import Hasher
 from gateway.keys import KeyStore
+from gateway.records import NewKey
 from gateway.verify_listener import MAX_UNFINISHED, VerifyListener, _Request, _serialise
 
 from .conftest import GatewayFactory, Seed, VerifyListenerFactory
@@ -820,21 +821,27 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_time(
     await wait_for(lambda: not listener.connections, timeout=TIMEOUT)
 
 
-async def test_a_client_gone_while_its_key_is_verified_is_counted_once_as_gone(
-    rig: Rig, seed: Seed, connect: Connect
-) -> None:
-    """The decision is under way in a task (a key not yet verified, with a slow hash)
-    when the client leaves: the task is cancelled, the request counted as 499, and the
-    listener serves the next connection."""
+async def slow_key(seed: Seed) -> NewKey:
+    """A key whose verification takes about a second (argon2 with a large time cost):
+    an answer that waits on it is held under way."""
     slow_store = KeyStore(
         seed.pool,
         seed.store.format,
         Hasher(Argon2Config(time_cost=24, memory_kib=65536, parallelism=1)),
     )
     account = await seed.account()
-    slow = await slow_store.create(
+    return await slow_store.create(
         account.account_id, "slow", created_by=account.member_id, permissions=["customers:read"]
     )
+
+
+async def test_a_client_gone_while_its_key_is_verified_is_counted_once_as_gone(
+    rig: Rig, seed: Seed, connect: Connect
+) -> None:
+    """The decision is under way in a task (a key not yet verified, with a slow hash)
+    when the client leaves: the task is cancelled, the request counted as 499, and the
+    listener serves the next connection."""
+    slow = await slow_key(seed)
     listener = rig.listener
     gone = sample("gateway_requests_total", outcome="ok", status_class="4xx")
     misses = sample("gateway_key_cache_misses_total")
@@ -859,17 +866,8 @@ async def test_a_client_gone_while_its_key_is_verified_is_counted_once_as_gone(
 async def test_close_closes_idle_connections_at_once_and_finishes_answers_under_way(
     rig: Rig, seed: Seed, connect: Connect
 ) -> None:
-    """An answer is held under way by a key not yet verified whose hash is slow (argon2
-    with a large time cost: the verification takes about a second)."""
-    slow_store = KeyStore(
-        seed.pool,
-        seed.store.format,
-        Hasher(Argon2Config(time_cost=24, memory_kib=65536, parallelism=1)),
-    )
-    account = await seed.account()
-    slow = await slow_store.create(
-        account.account_id, "slow", created_by=account.member_id, permissions=["customers:read"]
-    )
+    """An answer is held under way by a key not yet verified whose hash is slow."""
+    slow = await slow_key(seed)
     listener = rig.listener
     port = listener.port
     idle = await connect(port)
