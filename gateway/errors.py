@@ -127,6 +127,11 @@ def internal_error() -> GatewayError:
     return GatewayError(500, "internal_error", "Internal error.")
 
 
+def unreadable_request(status: int = 400) -> GatewayError:
+    """A request the HTTP/1.1 parser refuses, as every listener answers it."""
+    return GatewayError(status, "invalid_request", "The request is not valid HTTP/1.1.")
+
+
 # aiohttp's own HTTP errors (404 from the router, 405, 413 from client_max_size...)
 # are given the same JSON shape so that clients parse exactly one error format.
 _HTTP_CODES = {

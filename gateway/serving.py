@@ -37,6 +37,7 @@ from .errors import (
     http_error,
     internal_error,
     new_request_id,
+    unreadable_request,
 )
 from .headers import SERVER_NAME
 from .tls import Reloader
@@ -91,7 +92,7 @@ class _Handler(RequestHandler):
         if status >= 500:  # a handler's failure; the middlewares answer those first
             error = GatewayError(status, "internal_error", internal_error().message)
         else:
-            error = GatewayError(status, "invalid_request", "The request is not valid HTTP/1.1.")
+            error = unreadable_request(status)
         request_id = new_request_id()
         response = web.Response(
             status=error.status,

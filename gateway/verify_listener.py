@@ -43,7 +43,7 @@ import typing
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .errors import GatewayError, error_body, new_request_id
+from .errors import GatewayError, error_body, new_request_id, unreadable_request
 from .headers import SERVER_NAME
 from .ingress import JSON, PATH, Verdict, VerifyEndpoint
 
@@ -69,9 +69,9 @@ MAX_PIPELINED = 32  # ... and in one read, before the connection is refused
 class _Refused(Exception):
     """Raised from a parser callback: the request is answered with this, then closed."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.error = GatewayError(status, code, message)
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class _Request:
@@ -151,14 +151,10 @@ class VerifyProtocol(asyncio.Protocol):
                 raise
             self._refuse(refused.error)
         except httptools.HttpParserError:
-            self._refuse(GatewayError(400, "bad_request", "The request could not be parsed."))
+            self._refuse(unreadable_request())
         else:
             if self._unfinished > MAX_UNFINISHED:
-                self._refuse(
-                    GatewayError(
-                        431, "request_header_fields_too_large", "The request headers are too large."
-                    )
-                )
+                self._refuse(_head_too_large())
         self._serve_waiting()
 
     def shut_down(self) -> None:
@@ -184,21 +180,19 @@ class VerifyProtocol(asyncio.Protocol):
         self._url.append(url)
         self._head_bytes += len(url)
         if self._head_bytes > MAX_TARGET:
-            raise _Refused(414, "uri_too_long", "The request target is too long.")
+            raise _Refused(GatewayError(414, "uri_too_long", "The request target is too long."))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
         self._head_bytes += size
         headers = self._current.headers
         if size > MAX_FIELD or self._head_bytes > MAX_HEAD or len(headers) >= MAX_HEADERS:
-            raise _Refused(
-                431, "request_header_fields_too_large", "The request headers are too large."
-            )
+            raise _Refused(_head_too_large())
         # As aiohttp reads them (trailing whitespace off, values UTF-8 with the odd bytes
         # kept, one of each singleton), so both listeners judge the same strings.
         text = name.decode("latin-1")
         if text.lower() in SINGLETONS and text in headers:
-            raise _Refused(400, "bad_request", f"Duplicate '{text}' header.")
+            raise _Refused(unreadable_request())  # aiohttp: "Duplicate '<name>' header"
         headers.add(text, value.strip(b" \t").decode("utf-8", "surrogateescape"))
 
     def on_headers_complete(self) -> None:
@@ -211,17 +205,17 @@ class VerifyProtocol(asyncio.Protocol):
         request.http10 = parser.get_http_version() == "1.0"
         headers = request.headers
         if not request.http10 and "Host" not in headers:
-            raise _Refused(400, "bad_request", "Missing 'Host' header in request.")
+            raise _Refused(unreadable_request())  # aiohttp: "Missing 'Host' header"
         announces_body = "Transfer-Encoding" in headers or headers.get(
             "Content-Length", "0"
         ).strip() not in ("0", "")
         request.close = announces_body or not parser.should_keep_alive()
         if len(self._waiting) >= MAX_PIPELINED:
-            raise _Refused(503, "too_many_requests", "Too many pipelined requests.")
+            raise _Refused(GatewayError(503, "too_many_requests", "Too many pipelined requests."))
         self._waiting.append(request)
         if request.close:
             self._stop_reading()  # nothing after this head is read, its body included
-            raise _Refused(0, "", "")  # stops the parser; the request is answered
+            raise _Refused(GatewayError(0, "", ""))  # stops the parser; the request is answered
         if len(self._waiting) >= MAX_WAITING:
             self._pause()
 
@@ -326,6 +320,11 @@ def _path_of(target: str) -> str:
     the '?' stays, and the route table refuses it (`routes.canonical_segments`)."""
     path, question, _ = target.partition("?")
     return path if question else path.partition("#")[0]
+
+
+def _head_too_large() -> GatewayError:
+    message = "The request headers are too large."
+    return GatewayError(431, "request_header_fields_too_large", message)
 
 
 def _unread(error: GatewayError) -> Verdict:
