@@ -129,6 +129,13 @@ class Supervisor:
 
     async def stop(self) -> None:
         self._stopping = True
+        # The watchers first: one may be starting a dead worker again, and that worker,
+        # not yet in `children`, would miss the SIGTERM below and outlive us. Cancelled
+        # while it starts, asyncio kills it (it has served nothing yet).
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for process in self.children.values():
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
@@ -141,11 +148,8 @@ class Supervisor:
                 if process.returncode is None:
                     process.kill()
             await asyncio.gather(*(p.wait() for p in self.children.values()))
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         for process in self.children.values():
+            _mark_dead(process.pid)
             if process.returncode not in (0, None):
                 log.warning(
                     "worker exited with an error",

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.embedded_pg import free_port
-from gateway.workers import STABLE_AFTER_SECONDS, RestartPause
+from gateway.workers import STABLE_AFTER_SECONDS, RestartPause, Supervisor, _catches
 
 from . import secret_scan
 from .conftest import Seed
@@ -332,3 +332,38 @@ async def test_every_worker_serves_the_verify_listener_and_stops_cleanly(
     await wait_for(verified_by_both, timeout=20)
     assert await stop(served) == 0
     assert "Traceback" not in served.logs()
+
+
+class StopAsARestartBegins(Supervisor):
+    """A supervisor whose stop() begins (SIGTERM) just as it starts a dead worker again."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.stopping: asyncio.Task[None] | None = None
+
+    async def _spawn(self, slot: int) -> None:
+        if self._tasks and self.stopping is None:  # a restart, not the first start
+            self.stopping = asyncio.create_task(self.stop())
+        await super()._spawn(slot)
+
+
+async def test_a_worker_restarted_as_the_stop_begins_does_not_outlive_it() -> None:
+    """SIGTERM while a dead worker is being started again: stop() ends every worker,
+    the one being started too, instead of leaving it running unsupervised."""
+    supervisor = StopAsARestartBegins(2, ["demo-upstream", "--port", "0"], 5.0)
+    await supervisor.start()
+    try:
+        await wait_for(
+            lambda: all(_catches(p.pid, signal.SIGTERM) for p in supervisor.children.values()),
+            timeout=15,
+        )
+        supervisor.children[0].kill()
+        await wait_for(lambda: supervisor.stopping is not None, timeout=15)
+        assert supervisor.stopping is not None
+        await asyncio.wait_for(supervisor.stopping, 30)
+        assert supervisor.alive() == 0
+    finally:
+        for process in supervisor.children.values():
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
