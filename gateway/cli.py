@@ -73,6 +73,11 @@ async def serve(
             },
         )
         await _check_schema(config, apply_migrations)
+    if workers > 1 and not config.proxy.enabled:
+        # The workers are proxy processes: N of them with no proxy would idle, and the
+        # admin /readyz would wait for their listeners for ever. The admin runs alone.
+        log.warning("--workers ignored: proxy.enabled is false", extra={"workers": workers})
+        workers = 1
     if workers > 1:
         await serve_supervised(config, workers, config_path_arg)
     else:

@@ -21,7 +21,7 @@ from gateway.workers import STABLE_AFTER_SECONDS, RestartPause, Supervisor, _cat
 
 from . import secret_scan
 from .conftest import Seed
-from .helpers import gateway_command, wait_for
+from .helpers import gateway_command, served_config_file, wait_for
 from .reliability import Served, StartServe, serve  # noqa: F401
 
 
@@ -367,3 +367,50 @@ async def test_a_worker_restarted_as_the_stop_begins_does_not_outlive_it() -> No
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+async def test_workers_with_the_proxy_turned_off_serve_the_admin_alone(
+    database_url: str, tmp_path: Any
+) -> None:
+    """`--workers N` runs the proxy in N processes: with `proxy.enabled: false` there is
+    no proxy to run, so no worker is started and the admin listener is ready."""
+    admin_port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "GATEWAY__PROXY__ENABLED": "false",
+        "GATEWAY__ADMIN__PORT": str(admin_port),
+        "GATEWAY__LOGGING__FORMAT": "json",
+    }
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            gateway_command("--config", str(served_config_file()), "serve", "--workers", "2"),
+            env=environment,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        async def ready() -> bool:
+            assert process.poll() is None, log_path.read_text()
+            try:
+                async with aiohttp.ClientSession() as session:
+                    async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
+                        return response.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await wait_for(ready, timeout=30)
+        assert '"worker started"' not in log_path.read_text()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{admin_port}/metrics") as response:
+                assert response.status == 200
+                assert "gateway_proxy_processes 0.0" in await response.text()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
