@@ -50,8 +50,16 @@ def upstream_context(cafile: str) -> ssl.SSLContext:
 
 
 def _load(context: ssl.SSLContext, tls: TLSConfig, setting: str) -> None:
+    def no_passphrase() -> str:
+        # Without a callback OpenSSL asks for it on the controlling terminal, if any:
+        # start-up (or a SIGHUP reload, with the event loop) would wait there for ever.
+        raise ConfigError(
+            f"{setting}.key: the key is encrypted with a passphrase, which the gateway"
+            " cannot ask for: give it the key unencrypted (readable by its user only)"
+        )
+
     try:
-        context.load_cert_chain(tls.certificate, tls.key)
+        context.load_cert_chain(tls.certificate, tls.key, password=no_passphrase)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
             f"{setting}.certificate: cannot load it with {setting}.key: {_reason(exc)}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 import subprocess
@@ -317,3 +318,53 @@ def test_bad_tls_file_stops_start_up_naming_the_setting(
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"gateway: config error: {setting}: "), lines
+
+
+def test_key_encrypted_with_a_passphrase_stops_start_up_without_a_prompt(
+    tmp_path: Path,
+) -> None:
+    """Started from a terminal, OpenSSL would ask for the passphrase there and wait for
+    ever (on SIGHUP, with the event loop): the gateway says it cannot use the key."""
+    from cryptography.hazmat.primitives import serialization
+
+    pki = Pki(tmp_path)
+    key = serialization.load_pem_private_key(pki.key.read_bytes(), password=None)
+    pki.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    env = {
+        **pki.env(),
+        "GATEWAY__PROXY__UPSTREAM": "https://127.0.0.1:9",
+        "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
+    controller, terminal = os.openpty()
+    try:
+        # setsid -c: the terminal is the process's controlling one, as in a shell.
+        process = subprocess.Popen(
+            ["setsid", "-w", "-c", *gateway_command("serve")],
+            env=env,
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise AssertionError("start-up waited at a passphrase prompt") from None
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert process.returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gateway: config error: proxy.tls.key: "), lines
+    assert "passphrase" in lines[0]
