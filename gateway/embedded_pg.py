@@ -199,7 +199,23 @@ class EmbeddedPostgres:
             return None
         except PermissionError:
             pass  # alive, owned by the service user
+        if not self._serves_here(pid):
+            # Left by a server that did not stop (a crash, a reboot), its PID now another
+            # process's. Postgres would refuse to start while that PID lives, and pg_ctl
+            # stop would signal that process: the file goes.
+            pid_file.unlink(missing_ok=True)
+            return None
         return port
+
+    def _serves_here(self, pid: int) -> bool:
+        """Whether process `pid` is a postmaster of this data folder: it works in it
+        (postgres changes to its data folder at start). Where there is no /proc: assumed."""
+        try:
+            return Path(os.readlink(f"/proc/{pid}/cwd")) == self.data_dir
+        except FileNotFoundError:  # gone since, or no /proc on this system
+            return not Path("/proc/self").exists()
+        except PermissionError:  # another user's, and ours run as us (or, as root, are readable)
+            return False
 
     def start(self, port: int | None = None) -> bool:
         """Start the cluster, or attach to one already running on this folder.
@@ -251,7 +267,7 @@ class EmbeddedPostgres:
         raise EmbeddedPostgresError(f"Postgres did not become ready; see {self.log_file}")
 
     def stop(self, mode: str = "fast") -> None:
-        if (self.data_dir / "postmaster.pid").exists():
+        if self.running_port() is not None:
             self._run("pg_ctl", "stop", "-w", "-D", str(self.data_dir), "-m", mode, check=False)
 
     def psql(self, sql: str, database: str = "postgres") -> str:

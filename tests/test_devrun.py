@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -189,6 +190,31 @@ async def test_run_leaves_running_a_postgres_it_did_not_start(
         assert pg.running_port() == pg.port
     finally:
         pg.stop(mode="immediate")
+
+
+def test_a_stale_pid_file_naming_another_live_process_is_not_a_running_server(
+    tmp_path: Path,
+) -> None:
+    """After a reboot the PID in postmaster.pid may be another process's: the cluster is
+    started (that process left alone), not taken for running on a port nothing serves."""
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    assert pg.start() is True
+    pid_file = pg.data_dir / "postmaster.pid"
+    lines = pid_file.read_text().splitlines(keepends=True)
+    pg.stop(mode="immediate")
+    other = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
+    try:
+        pid_file.write_text("".join([f"{other.pid}\n", *lines[1:]]))
+        assert pg.running_port() is None
+        try:
+            assert pg.start() is True
+            assert pg.psql("SELECT 1").strip() == "1"
+        finally:
+            pg.stop(mode="immediate")
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
 
 
 async def test_each_run_writes_the_audit_event_of_each_secret_it_issues(
