@@ -256,6 +256,14 @@ def _refusals() -> Iterator[None]:
 async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
     async with conn.transaction():
         await conn.execute(migration.sql)
+        if not conn.is_in_transaction():
+            # A COMMIT or ROLLBACK of the file's own ended the transaction the runner gave
+            # it: the record below would be written outside it, whatever the file left.
+            raise MigrationError(
+                f"{migration.version:04d}_{migration.name}.sql ended its transaction itself"
+                " (a COMMIT or ROLLBACK of its own): not recorded; a migration must hold"
+                " none, the runner gives each file one transaction"
+            )
         await conn.execute(
             "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
             migration.version,

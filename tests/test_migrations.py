@@ -168,6 +168,22 @@ async def test_new_migration_after_applied_ones_is_applied_alone(
     assert [r["version"] for r in await recorded(conn)][-1] == extra.version
 
 
+@pytest.mark.parametrize(
+    "sql",
+    ["CREATE TABLE own_table (id int); ROLLBACK;", "COMMIT; CREATE TABLE own_table (id int);"],
+)
+async def test_a_migration_that_ends_its_own_transaction_is_never_recorded(
+    conn: asyncpg.Connection, sql: str
+) -> None:
+    """The runner records each file in the transaction it gives it. A ROLLBACK of the
+    file's own undid it, and the record was then written outside any transaction:
+    applied, said the table, and nothing was."""
+    files = [Migration(1, "good", "CREATE TABLE good_table (id int)"), Migration(2, "own", sql)]
+    with pytest.raises(MigrationError, match=r"^0002_own\.sql ended its transaction itself"):
+        await migrate(conn, files)
+    assert [r["version"] for r in await recorded(conn)] == [1]
+
+
 async def test_failing_migration_rolls_back_completely(conn: asyncpg.Connection) -> None:
     """A migration that fails half-way leaves no table and no record behind."""
     broken = [
