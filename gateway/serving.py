@@ -17,9 +17,8 @@ import os
 import signal
 import ssl
 import types
-import typing
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -111,7 +110,7 @@ class _Handler(RequestHandler):
         # (`OPTIONS *`, `CONNECT host:443`, `GET http://host`). Else it went out as text,
         # under aiohttp's and Python's versions.
         if isinstance(resp, web.HTTPException) and resp.status >= 400:
-            resp = error_response(typing.cast(web.Request, request), http_error(resp))
+            resp = error_response(cast(web.Request, request), http_error(resp))
         return await super().finish_response(request, resp, start_time)
 
 
@@ -327,7 +326,7 @@ async def serve_supervised(config: Config, workers: int, config_path: str | None
             if port:
                 await _bind_and_close(config.proxy.host, port)
     log.info("starting workers", extra={"workers": workers, "metrics_dir": directory})
-    metrics.PROXY_PROCESSES.set(workers if config.proxy.enabled else 0)
+    metrics.PROXY_PROCESSES.set(workers)  # proxy processes (cli runs one without a proxy)
     try:
         await supervisor.start()
         if config.admin.enabled:
