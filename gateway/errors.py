@@ -127,6 +127,12 @@ def internal_error() -> GatewayError:
     return GatewayError(500, "internal_error", "Internal error.")
 
 
+def head_too_large() -> GatewayError:
+    """A request head over the gateway's bounds, as every listener answers it."""
+    message = "The request headers are too large."
+    return GatewayError(431, "request_header_fields_too_large", message)
+
+
 def unreadable_request(status: int = 400) -> GatewayError:
     """A request the HTTP/1.1 parser refuses, as every listener answers it."""
     return GatewayError(status, "invalid_request", "The request is not valid HTTP/1.1.")

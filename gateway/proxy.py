@@ -35,6 +35,7 @@ from .errors import (
     GatewayError,
     Outcome,
     error_response,
+    head_too_large,
     internal_error,
     new_request_id,
 )
@@ -253,9 +254,7 @@ def _check_head(request: web.Request) -> None:
     but `100-continue` (answered only once the request is authorised: `_stream_body`)."""
     if sum(len(k) + len(v) for k, v in request.raw_headers) > MAX_HEADER_BYTES:
         # aiohttp bounds each line and the number of lines, not their total.
-        raise GatewayError(
-            431, "request_header_fields_too_large", "The request headers are too large."
-        )
+        raise head_too_large()
     expect = request.headers.get("Expect")
     if expect is not None and expect.strip().lower() != "100-continue":
         raise GatewayError(417, "expectation_failed", "Only 'Expect: 100-continue' is known.")

@@ -43,7 +43,7 @@ import typing
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .errors import GatewayError, error_body, new_request_id, unreadable_request
+from .errors import GatewayError, error_body, head_too_large, new_request_id, unreadable_request
 from .headers import SERVER_NAME
 from .ingress import JSON, PATH, Verdict, VerifyEndpoint
 
@@ -154,7 +154,7 @@ class VerifyProtocol(asyncio.Protocol):
             self._refuse(unreadable_request())
         else:
             if self._unfinished > MAX_UNFINISHED:
-                self._refuse(_head_too_large())
+                self._refuse(head_too_large())
         self._serve_waiting()
 
     def shut_down(self) -> None:
@@ -187,7 +187,7 @@ class VerifyProtocol(asyncio.Protocol):
         self._head_bytes += size
         headers = self._current.headers
         if size > MAX_FIELD or self._head_bytes > MAX_HEAD or len(headers) >= MAX_HEADERS:
-            raise _Refused(_head_too_large())
+            raise _Refused(head_too_large())
         # As aiohttp reads them (trailing whitespace off, values UTF-8 with the odd bytes
         # kept, one of each singleton), so both listeners judge the same strings.
         text = name.decode("latin-1")
@@ -320,11 +320,6 @@ def _path_of(target: str) -> str:
     the '?' stays, and the route table refuses it (`routes.canonical_segments`)."""
     path, question, _ = target.partition("?")
     return path if question else path.partition("#")[0]
-
-
-def _head_too_large() -> GatewayError:
-    message = "The request headers are too large."
-    return GatewayError(431, "request_header_fields_too_large", message)
 
 
 def _unread(error: GatewayError) -> Verdict:
